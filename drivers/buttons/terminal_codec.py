@@ -1,0 +1,513 @@
+"""Codec for the eldergate terminal protocol (DESIGN.md, "eldergate terminal protocol").
+
+Pure: bytes in, frozen frames out. No I/O, no clock, no asyncio; the serial transport and the
+protocol layer (dedup of repeated ``(device id, type, seq)``, RECEIVED after the outbox commit)
+live elsewhere.
+
+Wire format (fixed, firmware is written against it)::
+
+    offset  size  field
+    0       2     magic 0xAA 0x55
+    2       1     len = 6 + n (bytes from ``type`` to the end of the payload)
+    3       1     type
+    4       4     device id, big-endian
+    8       1     seq
+    9       n     payload
+    9+n     2     CRC-16/CCITT-FALSE over bytes 2 .. 8+n, big-endian
+
+Decoder rules (why a damaged frame never becomes an alarm, and garbage never hides a frame):
+
+* Every frame type in the table has ONE payload size, so ``len`` must equal ``6 + size(type)``;
+  a candidate whose ``len`` or ``type`` is not in the table is rejected as soon as those two
+  header bytes arrive, without waiting for a CRC. A PRESS with a wrong payload size is therefore
+  counted (``bad_length``) and is never a press. The longest frame is :data:`MAX_FRAME_LEN` bytes.
+* Payload values outside the table (press kind not 0-2, tamper not 0/1, fall confidence > 100)
+  are rejected even with a good CRC and counted in ``bad_payload``.
+* On any rejection the decoder drops ONE byte (the candidate's ``AA``) and searches for the next
+  ``AA 55`` from there, so a false ``AA 55`` inside garbage can never swallow a real frame that
+  starts inside the bytes it claimed. Because a candidate is judged on at most 14 bytes and a real
+  frame is at least 11, a real frame is always returned by the ``feed`` call that delivers its
+  last byte, whatever garbage came before it (see docs/protocols.md for the argument).
+* Between calls the decoder keeps at most one partial frame (< :data:`MAX_FRAME_LEN` bytes); input
+  is processed in chunks so the buffer never exceeds :data:`MAX_BUFFER` bytes.
+"""
+
+from __future__ import annotations
+
+import binascii
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final, assert_never
+
+__all__ = [
+    "CRC_INIT",
+    "MAGIC",
+    "MAX_BUFFER",
+    "MAX_FRAME_LEN",
+    "MIN_FRAME_LEN",
+    "PAYLOAD_SIZE",
+    "BatteryLow",
+    "Cancel",
+    "Cleared",
+    "DownlinkFrame",
+    "Fall",
+    "FrameType",
+    "Heartbeat",
+    "HelpComing",
+    "Press",
+    "PressKind",
+    "PullCord",
+    "Received",
+    "Tamper",
+    "TerminalCounters",
+    "TerminalDecoder",
+    "TerminalFrame",
+    "UplinkFrame",
+    "crc16",
+    "device_key",
+    "encode",
+]
+
+MAGIC: Final = b"\xaa\x55"
+CRC_INIT: Final = 0xFFFF
+_HEADER_LEN: Final = 9  # magic (2) + len (1) + type (1) + device id (4) + seq (1)
+_CRC_LEN: Final = 2
+_LEN_BASE: Final = 6  # len = type (1) + device id (4) + seq (1) + payload
+
+
+class FrameType(IntEnum):
+    """The ``type`` byte. 0x01-0x07 travel device -> gateway, 0x81-0x83 gateway -> device."""
+
+    PRESS = 0x01
+    CANCEL = 0x02
+    HEARTBEAT = 0x03
+    BATTERY_LOW = 0x04
+    TAMPER = 0x05
+    PULL_CORD = 0x06
+    FALL = 0x07
+    RECEIVED = 0x81
+    HELP_COMING = 0x82
+    CLEARED = 0x83
+
+
+class PressKind(IntEnum):
+    """Second payload byte of PRESS."""
+
+    SHORT = 0
+    LONG = 1
+    DOUBLE = 2
+
+
+#: Payload size in bytes for each frame type; ``len`` must be 6 + this.
+PAYLOAD_SIZE: Final[dict[int, int]] = {
+    FrameType.PRESS: 2,
+    FrameType.CANCEL: 0,
+    FrameType.HEARTBEAT: 3,
+    FrameType.BATTERY_LOW: 2,
+    FrameType.TAMPER: 1,
+    FrameType.PULL_CORD: 0,
+    FrameType.FALL: 1,
+    FrameType.RECEIVED: 2,
+    FrameType.HELP_COMING: 0,
+    FrameType.CLEARED: 0,
+}
+_MIN_LEN_FIELD: Final = _LEN_BASE + min(PAYLOAD_SIZE.values())
+_MAX_LEN_FIELD: Final = _LEN_BASE + max(PAYLOAD_SIZE.values())
+#: Shortest and longest complete frames on the wire (CANCEL ... HEARTBEAT).
+MIN_FRAME_LEN: Final = _HEADER_LEN + min(PAYLOAD_SIZE.values()) + _CRC_LEN  # 11
+MAX_FRAME_LEN: Final = _HEADER_LEN + max(PAYLOAD_SIZE.values()) + _CRC_LEN  # 14
+#: Hard cap on the decoder's buffer, including the chunk being decoded.
+MAX_BUFFER: Final = 512
+_CHUNK: Final = MAX_BUFFER - MAX_FRAME_LEN
+
+
+def crc16(data: bytes | bytearray | memoryview) -> int:
+    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, no reflection, xorout 0)."""
+    return binascii.crc_hqx(data, CRC_INIT)
+
+
+def device_key(device_id: int) -> str:
+    """Stable platform id of a terminal: ``t-`` and 8 lower-case hex digits (``t-2000001a``)."""
+    _check_range("device_id", device_id, 0, 0xFFFFFFFF)
+    return f"t-{device_id:08x}"
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    # bool is an int; reject it so Press(button=True) is a bug, not button 1.
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an int in {low}..{high}, got {value!r}")
+
+
+def _check_header(device_id: int, seq: int) -> None:
+    _check_range("device_id", device_id, 0, 0xFFFFFFFF)
+    _check_range("seq", seq, 0, 0xFF)
+
+
+# Frames. Each validates its fields on construction, so every frame object that exists can be
+# encoded and means what the table says. (No shared base class: zero-argument super() does not
+# work in slots dataclasses on Python 3.11.)
+
+
+@dataclass(frozen=True, slots=True)
+class Press:
+    """0x01 PRESS: an SOS button was pressed."""
+
+    device_id: int
+    seq: int
+    button: int
+    kind: PressKind
+
+    def __post_init__(self) -> None:
+        _check_header(self.device_id, self.seq)
+        _check_range("button", self.button, 0, 0xFF)
+        if not isinstance(self.kind, PressKind):
+            raise TypeError(f"kind must be a PressKind, got {self.kind!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """0x02 CANCEL: the resident cancelled the alarm."""
+
+    device_id: int
+    seq: int
+
+    def __post_init__(self) -> None:
+        _check_header(self.device_id, self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """0x03 HEARTBEAT: battery in mV and received signal strength in dBm (signed)."""
+
+    device_id: int
+    seq: int
+    battery_mv: int
+    rssi_dbm: int
+
+    def __post_init__(self) -> None:
+        _check_header(self.device_id, self.seq)
+        _check_range("battery_mv", self.battery_mv, 0, 0xFFFF)
+        _check_range("rssi_dbm", self.rssi_dbm, -128, 127)
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryLow:
+    """0x04 BATTERY_LOW: battery in mV."""
+
+    device_id: int
+    seq: int
+    battery_mv: int
+
+    def __post_init__(self) -> None:
+        _check_header(self.device_id, self.seq)
+        _check_range("battery_mv", self.battery_mv, 0, 0xFFFF)
+
+
+@dataclass(frozen=True, slots=True)
+class Tamper:
+    """0x05 TAMPER: case opened (True) or closed (False)."""
+
+    device_id: int
+    seq: int
+    opened: bool
+
+    def __post_init__(self) -> None:
+        _check_header(self.device_id, self.seq)
+        if not isinstance(self.opened, bool):
+            raise TypeError(f"opened must be a bool, got {self.opened!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class PullCord:
+    """0x06 PULL_CORD: the bathroom pull-cord was pulled."""
+
+    device_id: int
+    seq: int
+
+    def __post_init__(self) -> None:
+        _check_header(self.device_id, self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Fall:
+    """0x07 FALL: the terminal detected a fall, confidence 0-100."""
+
+    device_id: int
+    seq: int
+    confidence: int
+
+    def __post_init__(self) -> None:
+        _check_header(self.device_id, self.seq)
+        _check_range("confidence", self.confidence, 0, 100)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """0x81 RECEIVED (gateway -> device): frame ``ack_type``/``ack_seq`` is committed."""
+
+    device_id: int
+    seq: int
+    ack_type: int
+    ack_seq: int
+
+    def __post_init__(self) -> None:
+        _check_header(self.device_id, self.seq)
+        _check_range("ack_type", self.ack_type, 0, 0xFF)
+        _check_range("ack_seq", self.ack_seq, 0, 0xFF)
+
+
+@dataclass(frozen=True, slots=True)
+class HelpComing:
+    """0x82 HELP_COMING (gateway -> device): the platform acknowledged the alarm."""
+
+    device_id: int
+    seq: int
+
+    def __post_init__(self) -> None:
+        _check_header(self.device_id, self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Cleared:
+    """0x83 CLEARED (gateway -> device): the alarm is over."""
+
+    device_id: int
+    seq: int
+
+    def __post_init__(self) -> None:
+        _check_header(self.device_id, self.seq)
+
+
+UplinkFrame = Press | Cancel | Heartbeat | BatteryLow | Tamper | PullCord | Fall
+DownlinkFrame = Received | HelpComing | Cleared
+TerminalFrame = UplinkFrame | DownlinkFrame
+
+
+def _type_and_payload(frame: TerminalFrame) -> tuple[FrameType, bytes]:
+    match frame:
+        case Press():
+            return FrameType.PRESS, bytes((frame.button, frame.kind))
+        case Cancel():
+            return FrameType.CANCEL, b""
+        case Heartbeat():
+            rssi = frame.rssi_dbm & 0xFF
+            return FrameType.HEARTBEAT, frame.battery_mv.to_bytes(2, "big") + bytes((rssi,))
+        case BatteryLow():
+            return FrameType.BATTERY_LOW, frame.battery_mv.to_bytes(2, "big")
+        case Tamper():
+            return FrameType.TAMPER, bytes((int(frame.opened),))
+        case PullCord():
+            return FrameType.PULL_CORD, b""
+        case Fall():
+            return FrameType.FALL, bytes((frame.confidence,))
+        case Received():
+            return FrameType.RECEIVED, bytes((frame.ack_type, frame.ack_seq))
+        case HelpComing():
+            return FrameType.HELP_COMING, b""
+        case Cleared():
+            return FrameType.CLEARED, b""
+        case _:
+            assert_never(frame)
+
+
+def encode(frame: TerminalFrame) -> bytes:
+    """Serialise ``frame`` to its complete wire bytes (magic to CRC)."""
+    frame_type, payload = _type_and_payload(frame)
+    body = (
+        bytes((_LEN_BASE + len(payload), frame_type))
+        + frame.device_id.to_bytes(4, "big")
+        + bytes((frame.seq,))
+        + payload
+    )
+    return MAGIC + body + crc16(body).to_bytes(2, "big")
+
+
+def _parse(frame_type: int, device_id: int, seq: int, p: bytes) -> TerminalFrame | None:
+    """Build the frame from a CRC-checked payload of the right size; None if a value is invalid."""
+    if frame_type == FrameType.PRESS:
+        if p[1] > PressKind.DOUBLE:
+            return None
+        return Press(device_id, seq, p[0], PressKind(p[1]))
+    if frame_type == FrameType.CANCEL:
+        return Cancel(device_id, seq)
+    if frame_type == FrameType.HEARTBEAT:
+        rssi = p[2] - 0x100 if p[2] & 0x80 else p[2]
+        return Heartbeat(device_id, seq, (p[0] << 8) | p[1], rssi)
+    if frame_type == FrameType.BATTERY_LOW:
+        return BatteryLow(device_id, seq, (p[0] << 8) | p[1])
+    if frame_type == FrameType.TAMPER:
+        if p[0] > 1:
+            return None
+        return Tamper(device_id, seq, p[0] == 1)
+    if frame_type == FrameType.PULL_CORD:
+        return PullCord(device_id, seq)
+    if frame_type == FrameType.FALL:
+        if p[0] > 100:
+            return None
+        return Fall(device_id, seq, p[0])
+    if frame_type == FrameType.RECEIVED:
+        return Received(device_id, seq, p[0], p[1])
+    if frame_type == FrameType.HELP_COMING:
+        return HelpComing(device_id, seq)
+    if frame_type == FrameType.CLEARED:
+        return Cleared(device_id, seq)
+    return None  # unreachable: the type was checked against PAYLOAD_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalCounters:
+    """Snapshot of a :class:`TerminalDecoder`'s problem counters (monotonic since creation).
+
+    ``frames_ok`` frames returned; ``crc_errors`` complete candidates with a wrong CRC;
+    ``bad_length`` ``len`` not 6 + the payload size of its type (includes out-of-range ``len``);
+    ``unknown_type`` ``type`` not in the table; ``bad_payload`` good CRC but a value outside the
+    table; ``bytes_discarded`` bytes not part of any returned frame; ``overflows`` times the
+    buffer cap forced bytes out (0 by construction; kept as a guard).
+    """
+
+    frames_ok: int = 0
+    crc_errors: int = 0
+    bad_length: int = 0
+    unknown_type: int = 0
+    bad_payload: int = 0
+    bytes_discarded: int = 0
+    overflows: int = 0
+
+
+class TerminalDecoder:
+    """Streaming decoder: ``feed`` any bytes, get complete valid frames back. Never raises.
+
+    The buffer holds at most :data:`MAX_BUFFER` bytes while decoding and less than
+    :data:`MAX_FRAME_LEN` bytes between calls. Invariant (tested)::
+
+        sum(len(encode(f)) for all frames returned) + counters.bytes_discarded + buffered
+            == total bytes fed
+    """
+
+    __slots__ = (
+        "_bad_length",
+        "_bad_payload",
+        "_buf",
+        "_bytes_discarded",
+        "_crc_errors",
+        "_frames_ok",
+        "_high_water",
+        "_overflows",
+        "_unknown_type",
+    )
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._high_water = 0
+        self._frames_ok = 0
+        self._crc_errors = 0
+        self._bad_length = 0
+        self._unknown_type = 0
+        self._bad_payload = 0
+        self._bytes_discarded = 0
+        self._overflows = 0
+
+    @property
+    def counters(self) -> TerminalCounters:
+        return TerminalCounters(
+            frames_ok=self._frames_ok,
+            crc_errors=self._crc_errors,
+            bad_length=self._bad_length,
+            unknown_type=self._unknown_type,
+            bad_payload=self._bad_payload,
+            bytes_discarded=self._bytes_discarded,
+            overflows=self._overflows,
+        )
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back as the start of a possible frame."""
+        return len(self._buf)
+
+    @property
+    def buffer_high_water(self) -> int:
+        """Largest buffer size ever reached, including the chunk being decoded."""
+        return self._high_water
+
+    def reset(self) -> None:
+        """Forget any partial frame (e.g. after the port was reopened); counts it as discarded."""
+        self._bytes_discarded += len(self._buf)
+        self._buf.clear()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[TerminalFrame]:
+        """Add received bytes; return the frames they complete, in order."""
+        out: list[TerminalFrame] = []
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), _CHUNK):
+            chunk = view[start : start + _CHUNK]
+            buf = self._buf
+            excess = len(buf) + len(chunk) - MAX_BUFFER
+            if excess > 0:  # cannot happen while _CHUNK + MAX_FRAME_LEN <= MAX_BUFFER
+                self._overflows += 1
+                self._bytes_discarded += excess
+                del buf[:excess]
+            buf += chunk
+            self._high_water = max(self._high_water, len(buf))
+            self._extract(out)
+        return out
+
+    def _extract(self, out: list[TerminalFrame]) -> None:
+        buf = self._buf
+        n = len(buf)
+        pos = 0
+        while True:
+            start = buf.find(MAGIC, pos)
+            if start < 0:
+                # No candidate left; keep a trailing 0xAA, it may be the first magic byte.
+                keep = 1 if n > pos and buf[n - 1] == 0xAA else 0
+                self._bytes_discarded += n - keep - pos
+                pos = n - keep
+                break
+            self._bytes_discarded += start - pos
+            pos = start
+            if n - start < 3:
+                break
+            length = buf[start + 2]
+            if not _MIN_LEN_FIELD <= length <= _MAX_LEN_FIELD:
+                self._bad_length += 1
+                self._bytes_discarded += 1
+                pos = start + 1
+                continue
+            if n - start < 4:
+                break
+            frame_type = buf[start + 3]
+            size = PAYLOAD_SIZE.get(frame_type)
+            if size is None:
+                self._unknown_type += 1
+                self._bytes_discarded += 1
+                pos = start + 1
+                continue
+            if length != _LEN_BASE + size:
+                self._bad_length += 1
+                self._bytes_discarded += 1
+                pos = start + 1
+                continue
+            crc_at = start + 3 + length
+            total = crc_at + _CRC_LEN - start
+            if n - start < total:
+                break
+            if crc16(buf[start + 2 : crc_at]) != (buf[crc_at] << 8) | buf[crc_at + 1]:
+                self._crc_errors += 1
+                self._bytes_discarded += 1
+                pos = start + 1
+                continue
+            frame = _parse(
+                frame_type,
+                int.from_bytes(buf[start + 4 : start + 8], "big"),
+                buf[start + 8],
+                bytes(buf[start + _HEADER_LEN : crc_at]),
+            )
+            if frame is None:
+                self._bad_payload += 1
+                self._bytes_discarded += 1
+                pos = start + 1
+                continue
+            self._frames_ok += 1
+            out.append(frame)
+            pos = start + total
+        del buf[:pos]

@@ -1,0 +1,181 @@
+"""The `eldergate` command: run, demo, check-config, outbox, settings, sign-command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from gateway import __version__
+from gateway.clock import iso_utc, utc_now
+from gateway.config import Config, load_config
+from gateway.errors import ConfigError, StorageError
+from gateway.signing import canonical_bytes, load_key, sign
+
+EX_CONFIG = 78  # sysexits.h: configuration error
+EX_CANTCREAT = 73  # sysexits.h: cannot create (state directory, database)
+
+_LOGGER = logging.getLogger("gateway")
+
+
+def setup_logging(level: str) -> None:
+    """stderr only; journald adds time and host, so they are left out under systemd."""
+    under_journald = bool(os.environ.get("JOURNAL_STREAM"))
+    fmt = (
+        "%(levelname)s %(name)s: %(message)s"
+        if under_journald
+        else ("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+    logging.getLogger("paho").setLevel(logging.WARNING)
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eldergate", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"eldergate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway daemon")
+    run.add_argument("--config", type=Path, required=True)
+
+    demo = sub.add_parser("demo", help="run the gateway on simulated devices with a local broker")
+    demo.add_argument("--duration", type=float, default=30.0, help="seconds to run (0: until ^C)")
+    demo.add_argument("--state-dir", type=Path, default=None)
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file", type=Path)
+
+    outbox = sub.add_parser("outbox", help="show what waits in the outbox (read-only)")
+    outbox.add_argument("--config", type=Path, required=True)
+
+    settings = sub.add_parser("settings", help="show runtime setting overrides (config.set)")
+    settings.add_argument("--config", type=Path, required=True)
+
+    signer = sub.add_parser("sign-command", help="print a signed command for testing a platform")
+    signer.add_argument("--key-file", type=Path, required=True)
+    signer.add_argument("--gateway", required=True)
+    signer.add_argument("--name", required=True)
+    signer.add_argument("--id", required=True)
+    signer.add_argument("--args", default="{}", help="JSON object")
+    signer.add_argument("--ttl", type=float, default=60.0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args.config)
+        if args.command == "demo":
+            from gateway.demo import run_demo
+
+            setup_logging("INFO")
+            return asyncio.run(run_demo(args.duration, args.state_dir))
+        if args.command == "check-config":
+            return _check_config(args.file)
+        if args.command == "outbox":
+            return _show_outbox(load_config(args.config))
+        if args.command == "settings":
+            return _show_settings(load_config(args.config))
+        if args.command == "sign-command":
+            return _sign_command(args)
+    except ConfigError as exc:
+        print(f"eldergate: configuration error:\n{exc}", file=sys.stderr)
+        return EX_CONFIG
+    except StorageError as exc:
+        print(f"eldergate: storage error: {exc}", file=sys.stderr)
+        return EX_CANTCREAT
+    return 2
+
+
+def _run(path: Path) -> int:
+    from gateway import daemon
+
+    cfg = load_config(path)
+    setup_logging(cfg.logging.level)
+    _LOGGER.info("configuration: %s", json.dumps(cfg.redacted(), sort_keys=True))
+    return asyncio.run(daemon.run(cfg))
+
+
+def _check_config(path: Path) -> int:
+    cfg = load_config(path)
+    print(
+        f"{path}: OK (gateway {cfg.gateway.id}, broker {cfg.uplink.host}:{cfg.uplink.port}, "
+        f"state in {cfg.state_dir})"
+    )
+    return 0
+
+
+def _open_readonly(cfg: Config) -> sqlite3.Connection:
+    if not cfg.outbox_path.exists():
+        raise StorageError(f"{cfg.outbox_path} does not exist yet (the daemon creates it)")
+    return sqlite3.connect(f"file:{cfg.outbox_path}?mode=ro", uri=True)
+
+
+def _show_outbox(cfg: Config) -> int:
+    conn = _open_readonly(cfg)
+    try:
+        state = conn.execute(
+            "SELECT next_seq, rows0, rows1, rows2, rows3, bytes0 + bytes1 + "
+            "bytes2 + bytes3, dropped2, dropped3 FROM outbox_state"
+        ).fetchone()
+        oldest = conn.execute("SELECT lane, min(created_ms) FROM outbox GROUP BY lane").fetchall()
+        dead = conn.execute("SELECT count(*) FROM dead_letter").fetchone()[0]
+    finally:
+        conn.close()
+    print(f"outbox {cfg.outbox_path}")
+    print(f"  next seq {state[0]}; queued by lane 0-3: {state[1:5]}; {state[5]} bytes")
+    print(f"  dropped (lanes 2, 3): {state[6]}, {state[7]}; dead letters: {dead}")
+    for lane, created_ms in oldest:
+        print(f"  lane {lane}: oldest queued since {created_ms / 1000:.0f} (unix time)")
+    return 0
+
+
+def _show_settings(cfg: Config) -> int:
+    conn = _open_readonly(cfg)
+    try:
+        rows = conn.execute("SELECT name, value FROM settings ORDER BY name").fetchall()
+    finally:
+        conn.close()
+    if not rows:
+        print("no runtime overrides: the configuration file applies as written")
+    for name, value in rows:
+        print(f"{name} = {value}")
+    return 0
+
+
+def _sign_command(args: argparse.Namespace) -> int:
+    key = load_key(args.key_file)
+    try:
+        command_args = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--args is not JSON: {exc}") from exc
+    now = utc_now()
+    issued, expires = iso_utc(now), iso_utc(now + timedelta(seconds=args.ttl))
+    sig = sign(
+        key, canonical_bytes(args.gateway, args.name, args.id, issued, expires, command_args)
+    )
+    print(
+        json.dumps(
+            {
+                "id": args.id,
+                "issued_at": issued,
+                "expires_at": expires,
+                "args": command_args,
+                "sig": sig,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,336 @@
+"""The gateway's configuration: TOML (stdlib tomllib) into one frozen, typed model.
+
+Unknown keys, wrong types and impossible combinations are rejected with a message that names
+the key and, where it can be found, the line of the file. Secrets are never part of `repr()`:
+passwords and keys are read from files named here, and `redacted()` is what gets logged.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from gateway.errors import ConfigError
+
+_GATEWAY_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_MiB = 1024 * 1024
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class GatewaySection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    id: str
+    state_dir: str = "/var/lib/eldergate"
+
+
+class LoggingSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class TlsSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+
+class ReconnectSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    min_delay_s: float = 0.5
+    max_delay_s: float = 60.0
+    auth_failure_delay_s: float = 300.0
+
+
+class UplinkSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    protocol: Literal["mqtt5", "mqtt311"] = "mqtt5"
+    client_id: str = ""
+    topic_prefix: str = "eldergate/{gateway_id}"
+    keepalive_s: int = 30
+    connect_timeout_s: float = 10.0
+    session_expiry_s: int = 86400
+    will_delay_s: int = 10
+    username: str = ""
+    password_file: str = ""
+    tls: TlsSection = msgspec.field(default_factory=TlsSection)
+    reconnect: ReconnectSection = msgspec.field(default_factory=ReconnectSection)
+
+
+class ForwardingSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    window: int = 64
+    lane0_reserved: int = 8
+    ack_timeout_s: float = 15.0
+    replay_rate: float = 500.0
+    require_consumer_lanes: list[int] = msgspec.field(default_factory=lambda: [0])
+    no_consumer_retry_min_s: float = 1.0
+    no_consumer_retry_max_s: float = 30.0
+    fetch_batch: int = 256
+
+
+class OutboxSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    path: str = ""
+    max_rows: int = 1_000_000
+    max_bytes: int = 512 * _MiB
+    min_free_disk_bytes: int = 64 * _MiB
+    group_commit_window_ms: float = 20.0
+    delete_batch: int = 512
+    delete_interval_ms: float = 100.0
+    checkpoint_interval_s: float = 60.0
+    journal_size_limit_bytes: int = 32 * _MiB
+    integrity_check: Literal["quick", "full", "off"] = "quick"
+    integrity_check_sync_max_bytes: int = 64 * _MiB
+
+
+class CommandsSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    hmac_key_file: str = ""
+    require_signature: list[str] = msgspec.field(default_factory=list)
+    max_ttl_s: float = 3600.0
+    max_clock_skew_s: float = 300.0
+    max_payload_bytes: int = 4 * _MiB
+    queue_size: int = 64
+
+
+class HealthSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    interval_s: float = 60.0
+    publish_event: bool = True
+
+
+class IngestSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = False
+    socket: str = ""
+
+
+class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    gateway: GatewaySection
+    logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
+    uplink: UplinkSection = msgspec.field(default_factory=UplinkSection)
+    forwarding: ForwardingSection = msgspec.field(default_factory=ForwardingSection)
+    outbox: OutboxSection = msgspec.field(default_factory=OutboxSection)
+    commands: CommandsSection = msgspec.field(default_factory=CommandsSection)
+    health: HealthSection = msgspec.field(default_factory=HealthSection)
+    ingest: IngestSection = msgspec.field(default_factory=IngestSection)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.gateway.state_dir)
+
+    @property
+    def outbox_path(self) -> Path:
+        return Path(self.outbox.path) if self.outbox.path else self.state_dir / "outbox.db"
+
+    @property
+    def ingest_socket(self) -> Path:
+        return Path(self.ingest.socket) if self.ingest.socket else self.state_dir / "ingest.sock"
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.uplink.topic_prefix.replace("{gateway_id}", self.gateway.id)
+
+    @property
+    def client_id(self) -> str:
+        return self.uplink.client_id or f"eldergate-{self.gateway.id}"
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as a dict safe to log: secret-bearing paths shown only as set."""
+        data: dict[str, Any] = msgspec.to_builtins(self)
+        for section, key in _SECRET_KEYS:
+            if data.get(section, {}).get(key):
+                data[section][key] = "<set>"
+        return data
+
+
+# Keys whose values lead to secrets; they are shown only as "<set>".
+_SECRET_KEYS = (("uplink", "password_file"), ("commands", "hmac_key_file"))
+
+
+def load_config(path: Path) -> Config:
+    """Read, parse and validate a configuration file; raise ConfigError naming what is wrong."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror or exc}") from exc
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, *, source: str = "<config>") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        config = msgspec.convert(raw, type=Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_locate(str(exc), text, source)) from exc
+    problems = list(_cross_checks(config))
+    if problems:
+        lines = [_at(source, text, key) + msg for key, msg in problems]
+        raise ConfigError("\n".join(lines))
+    return config
+
+
+def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            problems.append((key, message))
+
+    up, fwd, box, cmd = cfg.uplink, cfg.forwarding, cfg.outbox, cfg.commands
+    need(
+        bool(_GATEWAY_ID_RE.match(cfg.gateway.id)),
+        "gateway.id",
+        "must be 1-63 lower-case letters, digits or '-', starting with a letter or digit",
+    )
+    need(bool(cfg.gateway.state_dir), "gateway.state_dir", "must not be empty")
+    need(bool(up.host), "uplink.host", "must not be empty")
+    need(1 <= up.port <= 65535, "uplink.port", "must be between 1 and 65535")
+    need(5 <= up.keepalive_s <= 3600, "uplink.keepalive_s", "must be between 5 and 3600")
+    need(up.connect_timeout_s > 0, "uplink.connect_timeout_s", "must be positive")
+    need(up.session_expiry_s >= 0, "uplink.session_expiry_s", "must not be negative")
+    need(up.will_delay_s >= 0, "uplink.will_delay_s", "must not be negative")
+    need(
+        not any(c in cfg.topic_prefix for c in "+#") and not cfg.topic_prefix.endswith("/"),
+        "uplink.topic_prefix",
+        "must not contain '+' or '#' nor end with '/'",
+    )
+    need(
+        not (up.password_file and not up.username),
+        "uplink.password_file",
+        "a password needs uplink.username",
+    )
+    need(
+        bool(up.tls.cert_file) == bool(up.tls.key_file),
+        "uplink.tls.cert_file",
+        "a client certificate needs both cert_file and key_file",
+    )
+    need(
+        not up.tls.enabled or bool(up.tls.ca_file),
+        "uplink.tls.ca_file",
+        "TLS always verifies the server: give the CA file that signed the broker's certificate",
+    )
+    need(
+        up.tls.enabled or not (up.tls.cert_file or up.tls.ca_file),
+        "uplink.tls.enabled",
+        "TLS files are given but TLS is not enabled",
+    )
+    rc = up.reconnect
+    need(
+        0 < rc.min_delay_s <= rc.max_delay_s,
+        "uplink.reconnect.min_delay_s",
+        "must be positive and not above max_delay_s",
+    )
+    need(
+        rc.auth_failure_delay_s >= rc.min_delay_s,
+        "uplink.reconnect.auth_failure_delay_s",
+        "must not be below min_delay_s",
+    )
+    need(1 <= fwd.window <= 65000, "forwarding.window", "must be between 1 and 65000")
+    need(
+        0 <= fwd.lane0_reserved < fwd.window,
+        "forwarding.lane0_reserved",
+        "must be at least 0 and below forwarding.window",
+    )
+    need(fwd.ack_timeout_s > 0, "forwarding.ack_timeout_s", "must be positive")
+    need(fwd.replay_rate >= 0, "forwarding.replay_rate", "must be >= 0 (0 means unlimited)")
+    need(
+        all(0 <= lane <= 3 for lane in fwd.require_consumer_lanes),
+        "forwarding.require_consumer_lanes",
+        "lanes are 0 to 3",
+    )
+    need(
+        0 < fwd.no_consumer_retry_min_s <= fwd.no_consumer_retry_max_s,
+        "forwarding.no_consumer_retry_min_s",
+        "must be positive and not above the max",
+    )
+    need(1 <= fwd.fetch_batch <= 10000, "forwarding.fetch_batch", "must be between 1 and 10000")
+    need(box.max_rows >= 1000, "outbox.max_rows", "must be at least 1000")
+    need(box.max_bytes >= 1 * _MiB, "outbox.max_bytes", "must be at least 1 MiB")
+    need(box.min_free_disk_bytes >= 0, "outbox.min_free_disk_bytes", "must not be negative")
+    need(
+        0 <= box.group_commit_window_ms <= 1000,
+        "outbox.group_commit_window_ms",
+        "must be between 0 and 1000",
+    )
+    need(1 <= box.delete_batch <= 10000, "outbox.delete_batch", "must be between 1 and 10000")
+    need(box.delete_interval_ms > 0, "outbox.delete_interval_ms", "must be positive")
+    need(box.checkpoint_interval_s > 0, "outbox.checkpoint_interval_s", "must be positive")
+    need(
+        box.journal_size_limit_bytes >= 0, "outbox.journal_size_limit_bytes", "must not be negative"
+    )
+    need(cmd.max_ttl_s > 0, "commands.max_ttl_s", "must be positive")
+    need(cmd.max_clock_skew_s >= 0, "commands.max_clock_skew_s", "must not be negative")
+    need(
+        1024 <= cmd.max_payload_bytes <= 64 * _MiB,
+        "commands.max_payload_bytes",
+        "must be between 1 KiB and 64 MiB",
+    )
+    need(1 <= cmd.queue_size <= 10000, "commands.queue_size", "must be between 1 and 10000")
+    need(cfg.health.interval_s >= 1, "health.interval_s", "must be at least 1 second")
+    return problems
+
+
+_PATH_RE = re.compile(r"at `\$((?:\.[A-Za-z0-9_]+|\[\d+\])*)`")
+
+
+def _locate(message: str, text: str, source: str) -> str:
+    """Turn msgspec's `... - at `$.uplink.port`` into `file:line: uplink.port: ...`."""
+    match = _PATH_RE.search(message)
+    if not match:
+        # Unknown fields are reported as "Object contains unknown field `x` - at `$.uplink`".
+        return f"{source}: {message}"
+    path = re.sub(r"\[\d+\]", "", match.group(1)).lstrip(".")
+    detail = message[: match.start()].rstrip(" -")
+    unknown = re.search(r"unknown field `([^`]+)`", detail)
+    key = (
+        f"{path}.{unknown.group(1)}"
+        if unknown and path
+        else (unknown.group(1) if unknown else path)
+    )
+    return f"{_at(source, text, key)}{detail}"
+
+
+def _at(source: str, text: str, dotted_key: str) -> str:
+    line = find_key_line(text, dotted_key)
+    where = f"{source}:{line}" if line else source
+    return f"{where}: {dotted_key}: "
+
+
+def find_key_line(text: str, dotted_key: str) -> int | None:
+    """Best-effort line number (1-based) of `a.b.c` in TOML text: the `c = ` line inside the
+    `[a.b]` table, or the `[a.b.c]` header. Returns None when it cannot tell."""
+    parts = dotted_key.split(".")
+    if not parts or not parts[0]:
+        return None
+    table, key = ".".join(parts[:-1]), parts[-1]
+    current = ""
+    header_re = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\- ]+?)\s*\]\s*(#.*)?$")
+    key_re = re.compile(rf"^\s*{re.escape(key)}\s*=")
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = header_re.match(line)
+        if header:
+            current = header.group(1).replace(" ", "")
+            if current == dotted_key:
+                return number
+            continue
+        if current == table and key_re.match(line):
+            return number
+    return None
+
+
+def config_from_mapping(data: Mapping[str, Any]) -> Config:
+    """Validate a config given as a mapping (used by the demo and tests)."""
+    try:
+        config = msgspec.convert(dict(data), type=Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc)) from exc
+    problems = _cross_checks(config)
+    if problems:
+        raise ConfigError("\n".join(f"{key}: {msg}" for key, msg in problems))
+    return config

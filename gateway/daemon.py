@@ -1,0 +1,415 @@
+"""The daemon: the composition root that wires the parts together and owns their tasks.
+
+Start-up: open the store (integrity check, migrations), load counters (O(1), the backlog
+stays on disk), start the writer, the uplink and the forwarder, then tell systemd READY=1.
+Shutdown (SIGTERM/SIGINT): stop intake, record `gateway.stopping`, let the forwarder drain
+briefly, publish `offline` and disconnect, commit what is pending, checkpoint, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway import __version__
+from gateway.builtin_commands import register_builtin_commands
+from gateway.clock import ClockSync
+from gateway.commands import CommandService, CommandSettings
+from gateway.config import Config
+from gateway.errors import ConfigError, StorageError
+from gateway.events import EventFactory, Lane
+from gateway.forwarder import Forwarder, ForwarderSettings
+from gateway.health import HealthReporter
+from gateway.ingest import IngestServer
+from gateway.mqtt import Uplink, UplinkSettings
+from gateway.outbox import Outbox, OutboxLimits
+from gateway.settings import RuntimeSetting, RuntimeSettings
+from gateway.signing import load_key
+from gateway.store import Database, StoreOptions
+from gateway.systemd import SystemdNotifier, watchdog_interval_s
+
+_LOGGER = logging.getLogger(__name__)
+
+SHUTDOWN_DRAIN_S = 2.0
+_STALL_LIMIT_S = {"forwarder": 10.0, "commands": 45.0, "health": None}
+_COMMIT_STUCK_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonHooks:
+    """Test and demo seams; production passes none of these."""
+
+    store_options: StoreOptions | None = None
+    on_ready: Callable[[Gateway], None] | None = None
+
+
+def uplink_settings(cfg: Config) -> UplinkSettings:
+    up = cfg.uplink
+    password = ""
+    if up.password_file:
+        try:
+            password = Path(up.password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"uplink.password_file {up.password_file}: {exc.strerror}") from exc
+    return UplinkSettings(
+        host=up.host,
+        port=up.port,
+        client_id=cfg.client_id,
+        prefix=cfg.topic_prefix,
+        mqtt5=up.protocol == "mqtt5",
+        keepalive_s=up.keepalive_s,
+        connect_timeout_s=up.connect_timeout_s,
+        session_expiry_s=up.session_expiry_s,
+        will_delay_s=up.will_delay_s,
+        username=up.username,
+        password=password,
+        tls=up.tls.enabled,
+        ca_file=up.tls.ca_file,
+        cert_file=up.tls.cert_file,
+        key_file=up.tls.key_file,
+        min_delay_s=up.reconnect.min_delay_s,
+        max_delay_s=up.reconnect.max_delay_s,
+        auth_failure_delay_s=up.reconnect.auth_failure_delay_s,
+        max_inflight=cfg.forwarding.window + 16,
+    )
+
+
+class Gateway:
+    """Everything the daemon runs, wired once. Build with `await Gateway.build(cfg)`."""
+
+    def __init__(self, cfg: Config, db: Database, hooks: DaemonHooks) -> None:
+        self.cfg = cfg
+        self.db = db
+        self.hooks = hooks
+        self.started = time.monotonic()
+        self.events = EventFactory(cfg.gateway.id, ClockSync())
+        box = cfg.outbox
+        self.outbox = Outbox(
+            db,
+            OutboxLimits(
+                max_rows=box.max_rows,
+                max_bytes=box.max_bytes,
+                min_free_disk_bytes=box.min_free_disk_bytes,
+                group_commit_window_s=box.group_commit_window_ms / 1000,
+                delete_batch=box.delete_batch,
+                delete_interval_s=box.delete_interval_ms / 1000,
+                checkpoint_interval_s=box.checkpoint_interval_s,
+            ),
+            on_commit=self._committed,
+        )
+        self.uplink = Uplink(uplink_settings(cfg))
+        fwd = cfg.forwarding
+        self.forwarder = Forwarder(
+            self.outbox,
+            self.uplink,
+            ForwarderSettings(
+                window=fwd.window,
+                lane0_reserved=fwd.lane0_reserved,
+                ack_timeout_s=fwd.ack_timeout_s,
+                replay_rate=fwd.replay_rate,
+                require_consumer_lanes=frozenset(fwd.require_consumer_lanes),
+                retry_min_s=fwd.no_consumer_retry_min_s,
+                retry_max_s=fwd.no_consumer_retry_max_s,
+                fetch_batch=fwd.fetch_batch,
+            ),
+        )
+        key = load_key(Path(cfg.commands.hmac_key_file)) if cfg.commands.hmac_key_file else None
+        cmd = cfg.commands
+        self.commands = CommandService(
+            db,
+            self.outbox,
+            CommandSettings(
+                gateway_id=cfg.gateway.id,
+                prefix=cfg.topic_prefix,
+                key=key,
+                require_signature=frozenset(cmd.require_signature),
+                max_ttl_s=cmd.max_ttl_s,
+                max_clock_skew_s=cmd.max_clock_skew_s,
+                max_payload_bytes=cmd.max_payload_bytes,
+                queue_size=cmd.queue_size,
+            ),
+        )
+        self.uplink.set_message_handler(self.commands.on_message)
+        self.health = HealthReporter(
+            self.outbox,
+            self.forwarder,
+            self.uplink,
+            self.events,
+            cfg.state_dir,
+            interval_s=cfg.health.interval_s,
+            publish_event=cfg.health.publish_event,
+        )
+        self.runtime = RuntimeSettings(db)
+        self._register_runtime_settings()
+        register_builtin_commands(
+            self.commands, self.runtime, self.outbox, self.events, self.started
+        )
+        self.ingest = (
+            IngestServer(cfg.ingest_socket, self.outbox, self.events)
+            if cfg.ingest.enabled
+            else None
+        )
+        self._reported_drops = self.outbox.stats().dropped
+
+    @classmethod
+    async def build(cls, cfg: Config, hooks: DaemonHooks | None = None) -> Gateway:
+        hooks = hooks or DaemonHooks()
+        box = cfg.outbox
+        options = hooks.store_options or StoreOptions(
+            journal_size_limit_bytes=box.journal_size_limit_bytes,
+            integrity_check=box.integrity_check,
+            integrity_check_sync_max_bytes=box.integrity_check_sync_max_bytes,
+        )
+        db = await Database.open(cfg.outbox_path, options)
+        try:
+            gateway = cls(cfg, db, hooks)
+            await gateway.outbox.load()
+            gateway._reported_drops = gateway.outbox.stats().dropped
+            await gateway.runtime.load_overrides()
+        except BaseException:
+            await db.close()
+            raise
+        return gateway
+
+    def _committed(self, lanes: frozenset[Lane]) -> None:
+        self.forwarder.notify_committed(lanes)
+
+    def _register_runtime_settings(self) -> None:
+        self.runtime.register(
+            RuntimeSetting(
+                "health.interval_s",
+                float,
+                self.health.set_interval,
+                lambda: self.health.interval_s,
+                minimum=5,
+                maximum=86400,
+                description="seconds between health reports",
+            )
+        )
+        self.runtime.register(
+            RuntimeSetting(
+                "forwarding.replay_rate",
+                float,
+                self.forwarder.set_replay_rate,
+                lambda: self.forwarder.replay_rate,
+                minimum=0,
+                maximum=100000,
+                description="backlog messages/s after an outage, 0=no limit",
+            )
+        )
+        self.runtime.register(
+            RuntimeSetting(
+                "logging.level",
+                str,
+                lambda v: logging.getLogger().setLevel(v),
+                lambda: logging.getLevelName(logging.getLogger().level),
+                choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                description="log verbosity",
+            )
+        )
+
+    async def report_overflow(self) -> None:
+        """Turn new drops into one `gateway.outbox_overflow` event (lane 1, never dropped)."""
+        dropped = self.outbox.stats().dropped
+        if dropped == self._reported_drops:
+            return
+        delta = {
+            "2": dropped[0] - self._reported_drops[0],
+            "3": dropped[1] - self._reported_drops[1],
+        }
+        self._reported_drops = dropped
+        _LOGGER.warning("outbox overflow: dropped %s (lane: rows) since the last report", delta)
+        with contextlib.suppress(StorageError):
+            await self.outbox.append(
+                self.events.make(
+                    "gateway.outbox_overflow",
+                    data={
+                        "dropped": delta,
+                        "dropped_total": {"2": dropped[0], "3": dropped[1]},
+                        "max_rows": self.cfg.outbox.max_rows,
+                        "max_bytes": self.cfg.outbox.max_bytes,
+                    },
+                )
+            )
+
+    def healthy(self) -> tuple[bool, str]:
+        """Whether the watchdog may be fed: the loop, the writer and the forwarder progress."""
+        now = time.monotonic()
+        if self.outbox.commit_stuck_for() > _COMMIT_STUCK_S:
+            return False, f"outbox commit stuck for {self.outbox.commit_stuck_for():.0f} s"
+        if now - self.forwarder.last_progress > 10.0:
+            return False, f"forwarder stalled for {now - self.forwarder.last_progress:.0f} s"
+        if now - self.commands.last_progress > 45.0:
+            return False, f"command handling stalled for {now - self.commands.last_progress:.0f} s"
+        return True, "ok"
+
+    def status_line(self) -> str:
+        stats = self.outbox.stats()
+        return (
+            f"uplink {self.uplink.state.value}, outbox {stats.depth} queued, "
+            f"{self.forwarder.stats.delivered} delivered"
+        )
+
+
+async def run(
+    cfg: Config,
+    *,
+    stop: asyncio.Event | None = None,
+    hooks: DaemonHooks | None = None,
+    notifier: SystemdNotifier | None = None,
+) -> int:
+    """Run the daemon until `stop` is set or SIGTERM/SIGINT arrives. Returns the exit code."""
+    notifier = notifier or SystemdNotifier()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+    notifier.status("opening the outbox")
+    gateway = await Gateway.build(cfg, hooks)
+    failed: list[str] = []
+    tasks: dict[str, asyncio.Task[None]] = {}
+
+    def watch(task: asyncio.Task[None]) -> None:
+        if task.cancelled() or stop.is_set():
+            return
+        exc = task.exception()
+        _LOGGER.critical(
+            "task %s ended unexpectedly: %r; stopping so systemd restarts us",
+            task.get_name(),
+            exc,
+            exc_info=exc,
+        )
+        failed.append(task.get_name())
+        stop.set()
+
+    def spawn(name: str, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        task.add_done_callback(watch)
+        tasks[name] = task
+
+    spawn("outbox-writer", gateway.outbox.run())
+    spawn("uplink", gateway.uplink.run())
+    spawn("forwarder", gateway.forwarder.run())
+    spawn("commands", gateway.commands.run())
+    spawn("health", gateway.health.run())
+    spawn("overflow-reporter", _every(2.0, gateway.report_overflow))
+    spawn("watchdog", _watchdog(gateway, notifier))
+    if gateway.db.deferred_check:
+        spawn("integrity-check", _background_check(gateway))
+    try:
+        if gateway.ingest is not None:
+            await gateway.ingest.start()
+        stats = gateway.outbox.stats()
+        with contextlib.suppress(StorageError):
+            await gateway.outbox.append(
+                gateway.events.make(
+                    "gateway.started",
+                    data={
+                        "version": __version__,
+                        "backlog": stats.depth,
+                        "dropped_total": {"2": stats.dropped[0], "3": stats.dropped[1]},
+                    },
+                )
+            )
+        notifier.ready(gateway.status_line())
+        _LOGGER.info(
+            "eldergate %s ready: gateway %s, %d events waiting in the outbox",
+            __version__,
+            cfg.gateway.id,
+            stats.depth,
+        )
+        if gateway.hooks.on_ready is not None:
+            gateway.hooks.on_ready(gateway)
+        await stop.wait()
+    finally:
+        await _shutdown(gateway, tasks, notifier)
+    return 1 if failed else 0
+
+
+async def _shutdown(
+    gateway: Gateway, tasks: dict[str, asyncio.Task[None]], notifier: SystemdNotifier
+) -> None:
+    _LOGGER.info("stopping: draining the outbox and disconnecting")
+    notifier.stopping("stopping: draining")
+    if gateway.ingest is not None:
+        await gateway.ingest.stop()
+    if not tasks["outbox-writer"].done():
+        with contextlib.suppress(StorageError):
+            async with asyncio.timeout(2):
+                await gateway.outbox.append(gateway.events.make("gateway.stopping", data={}))
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(SHUTDOWN_DRAIN_S):
+            await gateway.forwarder.wait_no_inflight()
+    for name in (
+        "watchdog",
+        "health",
+        "commands",
+        "overflow-reporter",
+        "forwarder",
+        "integrity-check",
+    ):
+        task = tasks.get(name)
+        if task is not None:
+            task.cancel()
+    await gateway.uplink.stop()
+    uplink_task = tasks["uplink"]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5):
+            await asyncio.gather(uplink_task, return_exceptions=True)
+    uplink_task.cancel()
+    await gateway.outbox.close()
+    await asyncio.gather(*tasks.values(), return_exceptions=True)
+    await gateway.db.close()
+    notifier.close()
+    _LOGGER.info("stopped")
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: log where every task is waiting (for an installer chasing a hang)."""
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=8)
+        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+        _LOGGER.warning("task %s: %s", task.get_name(), where or "(not started)")
+
+
+async def _every(interval: float, action: Callable[[], object]) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        result = action()
+        if asyncio.iscoroutine(result):
+            await result
+
+
+async def _watchdog(gateway: Gateway, notifier: SystemdNotifier) -> None:
+    interval = watchdog_interval_s()
+    period = interval if interval is not None else 5.0
+    unhealthy_logged = False
+    while True:
+        before = time.monotonic()
+        await asyncio.sleep(period)
+        lag = time.monotonic() - before - period
+        ok, why = gateway.healthy()
+        if lag > 5.0:
+            ok, why = False, f"event loop blocked for {lag:.1f} s"
+        if ok:
+            unhealthy_logged = False
+            if interval is not None:
+                notifier.watchdog()
+            notifier.status(gateway.status_line())
+        elif not unhealthy_logged:
+            unhealthy_logged = True
+            _LOGGER.error("not feeding the systemd watchdog: %s", why)
+
+
+async def _background_check(gateway: Gateway) -> None:
+    ok = await gateway.db.background_integrity_check()
+    gateway.health.store_ok = ok

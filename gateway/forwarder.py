@@ -1,0 +1,315 @@
+"""The forwarder: moves outbox rows to the broker, lane 0 first, and deletes a row only after
+a PUBACK with a success reason code.
+
+- The gateway keeps its own in-flight window (paho is given at most `window` messages), with
+  `lane0_reserved` slots that only life-safety rows may use, so a live alarm overtakes a
+  backlog being replayed.
+- A disconnect, an ack time-out or a crash returns in-flight rows to the queue (they are still
+  in SQLite): delivery is at-least-once and per-lane order is kept.
+- MQTT 5 reason 0x10 "no matching subscribers" means nobody got it: for lanes that need a
+  consumer the lane pauses with back-off and the row is sent again. Failure codes (>= 0x80)
+  pause the lane too, except codes that can never succeed, which move the row to dead letters.
+- Rows that were already stored when the connection came up are replayed at a bounded rate
+  (life-safety rows excepted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from gateway.aio import wait_event
+from gateway.backoff import Backoff
+from gateway.errors import StorageError, TransientError
+from gateway.events import LANES, Lane
+from gateway.mqtt import Connection, Uplink, UplinkListener
+from gateway.outbox import Outbox, StoredMessage
+
+_LOGGER = logging.getLogger(__name__)
+
+NO_MATCHING_SUBSCRIBERS = 0x10
+# PUBACK failures that no retry can fix: the row would block its lane for ever.
+PERMANENT_FAILURES = frozenset({0x90, 0x95, 0x99})  # topic name invalid, too large, bad format
+_TICK_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ForwarderSettings:
+    window: int = 64
+    lane0_reserved: int = 8
+    ack_timeout_s: float = 15.0
+    replay_rate: float = 500.0  # messages/s for the backlog; 0 = unlimited
+    require_consumer_lanes: frozenset[int] = frozenset({0})
+    retry_min_s: float = 1.0
+    retry_max_s: float = 30.0
+    fetch_batch: int = 256
+
+
+@dataclass(slots=True)
+class _LaneState:
+    lane: Lane
+    retry: Backoff
+    cursor: int = 0
+    buffer: deque[StoredMessage] = field(default_factory=deque)
+    exhausted: bool = False
+    paused_until: float = 0.0
+    generation: int = 0  # bumped by every rewind: a read begun before it is stale
+
+    def rewind(self, before_row: int | None = None) -> None:
+        self.cursor = 0 if before_row is None else min(self.cursor, before_row - 1)
+        self.buffer.clear()
+        self.exhausted = False
+        self.generation += 1
+
+
+@dataclass(slots=True)
+class _InFlight:
+    stored: StoredMessage
+    sent_at: float
+
+
+@dataclass(slots=True)
+class ForwarderStats:
+    delivered: int = 0
+    no_consumer_retries: int = 0
+    failures: dict[int, int] = field(default_factory=dict)
+    dead_lettered: int = 0
+    ack_timeouts: int = 0
+    last_delivery: float = 0.0
+
+
+class _TokenBucket:
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._tokens = rate
+        self._at = time.monotonic()
+
+    def take(self) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+    def wait_s(self) -> float:
+        return 0.0 if self.rate <= 0 else max(0.001, (1 - self._tokens) / self.rate)
+
+
+class Forwarder(UplinkListener):
+    def __init__(self, outbox: Outbox, uplink: Uplink, settings: ForwarderSettings) -> None:
+        self._outbox = outbox
+        self._uplink = uplink
+        self.settings = settings
+        self._lanes = [
+            _LaneState(lane, Backoff(settings.retry_min_s, settings.retry_max_s)) for lane in LANES
+        ]
+        self._inflight: dict[int, _InFlight] = {}
+        self._inflight_rows: set[int] = set()
+        self._conn: Connection | None = None
+        self._wake = asyncio.Event()
+        self._settled = asyncio.Event()  # set whenever a PUBACK arrives or the link drops
+        self._bucket = _TokenBucket(settings.replay_rate)
+        self._replay_mark = 0
+        self._dead: list[tuple[int, int]] = []
+        self.stats = ForwarderStats()
+        self.last_progress = time.monotonic()
+        uplink.add_listener(self)
+        uplink.set_puback_handler(self._on_puback)
+
+    # -- notifications ---------------------------------------------------------------------
+
+    def notify_committed(self, lanes: frozenset[Lane]) -> None:
+        """The outbox committed rows in these lanes."""
+        for lane in lanes:
+            self._lanes[lane].exhausted = False
+        self._wake.set()
+
+    def connected(self, connection: Connection) -> None:
+        self._conn = connection
+        self._replay_mark = self._outbox.last_row()
+        self._reset()
+        self._wake.set()
+
+    def disconnected(self) -> None:
+        self._conn = None
+        self._reset()
+        self._settled.set()
+
+    @property
+    def replay_rate(self) -> float:
+        return self._bucket.rate
+
+    def set_replay_rate(self, rate: float) -> None:
+        self._bucket.rate = rate
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    async def wait_no_inflight(self) -> None:
+        """Until every message handed to the broker has its PUBACK (or the link is gone)."""
+        while self._inflight and self._conn is not None:
+            self._settled.clear()
+            await self._settled.wait()
+
+    def _reset(self) -> None:
+        """Everything in flight goes back to the queue; lanes re-read from the oldest row."""
+        self._inflight.clear()
+        self._inflight_rows.clear()
+        for state in self._lanes:
+            state.rewind()
+
+    # -- PUBACKs ---------------------------------------------------------------------------
+
+    def _on_puback(self, mid: int, code: int) -> None:
+        entry = self._inflight.pop(mid, None)
+        if entry is None:
+            return
+        stored = entry.stored
+        self._inflight_rows.discard(stored.row)
+        lane = self._lanes[stored.lane]
+        if (
+            code == NO_MATCHING_SUBSCRIBERS
+            and int(stored.lane) in self.settings.require_consumer_lanes
+        ):
+            self.stats.no_consumer_retries += 1
+            self._pause(lane, stored, "no subscriber received it (0x10)")
+        elif code >= 0x80:
+            self.stats.failures[code] = self.stats.failures.get(code, 0) + 1
+            if code in PERMANENT_FAILURES:
+                _LOGGER.error(
+                    "broker refuses row %d for good (reason 0x%02X); moving it to dead letters",
+                    stored.row,
+                    code,
+                )
+                self._dead.append((stored.row, code))
+            else:
+                self._pause(lane, stored, f"broker refused it (reason 0x{code:02X})")
+        else:
+            self._outbox.mark_delivered(stored.row)
+            self.stats.delivered += 1
+            self.stats.last_delivery = time.monotonic()
+            lane.retry.reset()
+        self._settled.set()
+        self._wake.set()
+
+    def _pause(self, lane: _LaneState, stored: StoredMessage, why: str) -> None:
+        delay = lane.retry.next()
+        level = logging.WARNING if lane.retry.attempts <= 1 else logging.DEBUG
+        _LOGGER.log(
+            level,
+            "lane %d row %d not delivered: %s; retrying in %.1f s",
+            stored.lane,
+            stored.row,
+            why,
+            delay,
+        )
+        lane.paused_until = time.monotonic() + delay
+        lane.rewind(before_row=stored.row)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            self.last_progress = time.monotonic()
+            await self._flush_dead_letters()
+            conn = self._conn
+            timeout = _TICK_S
+            if conn is not None and conn.is_open:
+                try:
+                    timeout = min(timeout, await self._fill(conn))
+                except StorageError as exc:
+                    _LOGGER.error("cannot read the outbox: %s", exc)
+                self._check_ack_timeouts()
+            self._wake.clear()
+            await wait_event(self._wake, timeout)
+
+    async def _fill(self, conn: Connection) -> float:
+        """Publish until the window is full; returns how long until there may be more to do."""
+        s = self.settings
+        next_wake = _TICK_S
+        while len(self._inflight) < s.window and conn is self._conn:
+            now = time.monotonic()
+            state = await self._next_lane(now)
+            if state is None:
+                break
+            stored = state.buffer[0]
+            if (
+                state.lane != Lane.LIFE_SAFETY
+                and stored.row <= self._replay_mark
+                and not self._bucket.take()
+            ):
+                next_wake = self._bucket.wait_s()
+                break
+            topic = (
+                stored.message.topic
+                if stored.message.absolute
+                else self._uplink.topic(stored.message.topic)
+            )
+            try:
+                mid = conn.publish(
+                    topic,
+                    stored.message.payload,
+                    retain=stored.message.retain,
+                    content_type=stored.message.content_type,
+                    correlation_data=stored.message.correlation_data,
+                )
+            except TransientError:
+                break
+            state.buffer.popleft()
+            self._inflight[mid] = _InFlight(stored, now)
+            self._inflight_rows.add(stored.row)
+        for state in self._lanes:
+            if state.paused_until > time.monotonic():
+                next_wake = min(next_wake, state.paused_until - time.monotonic())
+        return max(0.001, next_wake)
+
+    async def _next_lane(self, now: float) -> _LaneState | None:
+        limit_others = self.settings.window - self.settings.lane0_reserved
+        for state in self._lanes:
+            if state.paused_until > now:
+                continue
+            if state.lane != Lane.LIFE_SAFETY and len(self._inflight) >= limit_others:
+                return None
+            if not state.buffer and not state.exhausted:
+                await self._refill(state)
+            if state.buffer:
+                return state
+        return None
+
+    async def _refill(self, state: _LaneState) -> None:
+        generation = state.generation
+        rows = await self._outbox.fetch(state.lane, state.cursor, self.settings.fetch_batch)
+        if state.generation != generation:
+            return  # rewound (PUBACK failure, reconnect) while reading: the next fill re-reads
+        if not rows:
+            state.exhausted = True
+            return
+        state.cursor = rows[-1].row
+        state.buffer.extend(r for r in rows if r.row not in self._inflight_rows)
+        if not state.buffer:
+            state.exhausted = False  # all in flight; there may be more after them
+
+    def _check_ack_timeouts(self) -> None:
+        if not self._inflight:
+            return
+        oldest = min(entry.sent_at for entry in self._inflight.values())
+        if time.monotonic() - oldest > self.settings.ack_timeout_s:
+            self.stats.ack_timeouts += 1
+            self._uplink.drop(f"no PUBACK within {self.settings.ack_timeout_s} s")
+
+    async def _flush_dead_letters(self) -> None:
+        while self._dead:
+            row, code = self._dead.pop()
+            try:
+                await self._outbox.dead_letter(row, code)
+                self.stats.dead_lettered += 1
+            except StorageError as exc:
+                _LOGGER.error("could not move row %d to dead letters: %s", row, exc)

@@ -1,0 +1,526 @@
+"""The MQTT connection: paho-mqtt 2.x driven from the asyncio loop (no paho thread).
+
+Each connection attempt uses a fresh paho client, so paho's in-memory queue never carries
+messages across a reconnect: the outbox is the only source of truth. The blocking TCP/TLS
+connect runs in an executor; socket callbacks that paho makes from that thread are handed
+to the loop with call_soon_threadsafe. Every await on the broker has a time-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from functools import partial
+from typing import Any, Protocol
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.aio import wait_event
+from gateway.backoff import Backoff
+from gateway.errors import AuthError, ConfigError, TransientError
+
+_LOGGER = logging.getLogger(__name__)
+
+_MISC_INTERVAL_S = 1.0
+# CONNACK reason codes that mean "your credentials or rights are wrong" (MQTT 5; paho maps the
+# 3.1.1 return codes 4 and 5 onto 0x86 and 0x87).
+_AUTH_FAILURES = frozenset({0x86, 0x87, 0x8C})
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkSettings:
+    host: str
+    port: int
+    client_id: str
+    prefix: str
+    mqtt5: bool = True
+    keepalive_s: int = 30
+    connect_timeout_s: float = 10.0
+    session_expiry_s: int = 86400
+    will_delay_s: int = 10
+    username: str = ""
+    password: str = ""  # read from the password file; never logged
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    min_delay_s: float = 0.5
+    max_delay_s: float = 60.0
+    auth_failure_delay_s: float = 300.0
+    max_inflight: int = 128
+    subscribe_commands: bool = True
+
+    @property
+    def status_topic(self) -> str:
+        return f"{self.prefix}/status"
+
+    @property
+    def command_filter(self) -> str:
+        return f"{self.prefix}/cmd/#"
+
+    def __repr__(self) -> str:  # never show the password
+        return f"UplinkSettings(host={self.host!r}, port={self.port}, client_id={self.client_id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    response_topic: str | None
+    correlation_data: bytes | None
+    connection: Connection
+
+
+def _properties(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]
+
+
+class UplinkState(Enum):
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    AUTH_FAILED = "auth_failed"
+    TLS_FAILED = "tls_failed"
+
+
+class UplinkListener(Protocol):
+    def connected(self, connection: Connection) -> None: ...
+
+    def disconnected(self) -> None: ...
+
+
+class Connection:
+    """One live MQTT connection. Create with `await Connection.open(settings, ...)`."""
+
+    def __init__(
+        self,
+        settings: UplinkSettings,
+        loop: asyncio.AbstractEventLoop,
+        on_puback: Callable[[int, int], None],
+        on_message: Callable[[IncomingMessage], None],
+    ) -> None:
+        self.settings = settings
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._on_puback = on_puback
+        self._on_message = on_message
+        self._fd: int | None = None
+        self._closing = False
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self._connack: asyncio.Future[bool] = loop.create_future()
+        self._direct: dict[int, asyncio.Future[int]] = {}
+        self._misc_task: asyncio.Task[None] | None = None
+        self.connected_at = 0.0
+        self.client = self._make_client()
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def _make_client(self) -> paho.Client:
+        s = self.settings
+        protocol = MQTTProtocolVersion.MQTTv5 if s.mqtt5 else MQTTProtocolVersion.MQTTv311
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=protocol,
+            clean_session=None if s.mqtt5 else False,
+            manual_ack=True,
+        )
+        client.enable_logger(logging.getLogger("paho"))
+        client.connect_timeout = s.connect_timeout_s
+        client.max_inflight_messages_set(s.max_inflight)
+        client.max_queued_messages_set(0)
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_paho_message
+        will_props = None
+        if s.mqtt5:
+            will_props = _properties(PacketTypes.WILLMESSAGE)
+            will_props.WillDelayInterval = s.will_delay_s
+        client.will_set(s.status_topic, b"offline", qos=1, retain=True, properties=will_props)
+        if s.username:
+            client.username_pw_set(s.username, s.password or None)
+        if s.tls:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=s.ca_file)
+            if s.cert_file:
+                context.load_cert_chain(s.cert_file, s.key_file)
+            client.tls_set_context(context)
+        return client
+
+    @classmethod
+    async def open(
+        cls,
+        settings: UplinkSettings,
+        on_puback: Callable[[int, int], None],
+        on_message: Callable[[IncomingMessage], None],
+    ) -> Connection:
+        loop = asyncio.get_running_loop()
+        conn = cls(settings, loop, on_puback, on_message)
+        try:
+            await conn._connect()
+        except BaseException:
+            conn.abort("connect failed")
+            raise
+        return conn
+
+    async def _connect(self) -> None:
+        s = self.settings
+        props = None
+        if s.mqtt5:
+            props = _properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = s.session_expiry_s
+        connect = partial(
+            self.client.connect,
+            s.host,
+            s.port,
+            keepalive=s.keepalive_s,
+            clean_start=False if s.mqtt5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+        try:
+            async with asyncio.timeout(s.connect_timeout_s + 1):
+                await self._loop.run_in_executor(None, connect)
+                await self._connack
+        except TimeoutError as exc:
+            raise TransientError(
+                f"no CONNACK from {s.host}:{s.port} within {s.connect_timeout_s} s"
+            ) from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise ConfigError(
+                f"the broker's TLS certificate is not trusted: {exc.verify_message}"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise TransientError(f"TLS handshake with {s.host}:{s.port} failed: {exc}") from exc
+        except (OSError, socket.gaierror) as exc:
+            raise TransientError(f"cannot reach {s.host}:{s.port}: {exc.strerror or exc}") from exc
+        self.connected_at = time.monotonic()
+        self._misc_task = asyncio.create_task(self._misc_loop(), name="mqtt-misc")
+        if s.subscribe_commands:
+            self.client.subscribe(s.command_filter, qos=1)
+        self.client.publish(s.status_topic, b"online", qos=1, retain=True)
+
+    # -- socket plumbing (paho -> asyncio) -------------------------------------------------
+
+    def _in_loop(self, fn: Callable[[], None]) -> None:
+        if threading.get_ident() == self._loop_thread:
+            fn()
+        else:
+            self._loop.call_soon_threadsafe(fn)
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        fd = sock.fileno()
+        self._fd = fd
+
+        def register() -> None:
+            if not self._closing:
+                self._loop.add_reader(fd, self._readable)
+
+        self._in_loop(register)
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        fd = self._fd
+        self._fd = None
+        if fd is not None:
+            self._in_loop(partial(self._unregister, fd))
+
+    def _unregister(self, fd: int) -> None:
+        self._loop.remove_reader(fd)
+        self._loop.remove_writer(fd)
+
+    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        fd = self._fd
+        if fd is not None:
+            self._in_loop(
+                lambda: None if self._closing else self._loop.add_writer(fd, self._writable)
+            )
+
+    def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        fd = self._fd
+        if fd is not None:
+            self._in_loop(partial(self._remove_writer, fd))
+
+    def _remove_writer(self, fd: int) -> None:
+        self._loop.remove_writer(fd)
+
+    def _readable(self) -> None:
+        self.client.loop_read()
+
+    def _writable(self) -> None:
+        self.client.loop_write()
+
+    async def _misc_loop(self) -> None:
+        while not self.closed.is_set():
+            await asyncio.sleep(_MISC_INTERVAL_S)
+            self.client.loop_misc()  # keepalive: PINGREQ, and a dead link detected
+
+    # -- paho callbacks (run on the loop thread, from loop_read) ---------------------------
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if self._connack.done():
+            return
+        if reason.is_failure:
+            code = int(reason.value)
+            text = f"broker refused the connection: {reason} (0x{code:02X})"
+            error: Exception = AuthError(text) if code in _AUTH_FAILURES else TransientError(text)
+            self._connack.set_exception(error)
+        else:
+            self._connack.set_result(bool(getattr(flags, "session_present", False)))
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        self._mark_closed(f"disconnected: {reason}")
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
+    ) -> None:
+        code = int(reason.value)
+        direct = self._direct.pop(mid, None)
+        if direct is not None:
+            if not direct.done():
+                direct.set_result(code)
+            return
+        self._on_puback(mid, code)
+
+    def _on_paho_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        self._on_message(
+            IncomingMessage(
+                topic=msg.topic,
+                payload=bytes(msg.payload),
+                qos=msg.qos,
+                mid=msg.mid,
+                response_topic=getattr(props, "ResponseTopic", None),
+                correlation_data=getattr(props, "CorrelationData", None),
+                connection=self,
+            )
+        )
+
+    # -- operations ------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return not self.closed.is_set() and not self._closing
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        content_type: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> int:
+        """Hand one QoS 1 message to paho; returns its mid. Raises TransientError if closed."""
+        if not self.is_open:
+            raise TransientError("not connected")
+        props = None
+        if self.settings.mqtt5 and (content_type or correlation_data):
+            props = _properties(PacketTypes.PUBLISH)
+            if content_type:
+                props.ContentType = content_type
+            if correlation_data:
+                props.CorrelationData = correlation_data
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise TransientError(f"publish refused by the client: {paho.error_string(info.rc)}")
+        return int(info.mid)
+
+    async def publish_and_wait(
+        self, topic: str, payload: bytes, *, retain: bool = False, limit_s: float = 5.0
+    ) -> int:
+        """Publish outside the outbox (status, health) and wait, bounded, for the PUBACK."""
+        mid = self.publish(topic, payload, retain=retain)
+        future: asyncio.Future[int] = self._loop.create_future()
+        self._direct[mid] = future
+        try:
+            async with asyncio.timeout(limit_s):
+                return await future
+        finally:
+            self._direct.pop(mid, None)
+
+    def publish_direct(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Fire a QoS 1 message that is not in the outbox (retained status or health)."""
+        mid = self.publish(topic, payload, retain=retain)
+        self._direct[mid] = self._loop.create_future()
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Acknowledge an incoming QoS 1 message (after its effect is durably recorded)."""
+        if self.is_open and qos > 0:
+            self.client.ack(mid, qos)
+
+    async def close(self, limit_s: float = 3.0) -> None:
+        """Graceful close: publish `offline` (retained), then DISCONNECT so no will fires."""
+        if not self.is_open:
+            self.abort("closed")
+            return
+        with contextlib.suppress(TransientError, TimeoutError):
+            await self.publish_and_wait(
+                self.settings.status_topic, b"offline", retain=True, limit_s=limit_s
+            )
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit_s):
+                await self.closed.wait()
+        self.abort("closed")
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now (no DISCONNECT): the broker will publish our will."""
+        if self._closing:
+            return
+        self._closing = True
+        if not self._connack.done():
+            self._connack.cancel()  # nobody awaits it any more
+        fd = self._fd
+        if fd is not None:
+            self._unregister(fd)
+        sock = self.client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._mark_closed(reason)
+
+    def _mark_closed(self, reason: str) -> None:
+        if not self._connack.done():
+            self._connack.set_exception(
+                TransientError(f"connection closed before CONNACK: {reason}")
+            )
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
+        self.closed.set()
+        if self._misc_task is not None:
+            self._misc_task.cancel()
+        for future in self._direct.values():
+            if not future.done():
+                future.cancel()
+        self._direct.clear()
+
+
+class Uplink:
+    """Keeps one connection to the broker, reconnecting with capped, jittered back-off."""
+
+    def __init__(self, settings: UplinkSettings) -> None:
+        self.settings = settings
+        self.state = UplinkState.DISCONNECTED
+        self.connection: Connection | None = None
+        self.last_error = ""
+        self.connects = 0
+        self._listeners: list[UplinkListener] = []
+        self._puback_handler: Callable[[int, int], None] = lambda mid, code: None
+        self._message_handler: Callable[[IncomingMessage], None] = lambda msg: None
+        self._stopping = False
+        self._wake = asyncio.Event()
+
+    def add_listener(self, listener: UplinkListener) -> None:
+        self._listeners.append(listener)
+
+    def set_puback_handler(self, handler: Callable[[int, int], None]) -> None:
+        self._puback_handler = handler
+
+    def set_message_handler(self, handler: Callable[[IncomingMessage], None]) -> None:
+        self._message_handler = handler
+
+    def topic(self, relative: str) -> str:
+        return f"{self.settings.prefix}/{relative}"
+
+    def drop(self, reason: str) -> None:
+        """Abort the current connection (e.g. PUBACKs stopped coming); run() reconnects."""
+        if self.connection is not None:
+            _LOGGER.warning("dropping the MQTT connection: %s", reason)
+            self.connection.abort(reason)
+
+    async def run(self) -> None:
+        s = self.settings
+        backoff = Backoff(s.min_delay_s, s.max_delay_s)
+        failures = 0
+        while not self._stopping:
+            self.state = UplinkState.CONNECTING
+            try:
+                conn = await Connection.open(s, self._on_puback, self._message_handler)
+            except AuthError as exc:
+                delay = s.auth_failure_delay_s
+                self._report(UplinkState.AUTH_FAILED, exc, failures, delay, force=True)
+                failures += 1
+            except ConfigError as exc:
+                delay = s.auth_failure_delay_s
+                self._report(UplinkState.TLS_FAILED, exc, failures, delay, force=True)
+                failures += 1
+            except TransientError as exc:
+                delay = backoff.next()
+                self._report(UplinkState.DISCONNECTED, exc, failures, delay)
+                failures += 1
+            else:
+                failures = 0
+                backoff.reset()
+                await self._serve(conn)
+                if self._stopping:
+                    break
+                delay = backoff.next()
+                _LOGGER.warning(
+                    "MQTT connection lost (%s); reconnecting in %.1f s", conn.close_reason, delay
+                )
+            self._wake.clear()
+            await wait_event(self._wake, delay)
+        self.state = UplinkState.DISCONNECTED
+
+    def _on_puback(self, mid: int, code: int) -> None:
+        self._puback_handler(mid, code)
+
+    async def _serve(self, conn: Connection) -> None:
+        self.connection = conn
+        self.connects += 1
+        self.state = UplinkState.CONNECTED
+        self.last_error = ""
+        _LOGGER.info(
+            "connected to MQTT broker %s:%d as %s",
+            self.settings.host,
+            self.settings.port,
+            self.settings.client_id,
+        )
+        for listener in self._listeners:
+            listener.connected(conn)
+        try:
+            await conn.closed.wait()
+        finally:
+            self.connection = None
+            self.state = UplinkState.DISCONNECTED
+            for listener in self._listeners:
+                listener.disconnected()
+
+    def _report(
+        self, state: UplinkState, exc: Exception, failures: int, delay: float, force: bool = False
+    ) -> None:
+        self.state = state
+        self.last_error = str(exc)
+        level = logging.ERROR if force else (logging.WARNING if failures == 0 else logging.DEBUG)
+        _LOGGER.log(level, "MQTT connect failed: %s; next attempt in %.1f s", exc, delay)
+
+    async def stop(self, limit_s: float = 3.0) -> None:
+        """Publish `offline`, disconnect cleanly and stop reconnecting."""
+        self._stopping = True
+        self._wake.set()
+        if self.connection is not None:
+            await self.connection.close(limit_s)

@@ -1,0 +1,514 @@
+"""The outbox: every event is accepted only once it is committed to SQLite.
+
+Appends from many coroutines are group-committed by one writer task: an append after idle
+commits at once (low latency), while appends that arrive during a commit, or within the
+group-commit window after the last one, share the next commit (one fsync for many events,
+which also spares the SD card). Life-safety appends never wait for the window.
+
+Delivered rows are deleted in batches (riding along with appends when there are any). The
+store is bounded by rows and bytes: when full, the oldest rows of lane 3, then lane 2, are
+dropped and counted; lanes 0 and 1 are never dropped. Reads for forwarding use a separate
+read-only connection and never load the backlog into memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiosqlite
+import msgspec
+
+from gateway.aio import wait_event
+from gateway.errors import StorageError, StorageFullError
+from gateway.events import LANES, NEVER_DROPPED, Lane, Outbound, OutboundMessage
+from gateway.store import Database, translate
+
+_LOGGER = logging.getLogger(__name__)
+
+_DROPPABLE: tuple[Lane, ...] = (Lane.TELEMETRY, Lane.DEVICE_STATUS)  # in the order they go
+_DISK_CHECK_EVERY_S = 1.0
+_OVER_CAPACITY_LOG_EVERY_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxLimits:
+    max_rows: int = 1_000_000
+    max_bytes: int = 512 * 1024 * 1024
+    min_free_disk_bytes: int = 64 * 1024 * 1024
+    group_commit_window_s: float = 0.020
+    delete_batch: int = 512
+    delete_interval_s: float = 0.100
+    checkpoint_interval_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Proof that an item is durably stored: its storage row and (for events) its seq."""
+
+    row: int
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    row: int
+    lane: Lane
+    seq: int | None
+    message: OutboundMessage
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    rows: tuple[int, int, int, int]
+    bytes: tuple[int, int, int, int]
+    dropped: tuple[int, int]  # lanes 2 and 3
+    dead_letters: int
+    pending_appends: int
+    pending_deletes: int
+
+    @property
+    def depth(self) -> int:
+        return sum(self.rows)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes)
+
+
+class _Props(msgspec.Struct, frozen=True, omit_defaults=True):
+    ct: str | None = None
+    cd: bytes | None = None
+    abs: bool = False
+    ret: bool = False
+
+
+_PROPS_ENC = msgspec.json.Encoder()
+_PROPS_DEC = msgspec.json.Decoder(_Props)
+
+
+def _encode_props(message: OutboundMessage) -> bytes | None:
+    props = _Props(message.content_type, message.correlation_data, message.absolute, message.retain)
+    return None if props == _Props() else _PROPS_ENC.encode(props)
+
+
+@dataclass(slots=True)
+class _Pending:
+    item: Outbound
+    future: asyncio.Future[Receipt]
+
+
+@dataclass(slots=True)
+class _Counters:
+    next_row: int = 1
+    next_seq: int = 1
+    rows: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    bytes: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    dropped: list[int] = field(default_factory=lambda: [0, 0])  # lanes 2, 3
+
+    def copy(self) -> _Counters:
+        return _Counters(
+            self.next_row, self.next_seq, list(self.rows), list(self.bytes), list(self.dropped)
+        )
+
+
+class Outbox:
+    """Durable, bounded, prioritised store of messages waiting for the broker's PUBACK."""
+
+    def __init__(
+        self,
+        db: Database,
+        limits: OutboxLimits,
+        *,
+        on_commit: Callable[[frozenset[Lane]], None] | None = None,
+    ) -> None:
+        self._db = db
+        self._limits = limits
+        self._on_commit = on_commit
+        self._counters = _Counters()
+        self._appends: list[_Pending] = []
+        self._deletes: set[int] = set()  # delivered rows waiting for the next delete batch
+        self._deleting: set[int] = set()  # rows in the delete batch being committed
+        self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._last_commit_started = float("-inf")
+        self._last_delete_flush = time.monotonic()
+        self._next_checkpoint = time.monotonic() + limits.checkpoint_interval_s
+        self._disk_free = 0
+        self._disk_checked = float("-inf")
+        self._over_capacity_logged = float("-inf")
+        self._dead_letters = 0
+        self._commit_started_at: float | None = None
+        self._last_batch_size = 0
+        self.last_progress = time.monotonic()
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
+    async def load(self) -> None:
+        """Read the persistent counters (O(1): no scan of the backlog)."""
+        async with self._db.writer.execute(
+            "SELECT next_row, next_seq, rows0, rows1, rows2, rows3, "
+            "bytes0, bytes1, bytes2, bytes3, dropped2, dropped3 FROM outbox_state"
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise StorageError(f"{self._db.path}: outbox_state row is missing")
+        values = [int(v) for v in row]
+        self._counters = _Counters(values[0], values[1], values[2:6], values[6:10], values[10:12])
+        async with self._db.writer.execute("SELECT count(*) FROM dead_letter") as cursor:
+            found = await cursor.fetchone()
+        self._dead_letters = int(found[0]) if found else 0
+
+    # -- producers -------------------------------------------------------------------------
+
+    async def append(self, item: Outbound) -> Receipt:
+        """Store one item durably; returns only after the commit (raises StorageError if not)."""
+        if self._closing:
+            raise StorageError("the outbox is closing; nothing more can be accepted")
+        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        self._appends.append(_Pending(item, future))
+        if item.lane == Lane.LIFE_SAFETY:
+            self._urgent.set()
+        self._wake.set()
+        return await future
+
+    async def append_many(self, items: Iterable[Outbound]) -> list[Receipt]:
+        return list(await asyncio.gather(*(self.append(item) for item in items)))
+
+    # -- the forwarder's side --------------------------------------------------------------
+
+    async def fetch(self, lane: Lane, after_row: int, limit: int) -> list[StoredMessage]:
+        """The next undelivered rows of a lane after `after_row`, oldest first."""
+        try:
+            async with self._db.reader.execute(
+                "SELECT id, seq, topic, payload, props, created_ms FROM outbox "
+                "WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
+                (int(lane), after_row, limit),
+            ) as cursor:
+                rows = await cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise translate(exc, "reading the outbox") from exc
+        out: list[StoredMessage] = []
+        skip = self._deletes | self._deleting
+        for row_id, seq, topic, payload, props, created_ms in rows:
+            if row_id in skip:
+                continue
+            p = _PROPS_DEC.decode(props) if props else _Props()
+            message = OutboundMessage(
+                topic=topic,
+                payload=bytes(payload),
+                content_type=p.ct,
+                correlation_data=p.cd,
+                absolute=p.abs,
+                retain=p.ret,
+            )
+            out.append(StoredMessage(row_id, lane, seq, message, created_ms))
+        return out
+
+    def mark_delivered(self, row: int) -> None:
+        """The broker acknowledged this row; it is deleted in the next batch."""
+        self._deletes.add(row)
+        if len(self._deletes) == 1 or len(self._deletes) >= self._limits.delete_batch:
+            self._wake.set()  # the first one starts the delete timer; a full batch goes at once
+
+    async def dead_letter(self, row: int, reason_code: int) -> None:
+        """Move a row the broker refuses permanently out of the way, keeping it for inspection."""
+        async with self._db.transaction("moving a row to dead letters") as conn:
+            await conn.execute(
+                "INSERT OR REPLACE INTO dead_letter (id, lane, seq, topic, payload, props, "
+                "reason_code, failed_ms) SELECT id, lane, seq, topic, payload, props, ?, ? "
+                "FROM outbox WHERE id = ?",
+                (reason_code, int(time.time() * 1000), row),
+            )
+            removed = await self._delete_rows(conn, [row], self._counters)
+            await self._save_counters(conn, self._counters)
+        if removed:
+            self._dead_letters += 1
+
+    async def oldest_age_s(self) -> list[float | None]:
+        """Age in seconds of the oldest undelivered row of each lane (None if the lane is empty)."""
+        now_ms = time.time() * 1000
+        ages: list[float | None] = []
+        for lane in LANES:
+            async with self._db.reader.execute(
+                "SELECT created_ms FROM outbox WHERE lane = ? ORDER BY id LIMIT 1", (int(lane),)
+            ) as cursor:
+                row = await cursor.fetchone()
+            ages.append(None if row is None else max(0.0, (now_ms - int(row[0])) / 1000))
+        return ages
+
+    def stats(self) -> OutboxStats:
+        c = self._counters
+        return OutboxStats(
+            rows=(c.rows[0], c.rows[1], c.rows[2], c.rows[3]),
+            bytes=(c.bytes[0], c.bytes[1], c.bytes[2], c.bytes[3]),
+            dropped=(c.dropped[0], c.dropped[1]),
+            dead_letters=self._dead_letters,
+            pending_appends=len(self._appends),
+            pending_deletes=len(self._deletes),
+        )
+
+    def last_row(self) -> int:
+        """The highest row id handed out so far (rows above it are newer than now)."""
+        return self._counters.next_row - 1
+
+    def commit_stuck_for(self) -> float:
+        """Seconds the current commit has been running (0 when none is): for the watchdog."""
+        started = self._commit_started_at
+        return 0.0 if started is None else time.monotonic() - started
+
+    # -- the writer task -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The single writer. Runs until `close()`; then commits what is pending and returns."""
+        try:
+            while True:
+                self.last_progress = time.monotonic()
+                if not self._appends and not self._closing:
+                    await wait_event(self._wake, self._idle_timeout())
+                self._wake.clear()
+                if self._appends:
+                    await self._wait_for_window()
+                    await self._commit_batch()
+                elif self._deletes and (self._closing or self._delete_due()):
+                    await self._commit_batch()
+                if time.monotonic() >= self._next_checkpoint:
+                    self._next_checkpoint = time.monotonic() + self._limits.checkpoint_interval_s
+                    await self._db.checkpoint()
+                if self._closing and not self._appends and not self._deletes:
+                    return
+        finally:
+            self._fail_pending(StorageError("the outbox writer stopped"))
+            self._closed.set()
+
+    async def close(self) -> None:
+        """Stop accepting, commit what is pending, and wait for the writer to finish."""
+        self._closing = True
+        self._wake.set()
+        await self._closed.wait()
+
+    def _idle_timeout(self) -> float:
+        until_checkpoint = max(0.0, self._next_checkpoint - time.monotonic())
+        if not self._deletes:
+            return max(0.05, until_checkpoint)
+        due = self._last_delete_flush + self._limits.delete_interval_s - time.monotonic()
+        return max(0.001, min(due, until_checkpoint))
+
+    def _delete_due(self) -> bool:
+        return (
+            len(self._deletes) >= self._limits.delete_batch
+            or time.monotonic() - self._last_delete_flush >= self._limits.delete_interval_s
+        )
+
+    async def _wait_for_window(self) -> None:
+        """Under load, let more appends gather; an urgent (lane 0) append ends the wait.
+
+        Load means concurrent producers: more than one append waiting now, or the previous
+        commit carrying more than one. A lone append after a lone append commits at once.
+        """
+        if len(self._appends) <= 1 and self._last_batch_size <= 1:
+            return
+        window = self._limits.group_commit_window_s
+        remaining = self._last_commit_started + window - time.monotonic()
+        if remaining <= 0 or self._closing or self._urgent.is_set():
+            return
+        await wait_event(self._urgent, remaining)
+
+    async def _commit_batch(self) -> None:
+        batch, self._appends = self._appends, []
+        self._last_batch_size = len(batch)
+        self._urgent.clear()
+        deletes = sorted(self._deletes)
+        self._deleting.update(deletes)
+        self._deletes.clear()
+        self._last_commit_started = time.monotonic()
+        self._commit_started_at = self._last_commit_started
+        outcome: tuple[list[Receipt], _Counters] | None
+        try:
+            outcome = await self._commit(batch, deletes)
+        except StorageFullError as exc:
+            outcome = await self._retry_after_full(batch, deletes, exc)
+        except StorageError as exc:
+            _LOGGER.error("outbox commit of %d items failed: %s", len(batch), exc)
+            self._deletes.update(deletes)
+            self._fail(batch, exc)
+            return
+        finally:
+            self._deleting.difference_update(deletes)
+            self._commit_started_at = None
+        if outcome is None:
+            return
+        receipts, self._counters = outcome
+        self._last_delete_flush = time.monotonic()
+        self.last_progress = self._last_delete_flush
+        lanes = frozenset(p.item.lane for p in batch)
+        for pending, receipt in zip(batch, receipts, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(receipt)
+        if lanes and self._on_commit is not None:
+            self._on_commit(lanes)
+
+    async def _retry_after_full(
+        self, batch: list[_Pending], deletes: list[int], exc: StorageFullError
+    ) -> tuple[list[Receipt], _Counters] | None:
+        """SQLITE_FULL: make room by dropping low lanes (never 0/1), then try once more."""
+        _LOGGER.error(
+            "outbox is out of space (%s); dropping telemetry and status to make room", exc
+        )
+        try:
+            await self._emergency_drop(max(len(batch), 1) * 4)
+            return await self._commit(batch, deletes)
+        except StorageError as again:
+            _LOGGER.critical(
+                "outbox cannot store %d items: %s; free disk space in %s",
+                len(batch),
+                again,
+                self._db.path.parent,
+            )
+            self._deletes.update(deletes)
+            self._fail(batch, again)
+            return None
+
+    async def _emergency_drop(self, count: int) -> None:
+        counters = self._counters.copy()
+        async with self._db.transaction("dropping rows to make room") as conn:
+            for lane in _DROPPABLE:
+                dropped = await self._drop_oldest(conn, lane, count, counters)
+                count -= dropped
+                if count <= 0:
+                    break
+            await self._save_counters(conn, counters)
+        self._counters = counters
+
+    async def _commit(
+        self, batch: Sequence[_Pending], deletes: Sequence[int]
+    ) -> tuple[list[Receipt], _Counters]:
+        counters = self._counters.copy()
+        rows: list[tuple[object, ...]] = []
+        receipts: list[Receipt] = []
+        now_ms = int(time.time() * 1000)
+        for pending in batch:
+            item = pending.item
+            seq: int | None = None
+            if item.uses_seq:
+                seq = counters.next_seq
+                counters.next_seq += 1
+            message = item.render(seq if seq is not None else 0)
+            props = _encode_props(message)
+            size = len(message.payload) + len(message.topic) + (len(props) if props else 0)
+            row_id = counters.next_row
+            counters.next_row += 1
+            lane = int(item.lane)
+            rows.append((row_id, lane, seq, message.topic, message.payload, props, size, now_ms))
+            counters.rows[lane] += 1
+            counters.bytes[lane] += size
+            receipts.append(Receipt(row_id, seq))
+        async with self._db.transaction("committing to the outbox") as conn:
+            if deletes:
+                await self._delete_rows(conn, deletes, counters)
+            if rows:
+                await conn.executemany(
+                    "INSERT INTO outbox (id, lane, seq, topic, payload, props, size, created_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                await self._enforce_capacity(conn, counters)
+            await self._save_counters(conn, counters)
+        return receipts, counters
+
+    async def _enforce_capacity(self, conn: aiosqlite.Connection, counters: _Counters) -> None:
+        max_rows, max_bytes = self._limits.max_rows, self._byte_budget(counters)
+        for lane in _DROPPABLE:
+            over_rows = sum(counters.rows) - max_rows
+            over_bytes = sum(counters.bytes) - max_bytes
+            if over_rows <= 0 and over_bytes <= 0:
+                return
+            average = max(1, counters.bytes[lane] // max(1, counters.rows[lane]))
+            need = max(over_rows, -(-over_bytes // average), 1)
+            await self._drop_oldest(conn, lane, need, counters)
+        if sum(counters.rows) > max_rows or sum(counters.bytes) > max_bytes:
+            now = time.monotonic()
+            if now - self._over_capacity_logged >= _OVER_CAPACITY_LOG_EVERY_S:
+                self._over_capacity_logged = now
+                _LOGGER.warning(
+                    "outbox holds %d rows / %d bytes, over its limits, all of lanes %s which "
+                    "are never dropped; the uplink has been down a long time",
+                    sum(counters.rows),
+                    sum(counters.bytes),
+                    sorted(int(x) for x in NEVER_DROPPED),
+                )
+
+    def _byte_budget(self, counters: _Counters) -> int:
+        """max_bytes, lowered when the disk would otherwise fall below min_free_disk_bytes."""
+        now = time.monotonic()
+        if now - self._disk_checked >= _DISK_CHECK_EVERY_S:
+            self._disk_checked = now
+            try:
+                st = os.statvfs(self._db.path.parent)
+                self._disk_free = st.f_bavail * st.f_frsize
+            except OSError:
+                self._disk_free = 1 << 62
+        room = self._disk_free - self._limits.min_free_disk_bytes
+        return min(self._limits.max_bytes, max(0, sum(counters.bytes) + room))
+
+    async def _drop_oldest(
+        self, conn: aiosqlite.Connection, lane: Lane, count: int, counters: _Counters
+    ) -> int:
+        async with conn.execute(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE lane = ? ORDER BY id "
+            "LIMIT ?) RETURNING size",
+            (int(lane), count),
+        ) as cursor:
+            gone = list(await cursor.fetchall())
+        dropped = len(gone)
+        if dropped:
+            counters.rows[lane] -= dropped
+            counters.bytes[lane] -= sum(int(r[0]) for r in gone)
+            counters.dropped[0 if lane == Lane.DEVICE_STATUS else 1] += dropped
+            _LOGGER.warning("outbox full: dropped the %d oldest rows of lane %d", dropped, lane)
+        return dropped
+
+    async def _delete_rows(
+        self, conn: aiosqlite.Connection, rows: Sequence[int], counters: _Counters
+    ) -> int:
+        removed = 0
+        for start in range(0, len(rows), 500):
+            chunk = rows[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            async with conn.execute(
+                f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING lane, size",  # noqa: S608
+                tuple(chunk),
+            ) as cursor:
+                gone = list(await cursor.fetchall())
+            for lane, size in gone:
+                counters.rows[int(lane)] -= 1
+                counters.bytes[int(lane)] -= int(size)
+            removed += len(gone)
+        return removed
+
+    async def _save_counters(self, conn: aiosqlite.Connection, c: _Counters) -> None:
+        await conn.execute(
+            "UPDATE outbox_state SET next_row = ?, next_seq = ?, rows0 = ?, rows1 = ?, rows2 = ?, "
+            "rows3 = ?, bytes0 = ?, bytes1 = ?, bytes2 = ?, bytes3 = ?, dropped2 = ?, dropped3 = ?",
+            (c.next_row, c.next_seq, *c.rows, *c.bytes, *c.dropped),
+        )
+
+    def _fail(self, batch: Iterable[_Pending], exc: Exception) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+
+    def _fail_pending(self, exc: Exception) -> None:
+        batch, self._appends = self._appends, []
+        self._fail(batch, exc)

@@ -1,0 +1,359 @@
+"""The gateway's SQLite file: opening, pragmas, versioned migrations, integrity check.
+
+One writer connection (all writes, in explicit transactions under one lock) and one read-only
+connection for the forwarder's reads, both through aiosqlite. WAL with synchronous=FULL: a
+committed transaction survives kill -9 and power loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gateway.errors import StorageError, StorageFullError, StoreCorruptError
+
+_LOGGER = logging.getLogger(__name__)
+
+SQLITE_FULL = 13
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
+
+# Each entry upgrades the schema by one version; all run in one transaction with the version bump.
+MIGRATIONS: Sequence[str] = (
+    # 1: the outbox, its persistent counters, dead letters, command replay guard, settings.
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        lane INTEGER NOT NULL,
+        seq INTEGER,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        props BLOB,
+        size INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX outbox_by_lane ON outbox (lane, id);
+    CREATE TABLE outbox_state (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        next_row INTEGER NOT NULL,
+        next_seq INTEGER NOT NULL,
+        rows0 INTEGER NOT NULL DEFAULT 0, rows1 INTEGER NOT NULL DEFAULT 0,
+        rows2 INTEGER NOT NULL DEFAULT 0, rows3 INTEGER NOT NULL DEFAULT 0,
+        bytes0 INTEGER NOT NULL DEFAULT 0, bytes1 INTEGER NOT NULL DEFAULT 0,
+        bytes2 INTEGER NOT NULL DEFAULT 0, bytes3 INTEGER NOT NULL DEFAULT 0,
+        dropped2 INTEGER NOT NULL DEFAULT 0, dropped3 INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO outbox_state (singleton, next_row, next_seq) VALUES (1, 1, 1);
+    CREATE TABLE dead_letter (
+        id INTEGER PRIMARY KEY,
+        lane INTEGER NOT NULL,
+        seq INTEGER,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        props BLOB,
+        reason_code INTEGER NOT NULL,
+        failed_ms INTEGER NOT NULL
+    );
+    CREATE TABLE seen_commands (
+        id TEXT PRIMARY KEY,
+        expires_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    journal_size_limit_bytes: int = 32 * 1024 * 1024
+    integrity_check: str = "quick"  # "quick", "full" or "off"
+    integrity_check_sync_max_bytes: int = 64 * 1024 * 1024
+    max_page_count: int | None = None  # tests use it to provoke SQLITE_FULL
+
+
+def is_full(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.DatabaseError) and code in (SQLITE_CORRUPT, SQLITE_NOTADB)
+
+
+def translate(exc: sqlite3.Error, doing: str) -> StorageError:
+    """Map a sqlite3 error to the gateway's tree, with a message saying what to do."""
+    if is_full(exc):
+        return StorageFullError(f"{doing}: the disk or the outbox's page budget is full")
+    if is_corrupt(exc):
+        return StoreCorruptError(f"{doing}: the database file is corrupt: {exc}")
+    return StorageError(f"{doing}: {exc}")
+
+
+class Database:
+    """The open SQLite file. Create with `await Database.open(...)`; close with `close()`."""
+
+    def __init__(
+        self,
+        path: Path,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        deferred_check: bool,
+        options: StoreOptions,
+    ) -> None:
+        self.path = path
+        self.writer = writer
+        self.reader = reader
+        self.write_lock = asyncio.Lock()
+        self.deferred_check = deferred_check
+        self._options = options
+
+    @classmethod
+    async def open(cls, path: Path, options: StoreOptions | None = None) -> Database:
+        options = options or StoreOptions()
+        size = _prepare_directory(path)
+        check_now = (
+            options.integrity_check != "off" and size <= options.integrity_check_sync_max_bytes
+        )
+        try:
+            writer = await _connect_writer(path, options, check_now)
+        except StoreCorruptError as exc:
+            _LOGGER.critical("%s; moving it aside and salvaging what can be read", exc)
+            quarantined = quarantine(path)
+            writer = await _connect_writer(path, options, check_now=False)
+            salvaged = await salvage_into(quarantined, writer)
+            _LOGGER.warning("salvaged %d undelivered messages from %s", salvaged, quarantined)
+        reader = await aiosqlite.connect(path, isolation_level=None)
+        await reader.execute("PRAGMA query_only = ON")
+        await reader.execute("PRAGMA busy_timeout = 5000")
+        deferred = options.integrity_check != "off" and not check_now
+        return cls(path, writer, reader, deferred, options)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, doing: str) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT) under the single-writer lock."""
+        async with self.write_lock:
+            try:
+                await self.writer.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise translate(exc, doing) from exc
+            try:
+                yield self.writer
+                await self.writer.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await self.writer.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise translate(exc, doing) from exc
+                raise
+
+    async def background_integrity_check(self) -> bool:
+        """The check skipped at start for a large file, run on the read connection."""
+        mode = "integrity_check" if self._options.integrity_check == "full" else "quick_check"
+        try:
+            async with self.reader.execute(f"PRAGMA {mode}(1)") as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            _LOGGER.critical("integrity check of %s failed: %s", self.path, exc)
+            return False
+        ok = row is not None and row[0] == "ok"
+        if not ok:
+            _LOGGER.critical("integrity check of %s reports: %s", self.path, row)
+        return ok
+
+    async def checkpoint(self) -> None:
+        """Fold the WAL back into the database and truncate it (spares the SD card)."""
+        async with self.write_lock:
+            try:
+                await self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                _LOGGER.warning("WAL checkpoint failed: %s", exc)
+
+    async def close(self) -> None:
+        await self.checkpoint()
+        await self.reader.close()
+        await self.writer.close()
+
+
+def _prepare_directory(path: Path) -> int:
+    """Create the state directory if needed, check it is writable; return the file's size."""
+    directory = path.parent
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(
+            f"state directory {directory} cannot be created: {exc.strerror or exc}"
+        ) from exc
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StorageError(
+            f"state directory {directory} is not writable by this user (uid {os.getuid()}); "
+            "fix its owner or permissions (systemd's StateDirectory= does this)"
+        )
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+async def _connect_writer(
+    path: Path, options: StoreOptions, check_now: bool
+) -> aiosqlite.Connection:
+    try:
+        writer = await aiosqlite.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise translate(exc, f"opening {path}") from exc
+    try:
+        await _configure(writer, options)
+        if check_now:
+            await _integrity_check(writer, path, options.integrity_check)
+        await _migrate(writer, path)
+    except sqlite3.Error as exc:
+        await writer.close()
+        if is_corrupt(exc):
+            raise StoreCorruptError(f"{path} is not a readable SQLite database: {exc}") from exc
+        raise translate(exc, f"opening {path}") from exc
+    except BaseException:
+        await writer.close()
+        raise
+    return writer
+
+
+async def _configure(conn: aiosqlite.Connection, options: StoreOptions) -> None:
+    async with conn.execute("PRAGMA journal_mode = WAL") as cursor:
+        row = await cursor.fetchone()
+    if row is None or str(row[0]).lower() != "wal":
+        raise StorageError(
+            f"SQLite refused WAL mode (got {row}); the file system may not support it"
+        )
+    await conn.execute("PRAGMA synchronous = FULL")
+    await conn.execute(f"PRAGMA journal_size_limit = {int(options.journal_size_limit_bytes)}")
+    await conn.execute("PRAGMA busy_timeout = 5000")
+    await conn.execute("PRAGMA temp_store = MEMORY")
+    if options.max_page_count is not None:
+        await conn.execute(f"PRAGMA max_page_count = {int(options.max_page_count)}")
+
+
+async def _integrity_check(conn: aiosqlite.Connection, path: Path, mode: str) -> None:
+    pragma = "integrity_check" if mode == "full" else "quick_check"
+    async with conn.execute(f"PRAGMA {pragma}(1)") as cursor:
+        row = await cursor.fetchone()
+    if row is None or row[0] != "ok":
+        raise StoreCorruptError(
+            f"{path} failed its integrity check: {row[0] if row else 'no answer'}"
+        )
+
+
+async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
+    async with conn.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"{path} has schema version {version}, newer than this eldergate ({SCHEMA_VERSION}); "
+            "install the newer release or move the file aside"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        _LOGGER.info("migrating %s to schema version %d", path, target)
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[target - 1]):
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {target}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+
+
+def _statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def quarantine(path: Path) -> Path:
+    """Move a corrupt database (and its WAL/SHM) aside, keeping it for the installer to inspect."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            source.rename(Path(f"{target}{suffix}"))
+    return target
+
+
+async def salvage_into(corrupt: Path, writer: aiosqlite.Connection) -> int:
+    """Copy every outbox row that can still be read from a quarantined file into the new one.
+
+    Reads in rowid order and skips past unreadable stretches. The new file's `next_seq` jumps
+    ahead so that no sequence number is ever reused; the platform sees the gap.
+    """
+    rows: list[tuple[Any, ...]] = []
+    max_seq = 0
+    next_seq_old = 0
+    try:
+        src = sqlite3.connect(f"file:{corrupt}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return 0
+    try:
+        with contextlib.suppress(sqlite3.Error):
+            found = src.execute("SELECT next_seq FROM outbox_state").fetchone()
+            next_seq_old = int(found[0]) if found else 0
+        cursor_id = 0
+        for _ in range(100_000):  # bounded: at most 100k probes of 1,000 rows
+            try:
+                chunk = src.execute(
+                    "SELECT id, lane, seq, topic, payload, props, size, created_ms FROM outbox "
+                    "WHERE id > ? ORDER BY id LIMIT 1000",
+                    (cursor_id,),
+                ).fetchall()
+            except sqlite3.Error:
+                cursor_id += 1000
+                try:
+                    top = src.execute("SELECT max(id) FROM outbox").fetchone()
+                except sqlite3.Error:
+                    break
+                if top is None or top[0] is None or cursor_id > int(top[0]):
+                    break
+                continue
+            if not chunk:
+                break
+            rows.extend(chunk)
+            cursor_id = int(chunk[-1][0])
+            max_seq = max([max_seq] + [int(r[2]) for r in chunk if r[2] is not None])
+    finally:
+        src.close()
+    next_seq = max(next_seq_old, max_seq + 1 + 1_000_000)
+    next_row = max([0] + [int(r[0]) for r in rows]) + 1
+    counts = [0, 0, 0, 0]
+    sizes = [0, 0, 0, 0]
+    for row in rows:
+        lane = int(row[1])
+        if 0 <= lane <= 3:
+            counts[lane] += 1
+            sizes[lane] += int(row[6])
+    await writer.execute("BEGIN IMMEDIATE")
+    await writer.executemany(
+        "INSERT INTO outbox (id, lane, seq, topic, payload, props, size, created_ms) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [r for r in rows if 0 <= int(r[1]) <= 3],
+    )
+    await writer.execute(
+        "UPDATE outbox_state SET next_row = ?, next_seq = ?, rows0 = ?, rows1 = ?, rows2 = ?, "
+        "rows3 = ?, bytes0 = ?, bytes1 = ?, bytes2 = ?, bytes3 = ?",
+        (next_row, next_seq, *counts, *sizes),
+    )
+    await writer.execute("COMMIT")
+    return sum(counts)

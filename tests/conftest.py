@@ -1,0 +1,111 @@
+"""Shared fixtures. Sections: real broker, network faults, MQTT clients (add yours below).
+
+Everything here runs real processes and sockets on loopback only, and cleans up at teardown
+even when the test fails. When a test fails, the log tail of every broker it used is attached to
+the failure report ("mosquitto ..." sections).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.broker import MosquittoBroker
+from tests.support.proxy import TcpProxy
+from tests.support.subscriber import Subscriber
+
+_BROKERS = pytest.StashKey[list[MosquittoBroker]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        for broker in item.stash.get(_BROKERS, []):
+            report.sections.append((f"mosquitto {broker.url} log", broker.log_tail()))
+    return report
+
+
+# -- real broker -------------------------------------------------------------------------------
+
+BrokerFactory = Callable[..., MosquittoBroker]
+
+
+@pytest.fixture
+def broker_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerFactory]:
+    """Start extra brokers: ``broker_factory(name="tls", certfile=..., ...)``.
+
+    Keyword arguments go to :class:`MosquittoBroker`; each broker gets ``tmp_path/name``.
+    All are stopped at teardown.
+    """
+    brokers = request.node.stash.setdefault(_BROKERS, [])
+    started: list[MosquittoBroker] = []
+
+    def make(name: str = "broker", *, start: bool = True, **kwargs: Any) -> MosquittoBroker:
+        broker = MosquittoBroker(tmp_path / name, **kwargs)
+        brokers.append(broker)
+        started.append(broker)
+        return broker.start() if start else broker
+
+    yield make
+    for broker in reversed(started):
+        try:
+            broker.stop()
+        except Exception as exc:  # keep stopping the others
+            print(f"stopping {broker!r} failed: {exc!r}")
+
+
+@pytest.fixture
+def broker(broker_factory: BrokerFactory) -> MosquittoBroker:
+    """A started mosquitto on a loopback port, persistence on, in ``tmp_path/broker``."""
+    return broker_factory("broker")
+
+
+# -- network faults ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy(broker: MosquittoBroker) -> Iterator[TcpProxy]:
+    """A :class:`TcpProxy` in front of ``broker``: connect clients to ``proxy.port``."""
+    with TcpProxy(broker.host, broker.port) as p:
+        yield p
+
+
+# -- MQTT clients ------------------------------------------------------------------------------
+
+SubscriberFactory = Callable[..., Subscriber]
+
+
+@pytest.fixture
+def subscriber(broker: MosquittoBroker) -> Iterator[SubscriberFactory]:
+    """Make started subscribers: ``subscriber("eldergate/#", client_id="platform")``.
+
+    They connect straight to ``broker`` unless ``host``/``port`` are given (e.g.
+    ``port=proxy.port``); other keyword arguments go to :class:`Subscriber`. All are closed at
+    teardown (their broker sessions are kept).
+    """
+    made: list[Subscriber] = []
+
+    def make(
+        topic_filter: str = "#",
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        start: bool = True,
+        **kwargs: Any,
+    ) -> Subscriber:
+        sub = Subscriber(host or broker.host, port or broker.port, topic_filter, **kwargs)
+        made.append(sub)
+        return sub.start() if start else sub
+
+    yield make
+    for sub in reversed(made):
+        try:
+            sub.close()
+        except Exception as exc:  # keep closing the others
+            print(f"closing {sub!r} failed: {exc!r}")

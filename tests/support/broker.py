@@ -1,0 +1,389 @@
+"""A real mosquitto broker for tests and benchmarks, configured like production.
+
+Each :class:`MosquittoBroker` owns a work directory holding its config file, its persistence
+directory and its log file. The broker listens on loopback only, on a port picked once, so that
+clients can reconnect to the same address after :meth:`MosquittoBroker.restart`, a
+:meth:`~MosquittoBroker.kill` followed by :meth:`~MosquittoBroker.start`, and so on (mosquitto
+sets ``SO_REUSEADDR``, so connections left in TIME_WAIT do not block the rebind).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+_LOGGER = logging.getLogger(__name__)
+
+MOSQUITTO = Path("/usr/sbin/mosquitto")
+MOSQUITTO_PASSWD = Path("/usr/bin/mosquitto_passwd")
+
+_START_TIMEOUT = 10.0
+_STOP_TIMEOUT = 10.0
+_POLL = 0.02
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on ``host`` right now (the kernel picks it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    """Return True when something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be started, or died while starting."""
+
+
+class MosquittoBroker:
+    """A mosquitto process on a loopback port, with its own config, data dir and log.
+
+    Nothing is spawned until :meth:`start` (or ``with``). Persistence is on (saved on a clean
+    :meth:`stop` and every ``autosave_interval`` seconds), queues are effectively unbounded and
+    all events are logged to :attr:`log_path`.
+
+    ``username``/``password`` create a password file with ``mosquitto_passwd``; anonymous
+    clients are still allowed unless ``allow_anonymous=False``. ``certfile``/``keyfile`` add a
+    TLS listener on :attr:`tls_port` (the plain listener on :attr:`port` stays); ``cafile`` with
+    ``require_certificate=True`` makes it demand a client certificate signed by that CA.
+    """
+
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        autosave_interval: int = 1,
+        max_queued_messages: int = 1_000_000,
+        max_inflight_messages: int = 0,
+        allow_anonymous: bool = True,
+        username: str | None = None,
+        password: str | None = None,
+        cafile: Path | None = None,
+        certfile: Path | None = None,
+        keyfile: Path | None = None,
+        require_certificate: bool = False,
+        tls_port: int | None = None,
+        debug_log: bool = False,
+        extra_config: tuple[str, ...] = (),
+        executable: Path = MOSQUITTO,
+    ) -> None:
+        if (username is None) != (password is None):
+            raise ValueError("give both username and password, or neither")
+        if (certfile is None) != (keyfile is None):
+            raise ValueError("give both certfile and keyfile for the TLS listener, or neither")
+        if require_certificate and cafile is None:
+            raise ValueError("require_certificate needs the cafile that signs client certs")
+        if autosave_interval < 0:
+            raise ValueError("autosave_interval must be >= 0 seconds (0 disables autosave)")
+        self.work_dir = Path(work_dir).resolve()
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.tls_port: int | None = None
+        if certfile is not None:
+            self.tls_port = tls_port if tls_port is not None else free_port(host)
+        self.autosave_interval = autosave_interval
+        self.max_queued_messages = max_queued_messages
+        self.max_inflight_messages = max_inflight_messages
+        self.allow_anonymous = allow_anonymous
+        self.username = username
+        self.password = password
+        self.cafile = cafile
+        self.certfile = certfile
+        self.keyfile = keyfile
+        self.require_certificate = require_certificate
+        self.debug_log = debug_log
+        self.extra_config = extra_config
+        self.executable = executable
+        self.config_path = self.work_dir / "mosquitto.conf"
+        self.data_dir = self.work_dir / "data"
+        self.log_path = self.work_dir / "mosquitto.log"
+        self.stdio_path = self.work_dir / "mosquitto.stdio.log"
+        self.password_file: Path | None = self.work_dir / "passwd" if username is not None else None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._configured = False
+
+    # -- addresses -----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """``mqtt://host:port`` of the plain listener."""
+        return f"mqtt://{self._url_host}:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        """``mqtts://host:tls_port`` of the TLS listener (raises if there is none)."""
+        if self.tls_port is None:
+            raise BrokerError("this broker has no TLS listener (no certfile/keyfile given)")
+        return f"mqtts://{self._url_host}:{self.tls_port}"
+
+    @property
+    def _url_host(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True while the mosquitto process is alive (it may be paused)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The last ``lines`` lines of the broker log and of its stdout/stderr, for reports."""
+        parts = []
+        for path in (self.log_path, self.stdio_path):
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                continue
+            tail = "\n".join(text.splitlines()[-lines:])
+            if tail:
+                parts.append(f"--- {path} ---\n{tail}")
+        return "\n".join(parts) if parts else f"(no broker log yet in {self.work_dir})"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self, timeout: float = _START_TIMEOUT) -> Self:
+        """Spawn mosquitto and return once every listener accepts TCP connections."""
+        if self.running:
+            raise BrokerError(f"broker already running (pid {self.pid})")
+        if not self._configured:
+            self._write_config()
+            self._configured = True
+        runs_before = self._running_lines()
+        with self.stdio_path.open("ab") as stdio:
+            self._proc = subprocess.Popen(
+                [str(self.executable), "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=stdio,
+                stderr=subprocess.STDOUT,
+                cwd=self.work_dir,
+            )
+        ports = [self.port] + ([self.tls_port] if self.tls_port is not None else [])
+        deadline = time.monotonic() + timeout
+        while True:
+            rc = self._proc.poll()
+            if rc is not None:
+                self._proc = None
+                raise BrokerError(
+                    f"mosquitto exited with code {rc} while starting on port {self.port}\n"
+                    + self.log_tail()
+                )
+            # The log line proves *this* process bound its listeners: a bare TCP check could
+            # be answered by another process that holds the port.
+            if self._running_lines() > runs_before and all(port_open(self.host, p) for p in ports):
+                _LOGGER.debug("mosquitto pid %d listening on %s", self._proc.pid, self.url)
+                return self
+            if time.monotonic() > deadline:
+                self.kill()
+                raise BrokerError(
+                    f"mosquitto did not listen on {ports} within {timeout:.1f} s\n"
+                    + self.log_tail()
+                )
+            time.sleep(_POLL)
+
+    def _running_lines(self) -> int:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return 0
+        return sum(1 for line in text.splitlines() if line.endswith(" running"))
+
+    def stop(self, timeout: float = _STOP_TIMEOUT) -> int | None:
+        """SIGTERM and wait: mosquitto closes clients and saves its persistence file.
+
+        Falls back to SIGKILL after ``timeout`` seconds. Returns the exit code (None if the
+        broker was not running). Idempotent.
+        """
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # a paused broker cannot handle SIGTERM
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _LOGGER.warning("mosquitto pid %d ignored SIGTERM; killing it", proc.pid)
+                proc.kill()
+                proc.wait(_STOP_TIMEOUT)
+        self._proc = None
+        return proc.returncode
+
+    def kill(self) -> int | None:
+        """SIGKILL, like a crash or power loss: whatever was not autosaved is lost."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(_STOP_TIMEOUT)
+        self._proc = None
+        return proc.returncode
+
+    def restart(self, timeout: float = _START_TIMEOUT) -> Self:
+        """Clean stop then start, on the same port(s) and with the same data."""
+        self.stop()
+        return self.start(timeout)
+
+    def pause(self) -> None:
+        """SIGSTOP: the broker keeps its sockets but answers nothing (a hung broker)."""
+        if self._proc is None or not self.running:
+            raise BrokerError("broker is not running")
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self._proc is None or not self.running:
+            raise BrokerError("broker is not running")
+        self._proc.send_signal(signal.SIGCONT)
+
+    @property
+    def persistence_file(self) -> Path:
+        return self.data_dir / "mosquitto.db"
+
+    def wait_for_save(self, timeout: float = 10.0) -> None:
+        """Block until mosquitto has completely written its persistence file after this call.
+
+        Everything the broker acknowledged before the call is then on disk and survives
+        :meth:`kill`. (The "Saving in-memory database" log line is not enough: it is written
+        before the save, and a SIGKILL right after it can lose the save.) mosquitto writes
+        ``mosquitto.db.new`` and renames it, so a new inode means a complete save; since the
+        broker is single-threaded, a save completed after an acknowledged publish was started
+        after it.
+        """
+        before = _identity(self.persistence_file)
+        deadline = time.monotonic() + timeout
+        while _identity(self.persistence_file) in (before, None):
+            if not self.running:
+                raise BrokerError("broker is not running")
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"no save of {self.persistence_file} within {timeout:.1f} s "
+                    f"(autosave_interval {self.autosave_interval})"
+                )
+            time.sleep(_POLL)
+
+    def wipe_data(self) -> None:
+        """Delete the persistence directory (broker must be stopped): a broker that lost disk."""
+        if self.running:
+            raise BrokerError("stop the broker before wiping its data")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.data_dir.mkdir(parents=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"pid {self.pid}" if self.running else "stopped"
+        return f"<MosquittoBroker {self.url} {state} dir={self.work_dir}>"
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def config_text(self) -> str:
+        """The mosquitto.conf this broker runs with."""
+        lines = [
+            "# generated by tests/support/broker.py",
+            "per_listener_settings false",
+            f"allow_anonymous {_bool(self.allow_anonymous)}",
+            "persistence true",
+            f"persistence_location {self.data_dir}/",
+            "persistence_file mosquitto.db",
+            f"autosave_interval {self.autosave_interval}",
+            "autosave_on_changes false",
+            f"max_queued_messages {self.max_queued_messages}",
+            "max_queued_bytes 0",
+            f"max_inflight_messages {self.max_inflight_messages}",
+            "set_tcp_nodelay true",
+            f"log_dest file {self.log_path}",
+            "log_timestamp true",
+            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+            "connection_messages true",
+        ]
+        log_types = ["error", "warning", "notice", "information", "subscribe", "unsubscribe"]
+        if self.debug_log:
+            log_types.append("debug")
+        lines += [f"log_type {t}" for t in log_types]
+        if os.geteuid() == 0:
+            # As root mosquitto drops to the 'mosquitto' user, which cannot write our dirs.
+            lines.append(f"user {getpass.getuser()}")
+        if self.password_file is not None:
+            lines.append(f"password_file {self.password_file}")
+        lines.append(f"listener {self.port} {self.host}")
+        if self.tls_port is not None:
+            lines.append(f"listener {self.tls_port} {self.host}")
+            lines.append(f"certfile {self.certfile}")
+            lines.append(f"keyfile {self.keyfile}")
+            if self.cafile is not None:
+                lines.append(f"cafile {self.cafile}")
+            lines.append(f"require_certificate {_bool(self.require_certificate)}")
+        lines += list(self.extra_config)
+        for line in lines:
+            if "\n" in line:
+                raise ValueError(f"newline in mosquitto config line {line!r}")
+        return "\n".join(lines) + "\n"
+
+    def _write_config(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.password_file is not None:
+            assert self.username is not None and self.password is not None
+            self.password_file.unlink(missing_ok=True)
+            subprocess.run(
+                [
+                    str(MOSQUITTO_PASSWD),
+                    "-b",
+                    "-c",
+                    str(self.password_file),
+                    self.username,
+                    self.password,
+                ],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+            self.password_file.chmod(0o600)
+        self.config_path.write_text(self.config_text(), encoding="utf-8")
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
