@@ -73,6 +73,7 @@ class OutboxStats:
     dead_letters: int
     pending_appends: int
     pending_deletes: int
+    commits: int
 
     @property
     def depth(self) -> int:
@@ -149,6 +150,7 @@ class Outbox:
         self._dead_letters = 0
         self._commit_started_at: float | None = None
         self._last_batch_size = 0
+        self._commits = 0
         self.last_progress = time.monotonic()
 
     @property
@@ -257,6 +259,7 @@ class Outbox:
             dead_letters=self._dead_letters,
             pending_appends=len(self._appends),
             pending_deletes=len(self._deletes),
+            commits=self._commits,
         )
 
     def last_row(self) -> int:
@@ -350,6 +353,7 @@ class Outbox:
         if outcome is None:
             return
         receipts, self._counters = outcome
+        self._commits += 1
         self._last_delete_flush = time.monotonic()
         self.last_progress = self._last_delete_flush
         lanes = frozenset(p.item.lane for p in batch)

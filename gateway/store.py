@@ -283,6 +283,42 @@ def _statements(script: str) -> list[str]:
     return [part.strip() for part in script.split(";") if part.strip()]
 
 
+_SALVAGE_CHUNK = 1000
+_SALVAGE_MAX_SPAN = 200_000  # how far to probe when the file no longer says its last row
+_SALVAGE_COLUMNS = "id, lane, seq, topic, payload, props, size, created_ms"
+_SALVAGE_RANGE = (
+    f"SELECT {_SALVAGE_COLUMNS} FROM outbox WHERE id > ? ORDER BY id LIMIT {_SALVAGE_CHUNK}"  # noqa: S608
+)
+
+
+def _salvage_bounds(src: sqlite3.Connection) -> tuple[int, int]:
+    """(next_seq, one past the last row id) as far as the damaged file still tells."""
+    next_seq = 0
+    upper = 0
+    with contextlib.suppress(sqlite3.Error):
+        found = src.execute("SELECT next_seq, next_row FROM outbox_state").fetchone()
+        if found:
+            next_seq, upper = int(found[0]), int(found[1])
+    if upper == 0:
+        with contextlib.suppress(sqlite3.Error):
+            top = src.execute("SELECT max(id) FROM outbox").fetchone()
+            upper = int(top[0]) + 1 if top and top[0] is not None else 0
+    return next_seq, upper or _SALVAGE_MAX_SPAN
+
+
+def _point_lookups(src: sqlite3.Connection, first: int, last: int) -> list[tuple[Any, ...]]:
+    found: list[tuple[Any, ...]] = []
+    for row_id in range(first, last + 1):
+        with contextlib.suppress(sqlite3.Error):
+            row = src.execute(
+                f"SELECT {_SALVAGE_COLUMNS} FROM outbox WHERE id = ?",  # noqa: S608
+                (row_id,),
+            ).fetchone()
+            if row is not None:
+                found.append(row)
+    return found
+
+
 def quarantine(path: Path) -> Path:
     """Move a corrupt database (and its WAL/SHM) aside, keeping it for the installer to inspect."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -301,41 +337,35 @@ async def salvage_into(corrupt: Path, writer: aiosqlite.Connection) -> int:
     ahead so that no sequence number is ever reused; the platform sees the gap.
     """
     rows: list[tuple[Any, ...]] = []
-    max_seq = 0
     next_seq_old = 0
     try:
-        src = sqlite3.connect(f"file:{corrupt}?mode=ro", uri=True)
+        # Not mode=ro: a read-only open of a WAL file fails outright. writable_schema lets
+        # SQLite read tables whose neighbours' pages are gone; nothing is written to the file.
+        src = sqlite3.connect(corrupt)
+        src.execute("PRAGMA writable_schema = ON")
     except sqlite3.Error:
         return 0
     try:
-        with contextlib.suppress(sqlite3.Error):
-            found = src.execute("SELECT next_seq FROM outbox_state").fetchone()
-            next_seq_old = int(found[0]) if found else 0
+        next_seq_old, upper = _salvage_bounds(src)
         cursor_id = 0
-        for _ in range(100_000):  # bounded: at most 100k probes of 1,000 rows
+        while cursor_id < upper:
             try:
-                chunk = src.execute(
-                    "SELECT id, lane, seq, topic, payload, props, size, created_ms FROM outbox "
-                    "WHERE id > ? ORDER BY id LIMIT 1000",
-                    (cursor_id,),
-                ).fetchall()
+                chunk = src.execute(_SALVAGE_RANGE, (cursor_id,)).fetchall()
             except sqlite3.Error:
-                cursor_id += 1000
-                try:
-                    top = src.execute("SELECT max(id) FROM outbox").fetchone()
-                except sqlite3.Error:
-                    break
-                if top is None or top[0] is None or cursor_id > int(top[0]):
-                    break
+                # An unreadable stretch of the b-tree: look each id up on its own.
+                stop = min(cursor_id + _SALVAGE_CHUNK, upper)
+                rows.extend(_point_lookups(src, cursor_id + 1, stop))
+                cursor_id = stop
                 continue
             if not chunk:
                 break
             rows.extend(chunk)
             cursor_id = int(chunk[-1][0])
-            max_seq = max([max_seq] + [int(r[2]) for r in chunk if r[2] is not None])
     finally:
         src.close()
-    next_seq = max(next_seq_old, max_seq + 1 + 1_000_000)
+    max_seq = max([0] + [int(r[2]) for r in rows if r[2] is not None])
+    # Always jump: the state row may predate commits that were lost with the damage.
+    next_seq = max(next_seq_old, max_seq + 1) + 1_000_000
     next_row = max([0] + [int(r[0]) for r in rows]) + 1
     counts = [0, 0, 0, 0]
     sizes = [0, 0, 0, 0]

@@ -1,0 +1,270 @@
+"""The outbox on real SQLite files: durability, group commit, capacity, full disk, corruption."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.clock import ClockSync
+from gateway.errors import StorageError, StorageFullError
+from gateway.events import DeviceRef, EventFactory, Lane, decode_envelope
+from gateway.outbox import Outbox, OutboxLimits
+from gateway.store import Database, StoreOptions
+
+EVENTS = EventFactory("gw-test", ClockSync())
+KIND_OF_LANE = {0: "alarm.raised", 1: "access.granted", 2: "device.tamper", 3: "device.heartbeat"}
+
+
+def event(lane: int, n: int = 0, pad: int = 100) -> object:
+    return EVENTS.make(
+        KIND_OF_LANE[lane],
+        device=DeviceRef(id=f"t-{n:08x}", type="sos_button"),
+        data={"n": n, "pad": "x" * pad},
+    )
+
+
+class Running:
+    """An open database with its outbox writer running."""
+
+    def __init__(self, db: Database, outbox: Outbox, task: asyncio.Task[None]) -> None:
+        self.db, self.outbox, self.task = db, outbox, task
+
+    @classmethod
+    async def open(
+        cls, path: Path, limits: OutboxLimits | None = None, options: StoreOptions | None = None
+    ) -> Running:
+        db = await Database.open(path, options)
+        outbox = Outbox(db, limits or OutboxLimits())
+        await outbox.load()
+        return cls(db, outbox, asyncio.create_task(outbox.run()))
+
+    async def close(self) -> None:
+        await self.outbox.close()
+        await self.task
+        await self.db.close()
+
+
+@pytest.fixture
+async def box(tmp_path: Path) -> AsyncIterator[Running]:
+    running = await Running.open(tmp_path / "outbox.db")
+    yield running
+    await running.close()
+
+
+async def all_rows(outbox: Outbox, lane: Lane) -> list[int]:
+    rows = await outbox.fetch(lane, 0, 1_000_000)
+    return [r.row for r in rows]
+
+
+async def test_append_commits_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    first = await Running.open(path)
+    receipts = [await first.outbox.append(event(n % 4, n)) for n in range(8)]  # type: ignore[arg-type]
+    assert [r.seq for r in receipts] == list(range(1, 9))
+    await first.close()
+
+    second = await Running.open(path)
+    try:
+        stored = await second.outbox.fetch(Lane.LIFE_SAFETY, 0, 100)
+        assert [s.seq for s in stored] == [1, 5]
+        envelope = decode_envelope(stored[0].message.payload)
+        assert envelope.kind == "alarm.raised" and envelope.seq == 1 and envelope.gw == "gw-test"
+        assert second.outbox.stats().rows == (2, 2, 2, 2)
+        more = await second.outbox.append(event(3))  # type: ignore[arg-type]
+        assert more.seq == 9
+    finally:
+        await second.close()
+
+
+async def test_seq_never_reused_after_everything_is_delivered(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    first = await Running.open(path)
+    for n in range(5):
+        await first.outbox.append(event(3, n))  # type: ignore[arg-type]
+    for row in await all_rows(first.outbox, Lane.TELEMETRY):
+        first.outbox.mark_delivered(row)
+    await first.close()  # commits the pending deletes
+
+    second = await Running.open(path)
+    try:
+        assert second.outbox.stats().depth == 0
+        receipt = await second.outbox.append(event(3))  # type: ignore[arg-type]
+        assert receipt.seq == 6 and receipt.row == 6
+    finally:
+        await second.close()
+
+
+async def test_concurrent_appends_are_group_committed(box: Running) -> None:
+    before = box.outbox.stats().commits
+    receipts = await box.outbox.append_many(event(3, n) for n in range(2000))  # type: ignore[misc]
+    commits = box.outbox.stats().commits - before
+    assert len({r.seq for r in receipts}) == 2000
+    assert commits < 100, f"{commits} commits for 2000 concurrent appends"
+
+
+async def test_delivered_rows_are_deleted_in_batches(box: Running) -> None:
+    await box.outbox.append_many(event(2, n) for n in range(50))  # type: ignore[misc]
+    rows = await all_rows(box.outbox, Lane.DEVICE_STATUS)
+    for row in rows[:30]:
+        box.outbox.mark_delivered(row)
+    # Delivered rows are never handed out again, even before the delete commits.
+    assert [r.row for r in await box.outbox.fetch(Lane.DEVICE_STATUS, 0, 100)] == rows[30:]
+    for _ in range(100):  # bounded: the delete batch goes within delete_interval
+        if box.outbox.stats().rows[2] == 20:
+            break
+        await asyncio.sleep(0.02)
+    assert box.outbox.stats().rows[2] == 20
+    count = await box.db.reader.execute_fetchall("SELECT count(*) FROM outbox")
+    assert list(count)[0][0] == 20
+
+
+async def test_overflow_drops_oldest_telemetry_then_status_never_lanes_0_and_1(
+    tmp_path: Path,
+) -> None:
+    running = await Running.open(tmp_path / "o.db", OutboxLimits(max_rows=100))
+    try:
+        ob = running.outbox
+        await ob.append_many(event(3, n) for n in range(40))  # type: ignore[misc]
+        await ob.append_many(event(2, n) for n in range(40))  # type: ignore[misc]
+        first_status = (await ob.fetch(Lane.DEVICE_STATUS, 0, 1))[0].row
+        await ob.append_many(event(0, n) for n in range(30))  # type: ignore[misc]
+        # 110 rows for 100: the 10 oldest telemetry rows went.
+        assert ob.stats().rows == (30, 0, 40, 30)
+        assert ob.stats().dropped == (0, 10)
+        await ob.append_many(event(1, n) for n in range(60))  # type: ignore[misc]
+        # All telemetry gone, then the oldest status rows.
+        rows = ob.stats().rows
+        assert rows[0] == 30 and rows[1] == 60 and rows[3] == 0 and sum(rows) == 100
+        remaining_status = await all_rows(ob, Lane.DEVICE_STATUS)
+        assert remaining_status == list(range(first_status + 30, first_status + 40))
+        # Beyond the limit with only lanes 0 and 1: kept, never dropped.
+        await ob.append_many(event(0, n) for n in range(50))  # type: ignore[misc]
+        assert ob.stats().rows[0] == 80 and ob.stats().rows[1] == 60
+        assert ob.stats().rows[2] == 0
+        assert ob.stats().dropped == (40, 40)  # 30 + 10 status rows, all 40 telemetry rows
+    finally:
+        await running.close()
+
+
+async def test_drop_counters_survive_restart(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    running = await Running.open(path, OutboxLimits(max_rows=10))
+    await running.outbox.append_many(event(3, n) for n in range(25))  # type: ignore[misc]
+    await running.close()
+    again = await Running.open(path, OutboxLimits(max_rows=10))
+    try:
+        assert again.outbox.stats().dropped == (0, 15)
+        assert again.outbox.stats().rows == (0, 0, 0, 10)
+    finally:
+        await again.close()
+
+
+async def test_full_disk_drops_low_lanes_to_keep_an_alarm(tmp_path: Path) -> None:
+    """SQLITE_FULL (provoked with max_page_count): room is made from lanes 3/2 for an alarm."""
+    running = await Running.open(tmp_path / "o.db", options=StoreOptions(max_page_count=60))
+    try:
+        ob = running.outbox
+        stored = 0
+        for n in range(2000):  # bounded: fill until SQLite says the file is full
+            try:
+                await ob.append(event(3, n, pad=400))  # type: ignore[arg-type]
+            except StorageFullError:
+                break
+            stored += 1
+        assert 0 < stored < 2000
+        # The failed heartbeat's retry already freed lane-3 rows; an alarm is still accepted.
+        receipt = await ob.append(event(0, 1, pad=400))  # type: ignore[arg-type]
+        assert receipt.seq is not None
+        assert ob.stats().rows[0] == 1
+        assert ob.stats().dropped[1] > 0
+    finally:
+        await running.close()
+
+
+async def test_full_disk_with_only_alarms_fails_clearly_and_recovers(tmp_path: Path) -> None:
+    running = await Running.open(tmp_path / "o.db", options=StoreOptions(max_page_count=40))
+    try:
+        ob = running.outbox
+        accepted: list[int] = []
+        with pytest.raises(StorageFullError, match="full"):
+            for n in range(2000):  # bounded
+                accepted.append((await ob.append(event(0, n, pad=400))).row)  # type: ignore[arg-type]
+        assert accepted, "some alarms fit before the disk filled"
+        assert ob.stats().rows[0] == len(accepted)  # nothing accepted was lost
+        # Delivering (deleting) rows makes room again; the writer kept running.
+        for row in accepted[: len(accepted) // 2]:
+            ob.mark_delivered(row)
+        for _ in range(100):  # bounded
+            if ob.stats().pending_deletes == 0:
+                break
+            await asyncio.sleep(0.02)
+        again = await ob.append(event(0, 99999, pad=100))  # type: ignore[arg-type]
+        assert again.row > accepted[-1]
+    finally:
+        await running.close()
+
+
+async def test_garbage_file_is_quarantined_and_a_new_store_starts(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    path.write_bytes(b"this is not a database, it is a power cut" * 200)
+    running = await Running.open(path)
+    try:
+        assert running.outbox.stats().depth == 0
+        await running.outbox.append(event(0))  # type: ignore[arg-type]
+        kept = list(tmp_path.glob("outbox.db.corrupt-*"))
+        assert kept, "the corrupt file is kept for inspection"
+    finally:
+        await running.close()
+
+
+async def test_truncated_file_is_salvaged_and_seq_jumps_ahead(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    first = await Running.open(path)
+    await first.outbox.append_many(event(n % 4, n, pad=300) for n in range(3000))  # type: ignore[misc]
+    await first.close()
+    size = path.stat().st_size
+    with path.open("r+b") as handle:
+        handle.truncate(size // 2)
+    running = await Running.open(path)
+    try:
+        depth = running.outbox.stats().depth
+        assert 0 < depth < 3000, "some rows salvaged, the lost half not invented"
+        receipt = await running.outbox.append(event(0))  # type: ignore[arg-type]
+        assert receipt.seq is not None and receipt.seq > 3000 + 1_000_000
+        assert list(tmp_path.glob("outbox.db.corrupt-*"))
+    finally:
+        await running.close()
+
+
+@pytest.mark.parametrize("make_bad", ["file_as_parent", "proc"])
+async def test_unusable_state_directory_is_a_clear_error(tmp_path: Path, make_bad: str) -> None:
+    if make_bad == "file_as_parent":
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("x")
+        path = blocker / "state" / "outbox.db"
+    else:
+        path = Path("/proc/eldergate-state/outbox.db")  # not creatable, even by root
+    with pytest.raises(StorageError, match="state directory"):
+        await Database.open(path)
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StorageError, match="newer than this eldergate"):
+        await Database.open(path)
+
+
+async def test_pragmas_are_durable(box: Running) -> None:
+    async with box.db.writer.execute("PRAGMA journal_mode") as cur:
+        assert (await cur.fetchone())[0] == "wal"  # type: ignore[index]
+    async with box.db.writer.execute("PRAGMA synchronous") as cur:
+        assert (await cur.fetchone())[0] == 2  # type: ignore[index]  # FULL
+    async with box.db.writer.execute("PRAGMA journal_size_limit") as cur:
+        assert (await cur.fetchone())[0] > 0  # type: ignore[index]
