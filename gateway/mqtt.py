@@ -85,6 +85,17 @@ class IncomingMessage:
     connection: Connection
 
 
+class _TrackingContext(ssl.SSLContext):
+    """Remembers the socket it wrapped, so a failed TLS handshake (inside paho, which then
+    drops the socket without closing it) does not leak a file descriptor."""
+
+    wrapped: ssl.SSLSocket | None = None
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        self.wrapped = super().wrap_socket(*args, **kwargs)
+        return self.wrapped
+
+
 def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
@@ -126,6 +137,7 @@ class Connection:
         self._direct: dict[int, asyncio.Future[int]] = {}
         self._misc_task: asyncio.Task[None] | None = None
         self.connected_at = 0.0
+        self._tls_context: _TrackingContext | None = None
         self.client = self._make_client()
 
     # -- set-up ----------------------------------------------------------------------------
@@ -160,10 +172,12 @@ class Connection:
         if s.username:
             client.username_pw_set(s.username, s.password or None)
         if s.tls:
-            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=s.ca_file)
+            context = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies host and chain
+            context.load_verify_locations(cafile=s.ca_file)
             if s.cert_file:
                 context.load_cert_chain(s.cert_file, s.key_file)
             client.tls_set_context(context)
+            self._tls_context = context
         return client
 
     @classmethod
@@ -397,6 +411,8 @@ class Connection:
         if fd is not None:
             self._unregister(fd)
         sock = self.client.socket()
+        if sock is None and self._tls_context is not None:
+            sock = self._tls_context.wrapped  # a failed handshake: paho never kept the socket
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()

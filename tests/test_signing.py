@@ -213,7 +213,9 @@ def test_load_key_error_never_shows_the_key(tmp_path: Path) -> None:
 # -- the CLI's sign-command agrees with the gateway's verification -----------------------------
 
 
-def test_sign_command_cli_output_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sign_command_cli_output_verifies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     raw = secrets.token_bytes(32)
     path = _key_file(tmp_path, raw.hex().encode())
     args = {"name": "health.interval_s", "value": 30, "note": "Süd"}

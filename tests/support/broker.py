@@ -157,7 +157,7 @@ class MosquittoBroker:
         for path in (self.log_path, self.stdio_path):
             try:
                 text = path.read_text(encoding="utf-8", errors="replace")
-            except FileNotFoundError:
+            except OSError:
                 continue
             tail = "\n".join(text.splitlines()[-lines:])
             if tail:
