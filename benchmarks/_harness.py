@@ -417,6 +417,81 @@ def daemon_config(state_dir: Path, port: int, **sections: dict[str, Any]) -> str
     return "\n".join(lines)
 
 
+class NotifySocket:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[tuple[float, str]] = []  # (time.monotonic(), datagram)
+
+    def wait_for(self, needle: str, limit_s: float) -> tuple[float, str]:
+        """The first datagram containing `needle` (e.g. READY=1): (monotonic time, text)."""
+        for at, text in self.messages:
+            if needle in text:
+                return at, text
+        deadline = time.monotonic() + limit_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"no {needle} on {self.path} within {limit_s} s")
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            at = time.monotonic()
+            text = data.decode(errors="replace")
+            self.messages.append((at, text))
+            if needle in text:
+                return at, text
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def spawn_daemon(config: Path, notify: NotifySocket, log: Path) -> subprocess.Popen[bytes]:
+    """`python -m gateway.cli run --config FILE`, as systemd would start it (Type=notify)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_USEC", "WATCHDOG_PID")}
+    env["NOTIFY_SOCKET"] = str(notify.path)
+    env["PYTHONPATH"] = str(REPO)
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+        )
+
+
+def stop_process(proc: subprocess.Popen[bytes], limit_s: float = 20.0) -> int:
+    """SIGTERM, wait (bounded), SIGKILL if it would not stop; returns the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(limit_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
+
+def thread_switches(pid: int) -> int:
+    """Voluntary context switches summed over a process's threads (a proxy for wake-ups)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, KeyError):
+            total += proc_status_kib(f"{pid}/task/{task.name}", "voluntary_ctxt_switches")
+    return total
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

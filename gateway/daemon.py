@@ -282,6 +282,8 @@ async def run(
         if task.cancelled() or stop.is_set():
             return
         exc = task.exception()
+        if exc is None and task.get_name() in one_shot:
+            return
         _LOGGER.critical(
             "task %s ended unexpectedly: %r; stopping so systemd restarts us",
             task.get_name(),
@@ -291,7 +293,11 @@ async def run(
         failed.append(task.get_name())
         stop.set()
 
-    def spawn(name: str, coro: object) -> None:
+    one_shot: set[str] = set()
+
+    def spawn(name: str, coro: object, *, finite: bool = False) -> None:
+        if finite:
+            one_shot.add(name)
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
         task.add_done_callback(watch)
         tasks[name] = task
@@ -304,7 +310,7 @@ async def run(
     spawn("overflow-reporter", _every(2.0, gateway.report_overflow))
     spawn("watchdog", _watchdog(gateway, notifier))
     if gateway.db.deferred_check:
-        spawn("integrity-check", _background_check(gateway))
+        spawn("integrity-check", _background_check(gateway), finite=True)
     try:
         if gateway.ingest is not None:
             await gateway.ingest.start()
