@@ -31,7 +31,10 @@ def parse_iso_utc(text: str) -> datetime:
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         raise ValueError(f"timestamp {text!r} has no time zone")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:  # near datetime's limits, e.g. 0001-01-01T00:00:00+01:00
+        raise ValueError(f"timestamp {text!r} is out of range") from exc
 
 
 class _Timex(ctypes.Structure):

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -203,7 +202,13 @@ class CommandService:
         """Validate and run one command; never raises."""
         cid = _peek_id(payload)
         try:
-            command = await self._validate(name, payload)
+            try:
+                command = await self._validate(name, payload)
+            except CommandRefused:
+                raise
+            except Exception as exc:  # a validator bug must not kill the command task
+                _LOGGER.exception("validating command %s (id %s) failed", name, cid)
+                raise CommandRefused("malformed", f"{type(exc).__name__}: {exc}") from exc
             cid = command.id
             data = await self._execute(command)
         except CommandRefused as exc:
@@ -265,16 +270,16 @@ class CommandService:
         """Record the id before executing: a second delivery is refused, never re-executed."""
         try:
             async with self._db.transaction("recording a command id") as conn:
-                await conn.execute(
-                    "INSERT INTO seen_commands (id, expires_ms) VALUES (?, ?)",
+                cursor = await conn.execute(
+                    "INSERT OR IGNORE INTO seen_commands (id, expires_ms) VALUES (?, ?)",
                     (command_id, int(expires.timestamp() * 1000)),
                 )
-        except sqlite3.IntegrityError as exc:
-            raise CommandRefused(
-                "replayed", f"command id {command_id} was already processed"
-            ) from exc
+                fresh = cursor.rowcount == 1
+                await cursor.close()
         except StorageError as exc:
             raise CommandRefused("storage_error", str(exc)) from exc
+        if not fresh:
+            raise CommandRefused("replayed", f"command id {command_id} was already processed")
 
     async def _execute(self, command: Command) -> Mapping[str, Any] | None:
         spec = self._specs[command.name]

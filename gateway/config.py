@@ -283,8 +283,9 @@ def _locate(message: str, text: str, source: str) -> str:
     """Turn msgspec's `... - at `$.uplink.port`` into `file:line: uplink.port: ...`."""
     match = _PATH_RE.search(message)
     if not match:
-        # Unknown fields are reported as "Object contains unknown field `x` - at `$.uplink`".
-        return f"{source}: {message}"
+        # A top-level unknown key comes without a path: "Object contains unknown field `x`".
+        top = re.search(r"unknown field `([^`]+)`", message)
+        return f"{_at(source, text, top.group(1))}{message}" if top else f"{source}: {message}"
     path = re.sub(r"\[\d+\]", "", match.group(1)).lstrip(".")
     detail = message[: match.start()].rstrip(" -")
     unknown = re.search(r"unknown field `([^`]+)`", detail)

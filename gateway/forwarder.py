@@ -57,6 +57,7 @@ class _LaneState:
     exhausted: bool = False
     paused_until: float = 0.0
     generation: int = 0  # bumped by every rewind: a read begun before it is stale
+    commits: int = 0  # bumped by every commit in this lane: an empty read may be stale
 
     def rewind(self, before_row: int | None = None) -> None:
         self.cursor = 0 if before_row is None else min(self.cursor, before_row - 1)
@@ -128,7 +129,9 @@ class Forwarder(UplinkListener):
     def notify_committed(self, lanes: frozenset[Lane]) -> None:
         """The outbox committed rows in these lanes."""
         for lane in lanes:
-            self._lanes[lane].exhausted = False
+            state = self._lanes[lane]
+            state.exhausted = False
+            state.commits += 1
         self._wake.set()
 
     def connected(self, connection: Connection) -> None:
@@ -219,6 +222,7 @@ class Forwarder(UplinkListener):
     async def run(self) -> None:
         while True:
             self.last_progress = time.monotonic()
+            self._wake.clear()  # before the work: a wake-up during it is not lost
             await self._flush_dead_letters()
             conn = self._conn
             timeout = _TICK_S
@@ -228,7 +232,6 @@ class Forwarder(UplinkListener):
                 except StorageError as exc:
                     _LOGGER.error("cannot read the outbox: %s", exc)
                 self._check_ack_timeouts()
-            self._wake.clear()
             await wait_event(self._wake, timeout)
 
     async def _fill(self, conn: Connection) -> float:
@@ -285,12 +288,13 @@ class Forwarder(UplinkListener):
         return None
 
     async def _refill(self, state: _LaneState) -> None:
-        generation = state.generation
+        generation, commits = state.generation, state.commits
         rows = await self._outbox.fetch(state.lane, state.cursor, self.settings.fetch_batch)
         if state.generation != generation:
             return  # rewound (PUBACK failure, reconnect) while reading: the next fill re-reads
         if not rows:
-            state.exhausted = True
+            # Empty, unless a commit landed while we read (then read again next time).
+            state.exhausted = state.commits == commits
             return
         state.cursor = rows[-1].row
         state.buffer.extend(r for r in rows if r.row not in self._inflight_rows)

@@ -41,7 +41,23 @@ def sign(key: bytes, canonical: bytes) -> str:
 
 
 def verify(key: bytes, canonical: bytes, signature: str) -> bool:
-    return hmac.compare_digest(sign(key, canonical), signature.strip().lower())
+    """Constant-time check; any string (even non-ASCII) is simply a mismatch."""
+    given = signature.strip().lower().encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(sign(key, canonical).encode("ascii"), given)
+
+
+def _decode_key(raw: bytes) -> bytes:
+    """Hex text (64+ digits, surrounding whitespace ignored), other printable text (stripped),
+    or raw binary bytes taken exactly as they are."""
+    text = raw.strip()
+    if len(text) >= 32 and len(text) % 2 == 0 and all(c in _HEX for c in text):
+        return bytes.fromhex(text.decode("ascii"))
+    if text and all(0x20 <= c <= 0x7E for c in text):
+        return text
+    return raw
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
 def load_key(path: Path) -> bytes:
@@ -55,11 +71,7 @@ def load_key(path: Path) -> bytes:
         raise ConfigError(
             f"{path}: the command signing key is readable by other users; chmod 600 it"
         )
-    text = raw.strip()
-    try:
-        key = bytes.fromhex(text.decode("ascii")) if len(text) >= 32 else text
-    except (UnicodeDecodeError, ValueError):
-        key = text
+    key = _decode_key(raw)
     if len(key) < MIN_KEY_BYTES:
         raise ConfigError(
             f"{path}: the command signing key must have at least {MIN_KEY_BYTES} bytes"
