@@ -76,8 +76,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = []
     for n, row in enumerate(cells):
         parts = [
-            row[i].ljust(widths[i]) if i == 0 else row[i].rjust(widths[i])
-            for i in range(len(row))
+            row[i].ljust(widths[i]) if i == 0 else row[i].rjust(widths[i]) for i in range(len(row))
         ]
         lines.append("  ".join(parts))
         if n == 0:

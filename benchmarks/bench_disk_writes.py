@@ -43,12 +43,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _harness as h  # noqa: E402
+import _harness as h
 
-from gateway.events import Event  # noqa: E402
-from gateway.forwarder import ForwarderSettings  # noqa: E402
-from gateway.outbox import Outbox, OutboxLimits  # noqa: E402
-from gateway.store import MIGRATIONS  # noqa: E402
+from gateway.events import Event
+from gateway.forwarder import ForwarderSettings
+from gateway.outbox import Outbox, OutboxLimits
+from gateway.store import MIGRATIONS
 
 _ids = itertools.count(1)
 BURST = 0.0  # the "rate" of the burst workload
@@ -267,9 +267,7 @@ async def main_async(args: argparse.Namespace) -> int:
         )
     )
     print()
-    print(
-        "cross-check (gateway, autocheckpoint off so the WAL only grows; one run), bytes/event:"
-    )
+    print("cross-check (gateway, autocheckpoint off so the WAL only grows; one run), bytes/event:")
     print(
         h.table(
             [

@@ -31,10 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _harness as h  # noqa: E402
-from bench_throughput import run_raw  # noqa: E402
+import _harness as h
+from bench_throughput import run_raw
 
-from gateway.forwarder import ForwarderSettings  # noqa: E402
+from gateway.forwarder import ForwarderSettings
 
 _ids = itertools.count(1)
 ALARM_TOPIC = f"{h.PREFIX}/event/alarm.raised"
@@ -129,7 +129,10 @@ async def idle_live(
 ) -> list[float]:
     """The same live stream with an empty outbox: the latency baseline."""
     async with h.stack(
-        work / f"idle-{next(_ids)}.db", port, ForwarderSettings(), client_id=f"bench-gw-{next(_ids)}"
+        work / f"idle-{next(_ids)}.db",
+        port,
+        ForwarderSettings(),
+        client_id=f"bench-gw-{next(_ids)}",
     ) as s:
         await s.connect()
         sub.poll()

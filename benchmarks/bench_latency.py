@@ -40,11 +40,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _harness as h  # noqa: E402
+import _harness as h
 
-from gateway.forwarder import ForwarderSettings  # noqa: E402
-from gateway.mqtt import Connection, UplinkSettings  # noqa: E402
-from gateway.store import MIGRATIONS, Database  # noqa: E402
+from gateway.forwarder import ForwarderSettings
+from gateway.mqtt import Connection, UplinkSettings
+from gateway.store import MIGRATIONS, Database
 
 _ids = itertools.count(1)
 _INSERT = (

@@ -32,13 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _harness as h  # noqa: E402
+import _harness as h
 
-from gateway.aio import wait_event  # noqa: E402
-from gateway.events import Event  # noqa: E402
-from gateway.forwarder import ForwarderSettings  # noqa: E402
-from gateway.mqtt import Connection, UplinkSettings  # noqa: E402
-from gateway.outbox import Outbox, OutboxLimits  # noqa: E402
+from gateway.aio import wait_event
+from gateway.events import Event
+from gateway.forwarder import ForwarderSettings
+from gateway.mqtt import Connection, UplinkSettings
+from gateway.outbox import Outbox, OutboxLimits
 
 _ids = itertools.count(1)
 

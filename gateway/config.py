@@ -79,6 +79,7 @@ class OutboxSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     max_rows: int = 1_000_000
     max_bytes: int = 512 * _MiB
     min_free_disk_bytes: int = 64 * _MiB
+    reserve_bytes: int = 8 * _MiB
     group_commit_window_ms: float = 20.0
     delete_batch: int = 512
     delete_interval_ms: float = 100.0
@@ -253,6 +254,9 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
     need(box.max_rows >= 1000, "outbox.max_rows", "must be at least 1000")
     need(box.max_bytes >= 1 * _MiB, "outbox.max_bytes", "must be at least 1 MiB")
     need(box.min_free_disk_bytes >= 0, "outbox.min_free_disk_bytes", "must not be negative")
+    need(
+        0 <= box.reserve_bytes <= 1024 * _MiB, "outbox.reserve_bytes", "must be between 0 and 1 GiB"
+    )
     need(
         0 <= box.group_commit_window_ms <= 1000,
         "outbox.group_commit_window_ms",

@@ -100,6 +100,7 @@ class Gateway:
                 delete_batch=box.delete_batch,
                 delete_interval_s=box.delete_interval_ms / 1000,
                 checkpoint_interval_s=box.checkpoint_interval_s,
+                reserve_bytes=box.reserve_bytes,
             ),
             on_commit=self._committed,
         )

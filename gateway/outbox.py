@@ -33,8 +33,10 @@ from gateway.store import Database, translate
 _LOGGER = logging.getLogger(__name__)
 
 _DROPPABLE: tuple[Lane, ...] = (Lane.TELEMETRY, Lane.DEVICE_STATUS)  # in the order they go
-_DISK_CHECK_EVERY_S = 1.0
+_NORMAL_AUTOCHECKPOINT = 1000  # SQLite's default, in pages
+_LOW_DISK_AUTOCHECKPOINT = 64
 _OVER_CAPACITY_LOG_EVERY_S = 60.0
+_DELETE_RETRY_AFTER_FULL_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,7 @@ class OutboxLimits:
     delete_batch: int = 512
     delete_interval_s: float = 0.100
     checkpoint_interval_s: float = 60.0
+    reserve_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,50 @@ class OutboxStats:
     @property
     def total_bytes(self) -> int:
         return sum(self.bytes)
+
+
+class DiskReserve:
+    """A ballast file kept in the state directory. When the disk is full even deletes and WAL
+    checkpoints fail (they need room to write); releasing the ballast gives them that room.
+    It is put back once free space allows."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+        self.released = False
+        if size > 0 and not path.exists():
+            self._create()
+
+    def _create(self) -> None:
+        try:
+            with self.path.open("wb") as handle:
+                os.posix_fallocate(handle.fileno(), 0, self.size)
+        except OSError as exc:
+            _LOGGER.warning(
+                "cannot create the %d-byte disk reserve %s: %s",
+                self.size,
+                self.path,
+                exc.strerror or exc,
+            )
+            self.path.unlink(missing_ok=True)
+
+    def release(self) -> bool:
+        if not self.path.exists():
+            return False
+        self.path.unlink(missing_ok=True)
+        self.released = True
+        _LOGGER.critical(
+            "disk full: released the %d-byte reserve %s so the outbox can keep "
+            "working; free disk space",
+            self.size,
+            self.path,
+        )
+        return True
+
+    def restore_if_room(self, free: int, min_free: int) -> None:
+        if self.released and free > min_free + 2 * self.size:
+            self._create()
+            self.released = not self.path.exists()
 
 
 class _Props(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -144,13 +191,15 @@ class Outbox:
         self._last_commit_started = float("-inf")
         self._last_delete_flush = time.monotonic()
         self._next_checkpoint = time.monotonic() + limits.checkpoint_interval_s
-        self._disk_free = 0
-        self._disk_checked = float("-inf")
+        self._low_disk = False
         self._over_capacity_logged = float("-inf")
         self._dead_letters = 0
         self._commit_started_at: float | None = None
         self._last_batch_size = 0
+        self._full_logged = float("-inf")
+        self._delete_failed = False
         self._commits = 0
+        self._reserve = DiskReserve(db.path.parent / ".disk-reserve", limits.reserve_bytes)
         self.last_progress = time.monotonic()
 
     @property
@@ -289,8 +338,18 @@ class Outbox:
                 if time.monotonic() >= self._next_checkpoint:
                     self._next_checkpoint = time.monotonic() + self._limits.checkpoint_interval_s
                     await self._db.checkpoint()
-                if self._closing and not self._appends and not self._deletes:
-                    return
+                    self._reserve.restore_if_room(
+                        self._free_disk(), self._limits.min_free_disk_bytes
+                    )
+                if self._closing and not self._appends:
+                    if self._deletes and self._delete_failed:
+                        _LOGGER.warning(
+                            "%d delivered rows could not be deleted (disk full); "
+                            "they will be sent again after restart",
+                            len(self._deletes),
+                        )
+                    if not self._deletes or self._delete_failed:
+                        return
         finally:
             self._fail_pending(StorageError("the outbox writer stopped"))
             self._closed.set()
@@ -341,7 +400,7 @@ class Outbox:
         try:
             outcome = await self._commit(batch, deletes)
         except StorageFullError as exc:
-            outcome = await self._retry_after_full(batch, deletes, exc)
+            outcome = await self._recover_from_full(batch, deletes, exc)
         except StorageError as exc:
             _LOGGER.error("outbox commit of %d items failed: %s", len(batch), exc)
             self._deletes.update(deletes)
@@ -354,6 +413,7 @@ class Outbox:
             return
         receipts, self._counters = outcome
         self._commits += 1
+        self._delete_failed = False
         self._last_delete_flush = time.monotonic()
         self.last_progress = self._last_delete_flush
         lanes = frozenset(p.item.lane for p in batch)
@@ -363,26 +423,46 @@ class Outbox:
         if lanes and self._on_commit is not None:
             self._on_commit(lanes)
 
-    async def _retry_after_full(
-        self, batch: list[_Pending], deletes: list[int], exc: StorageFullError
+    async def _recover_from_full(
+        self, batch: list[_Pending], deletes: list[int], exc: StorageError
     ) -> tuple[list[Receipt], _Counters] | None:
-        """SQLITE_FULL: make room by dropping low lanes (never 0/1), then try once more."""
-        _LOGGER.error(
-            "outbox is out of space (%s); dropping telemetry and status to make room", exc
-        )
-        try:
-            await self._emergency_drop(max(len(batch), 1) * 4)
-            return await self._commit(batch, deletes)
-        except StorageError as again:
+        """SQLITE_FULL. Appends: drop low lanes (never 0/1) to make room and try once more,
+        else refuse them. Deletes are the way out of a full disk, so they (and the WAL
+        checkpoint) get the disk reserve; if even they fail they wait and are tried again."""
+        self._log_full(exc)
+        if batch:
+            try:
+                await self._emergency_drop(max(len(batch), 1) * 4)
+                return await self._commit(batch, deletes)
+            except StorageError as again:
+                exc = again
+        if deletes:
+            if self._reserve.release():
+                await self._db.checkpoint()
+            try:
+                _, self._counters = await self._commit([], deletes)
+                deletes = []
+            except StorageError as again:
+                self._log_full(again)
+        if deletes:
+            self._deletes.update(deletes)
+            self._delete_failed = True
+            self._last_delete_flush = time.monotonic() + _DELETE_RETRY_AFTER_FULL_S
+        else:
+            self._delete_failed = False
+        self._fail(batch, exc if isinstance(exc, StorageFullError) else StorageFullError(str(exc)))
+        return None
+
+    def _log_full(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._full_logged >= _OVER_CAPACITY_LOG_EVERY_S:
+            self._full_logged = now
             _LOGGER.critical(
-                "outbox cannot store %d items: %s; free disk space in %s",
-                len(batch),
-                again,
+                "outbox: %s; free disk space in %s (telemetry and status are "
+                "dropped first, alarms and access records never)",
+                exc,
                 self._db.path.parent,
             )
-            self._deletes.update(deletes)
-            self._fail(batch, again)
-            return None
 
     async def _emergency_drop(self, count: int) -> None:
         counters = self._counters.copy()
@@ -398,7 +478,9 @@ class Outbox:
     async def _commit(
         self, batch: Sequence[_Pending], deletes: Sequence[int]
     ) -> tuple[list[Receipt], _Counters]:
+        await self._adapt_to_disk()
         counters = self._counters.copy()
+        stored_before = sum(counters.bytes)
         rows: list[tuple[object, ...]] = []
         receipts: list[Receipt] = []
         now_ms = int(time.time() * 1000)
@@ -427,12 +509,14 @@ class Outbox:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-                await self._enforce_capacity(conn, counters)
+                await self._enforce_capacity(conn, counters, stored_before)
             await self._save_counters(conn, counters)
         return receipts, counters
 
-    async def _enforce_capacity(self, conn: aiosqlite.Connection, counters: _Counters) -> None:
-        max_rows, max_bytes = self._limits.max_rows, self._byte_budget(counters)
+    async def _enforce_capacity(
+        self, conn: aiosqlite.Connection, counters: _Counters, stored_before: int
+    ) -> None:
+        max_rows, max_bytes = self._limits.max_rows, self._byte_budget(stored_before)
         for lane in _DROPPABLE:
             over_rows = sum(counters.rows) - max_rows
             over_bytes = sum(counters.bytes) - max_bytes
@@ -453,18 +537,36 @@ class Outbox:
                     sorted(int(x) for x in NEVER_DROPPED),
                 )
 
-    def _byte_budget(self, counters: _Counters) -> int:
-        """max_bytes, lowered when the disk would otherwise fall below min_free_disk_bytes."""
-        now = time.monotonic()
-        if now - self._disk_checked >= _DISK_CHECK_EVERY_S:
-            self._disk_checked = now
-            try:
-                st = os.statvfs(self._db.path.parent)
-                self._disk_free = st.f_bavail * st.f_frsize
-            except OSError:
-                self._disk_free = 1 << 62
-        room = self._disk_free - self._limits.min_free_disk_bytes
-        return min(self._limits.max_bytes, max(0, sum(counters.bytes) + room))
+    def _byte_budget(self, stored_before: int) -> int:
+        """max_bytes; but while free disk is below min_free_disk_bytes the store may not grow:
+        new rows then take the place of old droppable ones (their pages are reused)."""
+        if self._low_disk:
+            return min(self._limits.max_bytes, stored_before)
+        return self._limits.max_bytes
+
+    def _free_disk(self) -> int:
+        try:
+            st = os.statvfs(self._db.path.parent)  # about a microsecond: checked every commit
+        except OSError:
+            return 1 << 62
+        return st.f_bavail * st.f_frsize
+
+    async def _adapt_to_disk(self) -> None:
+        """Below min_free_disk_bytes the store stops growing and the WAL is folded back often
+        (every 64 pages instead of SQLite's 1,000), so the WAL cannot fill the last of it."""
+        low = self._free_disk() < self._limits.min_free_disk_bytes
+        if low != self._low_disk:
+            self._low_disk = low
+            pages = _LOW_DISK_AUTOCHECKPOINT if low else _NORMAL_AUTOCHECKPOINT
+            await self._db.writer.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+            log = _LOGGER.warning if low else _LOGGER.info
+            log(
+                "free disk %s %d bytes in %s: the outbox %s",
+                "below" if low else "back above",
+                self._limits.min_free_disk_bytes,
+                self._db.path.parent,
+                "no longer grows (low lanes make room)" if low else "may grow again",
+            )
 
     async def _drop_oldest(
         self, conn: aiosqlite.Connection, lane: Lane, count: int, counters: _Counters

@@ -18,7 +18,9 @@ The default run keeps each test well under a minute; ``-m slow`` runs the long v
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,6 +33,8 @@ from tests.support.gateway_process import (
     Ack,
     ChaosResult,
     DeliveryTally,
+    Device,
+    EventStream,
     GatewayProcess,
     IngestClient,
     broker_bounce,
@@ -353,3 +357,48 @@ async def test_press_during_outage_survives_gateway_sigkill(
         "t-2000001a",
         0,
     )
+
+
+# -- a lone alarm right after another one ------------------------------------------------------
+
+
+async def test_second_alarm_is_not_left_in_the_outbox(
+    broker: MosquittoBroker,
+    platform: Subscriber,
+    gateway_factory: GatewayFactory,
+) -> None:
+    """Two presses a few ms apart while lanes 2/3 are busy: both must go out at once.
+
+    Regression: Forwarder._refill used to set ``exhausted = True`` after an empty read even
+    when notify_committed() had cleared it for a commit that landed during that read (whose
+    snapshot predates the commit). The second alarm then stayed in the outbox (seen for over
+    20 s on a healthy connection) until another lane-0 commit or a reconnect. With that code
+    this test failed within 2-6 s (about 1 pair in 100).
+    """
+    gw = gateway_factory(broker.port)
+    await asyncio.to_thread(gw.start)
+    tally = DeliveryTally(platform)
+    rng = random.Random(5)
+    background = (
+        Device("door-0002", "door_contact", "door.opened"),
+        Device("t-0000beef", "terminal", "device.heartbeat"),
+    )
+    deadline = time.monotonic() + 20
+    pairs = 0
+    async with (
+        EventStream(gw.ingest_socket, background, rate=150.0),
+        IngestClient(gw.ingest_socket) as client,
+    ):
+        while time.monotonic() < deadline:
+            first = await client.send("alarm.raised", "sos-0001", "sos_button", {"pair": pairs})
+            await asyncio.sleep(rng.uniform(0, 0.002))
+            second = await client.send("alarm.raised", "sos-0001", "sos_button", {"pair": pairs})
+            assert first is not None and second is not None
+            pairs += 1
+            sent_at = time.monotonic()
+            while tally.missing([first, second]) and time.monotonic() - sent_at < 3.0:
+                await asyncio.sleep(0.005)
+            stuck = [a.seq for a in tally.missing([first, second])]
+            assert not stuck, f"pair {pairs}: alarm seq {stuck} not sent 3 s after its ack"
+            await asyncio.sleep(rng.uniform(0, 0.01))
+    print(f"\n{pairs} alarm pairs, every alarm forwarded within 3 s")

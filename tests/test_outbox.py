@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,58 @@ async def test_pragmas_are_durable(box: Running) -> None:
         assert (await cur.fetchone())[0] == 2  # type: ignore[index]  # FULL
     async with box.db.writer.execute("PRAGMA journal_size_limit") as cur:
         assert (await cur.fetchone())[0] > 0  # type: ignore[index]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A real tmpfs (1 MiB unless the test says): the operating system's ENOSPC."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    size = getattr(request, "param", "1m")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+async def test_os_full_disk_refuses_clearly_and_recovers(small_disk: Path) -> None:
+    limits = OutboxLimits(min_free_disk_bytes=0, reserve_bytes=128 * 1024)  # the disk runs out
+    running = await Running.open(small_disk / "outbox.db", limits)
+    try:
+        ob = running.outbox
+        accepted: list[int] = []
+        with pytest.raises(StorageFullError):
+            for n in range(5000):  # bounded: 1 MiB holds far fewer
+                accepted.append((await ob.append(event(0, n, pad=400))).row)  # type: ignore[arg-type]
+        assert accepted
+        assert ob.stats().rows[0] == len(accepted), "every accepted alarm is still there"
+        for row in accepted[: len(accepted) // 2]:
+            ob.mark_delivered(row)
+        async with asyncio.timeout(10):
+            while ob.stats().pending_deletes:
+                await asyncio.sleep(0.02)
+        again = await ob.append(event(0, 1, pad=100))  # type: ignore[arg-type]
+        assert again.row > accepted[-1]
+    finally:
+        await running.close()
+
+
+@pytest.mark.parametrize("small_disk", ["8m"], indirect=True)
+async def test_free_disk_floor_drops_telemetry_before_the_disk_fills(small_disk: Path) -> None:
+    limits = OutboxLimits(min_free_disk_bytes=6 * 1024 * 1024, reserve_bytes=64 * 1024)
+    running = await Running.open(small_disk / "outbox.db", limits)
+    try:
+        ob = running.outbox
+        for n in range(6000):  # about 4 MiB of telemetry: twice what the floor allows
+            await ob.append(event(3, n, pad=400))  # type: ignore[arg-type]
+        assert ob.stats().dropped[1] > 0, "the oldest telemetry made room"
+        alarm = await ob.append(event(0, 1, pad=400))  # type: ignore[arg-type]
+        assert alarm.seq == 6001
+    finally:
+        await running.close()
