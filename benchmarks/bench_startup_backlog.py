@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_startup_backlog.py [--rows 1000000] [--repeats 3]
 
 1. An outbox of `--rows` undelivered ~300-byte rows is written directly with sqlite3, in the
-   schema of gateway/store.py MIGRATIONS (user_version 1), with a consistent outbox_state row
+   schema of gateway/store.py MIGRATIONS (all of them), with a consistent outbox_state row
    (next_row, next_seq, per-lane row and byte counters): 70 % lane 3, 20 % lane 2, 10 % lane 1,
    payloads rendered like the gateway's events, props and size as the outbox computes them.
    Built with journal_mode=OFF and synchronous=OFF for speed, then switched to WAL.
@@ -54,9 +54,10 @@ def build_backlog(path: Path, rows: int) -> float:
     conn.execute("PRAGMA journal_mode = OFF")
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("BEGIN")
-    for statement in MIGRATIONS[0].split(";"):
-        if statement.strip():
-            conn.execute(statement)
+    for script in MIGRATIONS:  # every migration: the file is stamped with the latest version
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.execute("COMMIT")
     templates = []

@@ -7,6 +7,7 @@ passwords and keys are read from files named here, and `redacted()` is what gets
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import tomllib
 from collections.abc import Mapping
@@ -108,6 +109,50 @@ class IngestSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     socket: str = ""
 
 
+class ReceiverSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    url: str
+    protocol: Literal["terminal", "ev1527"] = "terminal"
+    baudrate: int = 9600
+
+
+class Ev1527Section(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    min_repeats: int = 2
+    repeat_window_s: float = 0.3
+    release_gap_s: float = 0.5
+
+
+class OutputSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    kind: Literal["log", "gpio", "serial_relay"] = "log"
+    pin: int = -1
+    active_high: bool = True
+    url: str = ""
+    baudrate: int = 9600
+    on_bytes: str = ""  # hex, e.g. "A00101A2"
+    off_bytes: str = ""
+
+
+class DeviceSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    id: str
+    type: str = "sos_button"
+    resident: str = ""
+    location: str = ""
+    supervision_s: float = 0.0  # 0: not supervised
+
+
+class ButtonsSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    receivers: list[ReceiverSection] = msgspec.field(default_factory=list)
+    ev1527: Ev1527Section = msgspec.field(default_factory=Ev1527Section)
+    ack_deadline_s: float = 60.0
+    escalation_repeat_s: float = 30.0
+    dedup_window_s: float = 120.0
+    unknown_report_interval_s: float = 600.0
+    supervision_check_s: float = 5.0
+    reopen_max_s: float = 30.0
+    output: OutputSection = msgspec.field(default_factory=OutputSection)
+    devices: list[DeviceSection] = msgspec.field(default_factory=list)
+
+
 class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     gateway: GatewaySection
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
@@ -117,6 +162,7 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     commands: CommandsSection = msgspec.field(default_factory=CommandsSection)
     health: HealthSection = msgspec.field(default_factory=HealthSection)
     ingest: IngestSection = msgspec.field(default_factory=IngestSection)
+    buttons: ButtonsSection | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -277,6 +323,105 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
     )
     need(1 <= cmd.queue_size <= 10000, "commands.queue_size", "must be between 1 and 10000")
     need(cfg.health.interval_s >= 1, "health.interval_s", "must be at least 1 second")
+    if cfg.buttons is not None:
+        problems.extend(_button_checks(cfg.buttons))
+    return problems
+
+
+DEVICE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _button_checks(b: ButtonsSection) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            problems.append((key, message))
+
+    names = [r.name for r in b.receivers]
+    need(len(names) == len(set(names)), "buttons.receivers.name", "receiver names must be unique")
+    urls = [r.url for r in b.receivers]
+    need(len(urls) == len(set(urls)), "buttons.receivers.url", "two receivers share one port")
+    for r in b.receivers:
+        need(
+            bool(re.match(r"^[A-Za-z0-9_-]{1,32}$", r.name)),
+            "buttons.receivers.name",
+            f"{r.name!r}: 1-32 letters, digits, '_' or '-'",
+        )
+        need(bool(r.url), "buttons.receivers.url", f"receiver {r.name!r}: must not be empty")
+        need(
+            r.baudrate in _BAUDRATES,
+            "buttons.receivers.baudrate",
+            f"receiver {r.name!r}: {r.baudrate} is not one of {_BAUDRATES}",
+        )
+    ev = b.ev1527
+    need(2 <= ev.min_repeats <= 20, "buttons.ev1527.min_repeats", "must be 2-20 (no checksum)")
+    need(0 < ev.repeat_window_s <= 10, "buttons.ev1527.repeat_window_s", "must be in (0, 10]")
+    need(0 < ev.release_gap_s <= 10, "buttons.ev1527.release_gap_s", "must be in (0, 10]")
+    need(1 <= b.ack_deadline_s <= 3600, "buttons.ack_deadline_s", "must be 1-3600 s")
+    need(1 <= b.escalation_repeat_s <= 3600, "buttons.escalation_repeat_s", "must be 1-3600 s")
+    need(1 <= b.dedup_window_s <= 3600, "buttons.dedup_window_s", "must be 1-3600 s")
+    need(
+        1 <= b.unknown_report_interval_s <= 86400,
+        "buttons.unknown_report_interval_s",
+        "must be 1-86400 s",
+    )
+    need(0.05 <= b.supervision_check_s <= 600, "buttons.supervision_check_s", "must be 0.05-600")
+    need(0.5 <= b.reopen_max_s <= 600, "buttons.reopen_max_s", "must be 0.5-600 s")
+    out = b.output
+    if out.kind == "gpio":
+        need(0 <= out.pin <= 27, "buttons.output.pin", "gpio output needs a BCM pin 0-27")
+        need(
+            importlib.util.find_spec("gpiozero") is not None,
+            "buttons.output.kind",
+            'kind = "gpio" needs the gpiozero package (and a GPIO header); install it or '
+            'use kind = "log"',
+        )
+    else:
+        need(out.pin == -1, "buttons.output.pin", 'only for kind = "gpio"')
+    if out.kind == "serial_relay":
+        need(
+            False,
+            "buttons.output.kind",
+            '"serial_relay" is reserved but not supported by this release yet; use "log" or "gpio"',
+        )
+        need(bool(out.url), "buttons.output.url", "serial_relay output needs the relay's url")
+        need(
+            bool(out.on_bytes) and _is_hex(out.on_bytes) and _is_hex(out.off_bytes),
+            "buttons.output.on_bytes",
+            'on_bytes (and off_bytes) must be hex strings such as "A00101A2"',
+        )
+    else:
+        need(
+            not (out.url or out.on_bytes or out.off_bytes),
+            "buttons.output.url",
+            'url/on_bytes/off_bytes are only for kind = "serial_relay"',
+        )
+    ids = [d.id for d in b.devices]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    need(not dupes, "buttons.devices.id", f"duplicate device ids: {', '.join(dupes)}")
+    for d in b.devices:
+        need(
+            bool(DEVICE_ID_RE.match(d.id)),
+            "buttons.devices.id",
+            f"{d.id!r}: 1-63 lower-case letters, digits, '_' or '-' (terminals t-xxxxxxxx, "
+            "EV1527 buttons rf-xxxxx)",
+        )
+        need(bool(d.type), "buttons.devices.type", f"device {d.id!r}: must not be empty")
+        need(
+            d.supervision_s == 0 or 1 <= d.supervision_s <= 7 * 86400,
+            "buttons.devices.supervision_s",
+            f"device {d.id!r}: 0 (not supervised) or 1 s to 7 days",
+        )
     return problems
 
 

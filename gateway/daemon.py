@@ -17,8 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from drivers.outputs import Output, OutputSpec, build_output
 from gateway import __version__
 from gateway.builtin_commands import register_builtin_commands
+from gateway.buttons.alarms import AlarmBook, AlarmSettings
+from gateway.buttons.registry import Device, DeviceRegistry
+from gateway.buttons.service import ButtonService
 from gateway.clock import ClockSync
 from gateway.commands import CommandService, CommandSettings
 from gateway.config import Config
@@ -47,6 +51,7 @@ class DaemonHooks:
 
     store_options: StoreOptions | None = None
     on_ready: Callable[[Gateway], None] | None = None
+    output: Output | None = None  # replaces the configured alarm output (tests, demo)
 
 
 def uplink_settings(cfg: Config) -> UplinkSettings:
@@ -157,6 +162,35 @@ class Gateway:
             else None
         )
         self._reported_drops = self.outbox.stats().dropped
+        self.buttons: ButtonService | None = None
+        if cfg.buttons is not None:
+            self.buttons = self._build_buttons(cfg)
+
+    def _build_buttons(self, cfg: Config) -> ButtonService:
+        b = cfg.buttons
+        assert b is not None
+        output = self.hooks.output or build_output(
+            OutputSpec(b.output.kind, b.output.pin, b.output.active_high)
+        )
+        registry = DeviceRegistry(
+            self.db,
+            self.outbox,
+            self.events,
+            (Device(d.id, d.type, d.resident, d.location, d.supervision_s) for d in b.devices),
+            unknown_report_interval_s=b.unknown_report_interval_s,
+        )
+        alarms = AlarmBook(
+            self.db,
+            self.outbox,
+            self.events,
+            output,
+            AlarmSettings(b.ack_deadline_s, b.escalation_repeat_s, b.dedup_window_s),
+        )
+        registry.register_commands(self.commands)
+        alarms.register_commands(self.commands)
+        service = ButtonService(b, registry, alarms, self.outbox, self.events)
+        self.health.add_source("buttons", service.health)
+        return service
 
     @classmethod
     async def build(cls, cfg: Config, hooks: DaemonHooks | None = None) -> Gateway:
@@ -173,6 +207,9 @@ class Gateway:
             await gateway.outbox.load()
             gateway._reported_drops = gateway.outbox.stats().dropped
             await gateway.runtime.load_overrides()
+            if gateway.buttons is not None:
+                await gateway.buttons.registry.load()
+                await gateway.buttons.alarms.load()
         except BaseException:
             await db.close()
             raise
@@ -248,6 +285,9 @@ class Gateway:
             return False, f"forwarder stalled for {now - self.forwarder.last_progress:.0f} s"
         if now - self.commands.last_progress > 45.0:
             return False, f"command handling stalled for {now - self.commands.last_progress:.0f} s"
+        if self.buttons is not None and now - self.buttons.alarms.last_progress > 30.0:
+            stalled = now - self.buttons.alarms.last_progress
+            return False, f"alarm escalation timers stalled for {stalled:.0f} s"
         return True, "ok"
 
     def status_line(self) -> str:
@@ -310,6 +350,9 @@ async def run(
     spawn("health", gateway.health.run())
     spawn("overflow-reporter", _every(2.0, gateway.report_overflow))
     spawn("watchdog", _watchdog(gateway, notifier))
+    if gateway.buttons is not None:
+        spawn("alarms", gateway.buttons.alarms.run())
+        spawn("buttons", gateway.buttons.run())
     if gateway.db.deferred_check:
         spawn("integrity-check", _background_check(gateway), finite=True)
     try:
@@ -349,6 +392,14 @@ async def _shutdown(
     notifier.stopping("stopping: draining")
     if gateway.ingest is not None:
         await gateway.ingest.stop()
+    for name in ("buttons", "alarms"):  # stop intake: no frame is half handled after this
+        task = tasks.get(name)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if gateway.buttons is not None:
+        with contextlib.suppress(Exception):
+            await gateway.buttons.alarms.output.close()
     if not tasks["outbox-writer"].done():
         with contextlib.suppress(StorageError):
             async with asyncio.timeout(2):

@@ -1,11 +1,14 @@
 """`eldergate demo`: the real daemon on simulated devices, with a local mosquitto on loopback.
 
 What it shows, in about half a minute:
-1. simulated buttons send heartbeats and one emergency press (through the local ingest socket,
-   the same path other processes on the Pi use); the platform console prints what arrives;
+1. a simulated button receiver on a pseudo-terminal (the gateway opens it as it opens a USB
+   receiver) with two registered terminals: heartbeats, then a press; the terminal repeats it
+   until RECEIVED; the platform console prints `alarm.raised` and answers with `alarm.ack`;
+   the gateway reports `alarm.acknowledged` and sends HELP_COMING to the terminal;
 2. the platform sends a `ping` and a signed `config.set`; the results come back;
-3. the broker is stopped: events keep being accepted into the outbox (nothing is lost);
-4. the broker returns: the backlog is delivered, the alarm first.
+3. the broker is stopped: a pull cord is still committed and RECEIVED at once, and when nobody
+   acknowledges it within the deadline the local output (here: the log) escalates;
+4. the broker returns: the backlog is delivered, the alarm first, and the console acknowledges.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from drivers.buttons.simulator import SimulatedReceiver
+from drivers.buttons.terminal_codec import HelpComing
 from gateway import daemon
 from gateway.clock import iso_utc, utc_now
 from gateway.config import config_from_mapping
@@ -116,6 +121,7 @@ class PlatformConsole:
         self.client.loop_start()
         self.lock = threading.Lock()
         self.received = 0
+        self.acked: set[str] = set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         topic = msg.topic.removeprefix(PREFIX + "/")
@@ -133,6 +139,14 @@ class PlatformConsole:
                     f"device={device} data={data}"
                 )
             print(f"[platform] {line}", flush=True)
+            if event["kind"] == "alarm.raised" and event["id"] not in self.acked:
+                self.acked.add(event["id"])
+                self.command(
+                    "alarm.ack",
+                    f"demo-ack-{len(self.acked)}",
+                    {"alarm": event["id"], "by": "duty nurse", "status": "ok"},
+                    signed=False,
+                )
         elif topic.startswith("cmd_result/"):
             print(f"[platform] command result {msg.payload.decode()}", flush=True)
         elif topic in ("status",):
@@ -166,23 +180,12 @@ class PlatformConsole:
         self.client.disconnect()
 
 
-async def _ingest(path: Path, request: dict[str, Any]) -> dict[str, Any]:
-    reader, writer = await asyncio.open_unix_connection(str(path))
-    try:
-        writer.write(json.dumps(request).encode() + b"\n")
-        await writer.drain()
-        async with asyncio.timeout(10):
-            answer: dict[str, Any] = json.loads(await reader.readline())
-        return answer
-    finally:
-        writer.close()
-
-
 BUTTONS = [
     {"id": "t-2000001a", "type": "sos_button", "location": "Bldg 3, Rm 402"},
     {"id": "t-2000001b", "type": "pull_cord", "location": "Bldg 3, Rm 405 bathroom"},
     {"id": "rf-12345", "type": "sos_button", "location": "Bldg 1, Rm 101"},
 ]
+TERMINAL_1, TERMINAL_2 = 0x2000001A, 0x2000001B
 
 
 async def run_demo(duration: float, state_dir: Path | None) -> int:
@@ -207,9 +210,22 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
             "commands": {"hmac_key_file": str(key_file)},
             "health": {"interval_s": 15.0},
             "ingest": {"enabled": True},
+            "buttons": {
+                "receivers": [{"name": "demo-rx", "url": str(workdir / "receiver")}],
+                "ack_deadline_s": 4,
+                "escalation_repeat_s": 2,
+                "devices": [
+                    {**BUTTONS[0], "resident": "Li Mei", "supervision_s": 300},
+                    {**BUTTONS[1], "resident": "Wu Jian", "supervision_s": 300},
+                    {**BUTTONS[2], "resident": "Zhao Lan"},
+                ],
+            },
         }
     )
+    receiver = SimulatedReceiver(link_path=workdir / "receiver")
+    receiver.plug()
     print(f"[demo] state directory {state}; broker on 127.0.0.1:{port}", flush=True)
+    print(f"[demo] simulated receiver on {receiver.slave_path} ({receiver.path})", flush=True)
     console = PlatformConsole(port, key)
     stop = asyncio.Event()
     ready = asyncio.Event()
@@ -218,10 +234,11 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
     try:
         async with asyncio.timeout(30):
             await ready.wait()
-        await _script(cfg.ingest_socket, broker, console, duration, gateway_task)
+        await _script(receiver, broker, console, duration, gateway_task)
     finally:
         stop.set()
         code = await gateway_task
+        receiver.close()
         console.close()
         broker.stop()
     print(
@@ -232,26 +249,27 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
 
 
 async def _script(
-    sock: Path,
+    receiver: SimulatedReceiver,
     broker: LocalBroker,
     console: PlatformConsole,
     duration: float,
     gateway: asyncio.Task[int],
 ) -> None:
     started = time.monotonic()
-
-    async def send(kind: str, button: dict[str, Any], data: dict[str, Any]) -> None:
-        answer = await _ingest(sock, {"kind": kind, "device": button, "data": data})
-        print(
-            f"[device]   {kind} from {button['id']}: committed as seq {answer.get('seq')}",
-            flush=True,
-        )
-
-    for button in BUTTONS:
-        await send("device.heartbeat", button, {"battery_mv": 2950, "rssi_dbm": -71})
+    await asyncio.sleep(0.5)  # the gateway opens the receiver
+    for device in (TERMINAL_1, TERMINAL_2):
+        receiver.heartbeat(device)
+        print(f"[device]   heartbeat from t-{device:08x}", flush=True)
     await asyncio.sleep(1)
-    await send("alarm.raised", BUTTONS[0], {"button": 1, "presses": 1})
-    await asyncio.sleep(1)
+    terminal = receiver.terminal(TERMINAL_1, repeat_s=0.5)
+    press = await terminal.press(timeout_s=10)
+    print(
+        f"[device]   t-{TERMINAL_1:08x} pressed (seq {press.seq}): RECEIVED after "
+        f"{terminal.transmissions} transmission(s)",
+        flush=True,
+    )
+    await terminal.wait_for(HelpComing, timeout_s=10)
+    print(f"[device]   t-{TERMINAL_1:08x} got HELP_COMING: help is on the way", flush=True)
     console.command("ping", "demo-ping-1", {}, signed=False)
     console.command(
         "config.set", "demo-set-1", {"name": "health.interval_s", "value": 10}, signed=True
@@ -262,11 +280,19 @@ async def _script(
     await asyncio.sleep(2)
     print("[demo] --- stopping the broker: the internet is down ---", flush=True)
     broker.stop()
-    for button in BUTTONS:
-        await send("device.heartbeat", button, {"battery_mv": 2940, "rssi_dbm": -70})
-    await send("alarm.raised", BUTTONS[1], {"button": 1, "presses": 1, "kind": "pull_cord"})
-    await asyncio.sleep(3)
+    cord = receiver.terminal(TERMINAL_2, repeat_s=0.5)
+    pulled = receiver.pull_cord(TERMINAL_2)
+    await cord.send_until_received(pulled, timeout_s=10)
+    print(
+        f"[device]   t-{TERMINAL_2:08x} pull cord: RECEIVED although the uplink is down; "
+        "nobody can acknowledge, so the gateway escalates locally (see the log)",
+        flush=True,
+    )
+    await asyncio.sleep(6)
     print("[demo] --- broker back: the backlog is delivered, the alarm first ---", flush=True)
     broker.start()
+    with contextlib.suppress(TimeoutError):
+        await cord.wait_for(HelpComing, timeout_s=15)
+        print(f"[device]   t-{TERMINAL_2:08x} got HELP_COMING", flush=True)
     remaining = started + duration - time.monotonic() if duration > 0 else None
     await asyncio.wait({gateway}, timeout=remaining)

@@ -138,6 +138,7 @@ class Connection:
         self._misc_task: asyncio.Task[None] | None = None
         self.connected_at = 0.0
         self._tls_context: _TrackingContext | None = None
+        self._content_type_props: dict[str, Properties] = {}
         self.client = self._make_client()
 
     # -- set-up ----------------------------------------------------------------------------
@@ -350,12 +351,17 @@ class Connection:
         if not self.is_open:
             raise TransientError("not connected")
         props = None
-        if self.settings.mqtt5 and (content_type or correlation_data):
+        if self.settings.mqtt5 and correlation_data:
             props = _properties(PacketTypes.PUBLISH)
             if content_type:
                 props.ContentType = content_type
-            if correlation_data:
-                props.CorrelationData = correlation_data
+            props.CorrelationData = correlation_data
+        elif self.settings.mqtt5 and content_type:
+            props = self._content_type_props.get(content_type)
+            if props is None:  # built once per content type: paho only reads them
+                props = _properties(PacketTypes.PUBLISH)
+                props.ContentType = content_type
+                self._content_type_props[content_type] = props
         info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise TransientError(f"publish refused by the client: {paho.error_string(info.rc)}")

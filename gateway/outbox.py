@@ -33,6 +33,7 @@ from gateway.store import Database, translate
 _LOGGER = logging.getLogger(__name__)
 
 _DROPPABLE: tuple[Lane, ...] = (Lane.TELEMETRY, Lane.DEVICE_STATUS)  # in the order they go
+_EARLY_COMMIT_ROWS = 16  # this many waiting appends commit without waiting for the window
 _NORMAL_AUTOCHECKPOINT = 1000  # SQLite's default, in pages
 _LOW_DISK_AUTOCHECKPOINT = 64
 _OVER_CAPACITY_LOG_EVERY_S = 60.0
@@ -189,13 +190,13 @@ class Outbox:
         self._closing = False
         self._closed = asyncio.Event()
         self._last_commit_started = float("-inf")
+        self._last_batch_size = 0
         self._last_delete_flush = time.monotonic()
         self._next_checkpoint = time.monotonic() + limits.checkpoint_interval_s
         self._low_disk = False
         self._over_capacity_logged = float("-inf")
         self._dead_letters = 0
         self._commit_started_at: float | None = None
-        self._last_batch_size = 0
         self._full_logged = float("-inf")
         self._delete_failed = False
         self._commits = 0
@@ -229,8 +230,8 @@ class Outbox:
             raise StorageError("the outbox is closing; nothing more can be accepted")
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         self._appends.append(_Pending(item, future))
-        if item.lane == Lane.LIFE_SAFETY:
-            self._urgent.set()
+        if item.lane in NEVER_DROPPED or len(self._appends) >= _EARLY_COMMIT_ROWS:
+            self._urgent.set()  # alarms and access records, or a full batch: commit now
         self._wake.set()
         return await future
 
@@ -374,15 +375,16 @@ class Outbox:
         )
 
     async def _wait_for_window(self) -> None:
-        """Under load, let more appends gather; an urgent (lane 0) append ends the wait.
-
-        Load means concurrent producers: more than one append waiting now, or the previous
-        commit carrying more than one. A lone append after a lone append commits at once.
-        """
+        """Under load, let more appends gather (one fsync for many: fewer writes to the SD
+        card). Load means concurrent producers: more than one append waiting now, or the
+        previous commit carrying more than one. A lone append after a lone append commits at
+        once (a producer that awaits each append is never slowed to one per window); lanes 0
+        and 1, or a full batch, never wait."""
         if len(self._appends) <= 1 and self._last_batch_size <= 1:
             return
-        window = self._limits.group_commit_window_s
-        remaining = self._last_commit_started + window - time.monotonic()
+        remaining = (
+            self._last_commit_started + self._limits.group_commit_window_s - time.monotonic()
+        )
         if remaining <= 0 or self._closing or self._urgent.is_set():
             return
         await wait_event(self._urgent, remaining)
@@ -390,12 +392,14 @@ class Outbox:
     async def _commit_batch(self) -> None:
         batch, self._appends = self._appends, []
         self._last_batch_size = len(batch)
-        self._urgent.clear()
-        deletes = sorted(self._deletes)
-        self._deleting.update(deletes)
-        self._deletes.clear()
         self._last_commit_started = time.monotonic()
-        self._commit_started_at = self._last_commit_started
+        urgent = self._urgent.is_set() and any(p.item.lane in NEVER_DROPPED for p in batch)
+        self._urgent.clear()
+        # An alarm's commit does not carry the pending deletes: they wait for the next one.
+        deletes = [] if urgent else sorted(self._deletes)
+        self._deleting.update(deletes)
+        self._deletes.difference_update(deletes)
+        self._commit_started_at = time.monotonic()
         outcome: tuple[list[Receipt], _Counters] | None
         try:
             outcome = await self._commit(batch, deletes)

@@ -73,6 +73,39 @@ MIGRATIONS: Sequence[str] = (
         value TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 2: emergency buttons: device register changes, the last alarm frame seen per device and
+    # type (dedup across restarts, with the event it produced), and the open alarms.
+    """
+    CREATE TABLE button_devices (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        resident TEXT NOT NULL,
+        location TEXT NOT NULL,
+        supervision_s REAL NOT NULL,
+        removed INTEGER NOT NULL DEFAULT 0,
+        changed_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE button_seen (
+        device_id TEXT NOT NULL,
+        frame_type INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        seen_ms INTEGER NOT NULL,
+        event BLOB NOT NULL,
+        committed INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (device_id, frame_type)
+    ) WITHOUT ROWID;
+    CREATE TABLE button_alarms (
+        id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        device BLOB NOT NULL,
+        cause TEXT NOT NULL,
+        raised_ms INTEGER NOT NULL,
+        ack_status TEXT,
+        acked_by TEXT,
+        escalated INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE INDEX button_alarms_by_device ON button_alarms (device_id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -162,11 +195,14 @@ class Database:
                 raise
 
     async def background_integrity_check(self) -> bool:
-        """The check skipped at start for a large file, run on the read connection."""
+        """The check skipped at start for a large file, on a connection of its own so the
+        forwarder's reads are not held up while it reads the whole file."""
         mode = "integrity_check" if self._options.integrity_check == "full" else "quick_check"
         try:
-            async with self.reader.execute(f"PRAGMA {mode}(1)") as cursor:
-                row = await cursor.fetchone()
+            async with aiosqlite.connect(self.path, isolation_level=None) as checker:
+                await checker.execute("PRAGMA query_only = ON")
+                async with checker.execute(f"PRAGMA {mode}(1)") as cursor:
+                    row = await cursor.fetchone()
         except sqlite3.Error as exc:
             _LOGGER.critical("integrity check of %s failed: %s", self.path, exc)
             return False

@@ -221,7 +221,8 @@ def _build_backlog(path: Path, count: int) -> None:
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = OFF")
-    conn.executescript(MIGRATIONS[0])
+    for script in MIGRATIONS:
+        conn.executescript(script)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     payload = json.dumps({"v": 1, "kind": "device.heartbeat", "pad": "x" * 200}).encode()
     now = int(time.time() * 1000)

@@ -1,0 +1,1 @@
+"""Emergency buttons: device register, receivers (serial -> codec -> events), alarm lifecycle."""

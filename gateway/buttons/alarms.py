@@ -1,0 +1,396 @@
+"""The alarm lifecycle: raised -> acknowledged (platform `alarm.ack`) -> cleared (`alarm.clear`),
+or cancelled by the resident; escalated locally when nobody acknowledges in time.
+
+Raising, exactly once per (device, frame type, seq), across restarts:
+
+1. one transaction records the frame (`button_seen`: device, type, seq, the event made for it,
+   committed = 0) and the open alarm (`button_alarms`), unless the same (device, type, seq) is
+   already recorded within `dedup_window_s`, in which case the stored event is reused;
+2. the event is appended to the outbox (durable when `append` returns);
+3. `committed` is set, and only then does the caller write RECEIVED back to the terminal.
+
+A crash between 1 and 3 leaves committed = 0: at the next start (`load`) and on the terminal's
+next repeat the *same* event (same id) is appended again, so the platform, which deduplicates on
+`id`, sees exactly one alarm; a crash after 3 makes the repeat a plain duplicate (RECEIVED again,
+no event). Frames with the same seq after the window count as new presses (seq wraps at 256 and
+a terminal that reboots starts again), which errs on the side of an extra alarm.
+
+Acknowledgement: `alarm.ack` {alarm | device, by, status ok|busy}. `ok` stops escalation and
+sends HELP_COMING to the terminal; `busy` is reported (alarm.acknowledged with status busy) but
+the local escalation keeps going until someone answers `ok`. `alarm.clear` {alarm | device, by}
+ends the alarm (alarm.cleared, CLEARED to the terminal). Escalation uses only local timers and
+the local outbox: it works the same while the uplink is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+from drivers.outputs import Output
+from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
+from gateway.errors import StorageError
+from gateway.events import DeviceRef, Event, EventFactory
+from gateway.outbox import Outbox
+from gateway.store import Database
+
+_LOGGER = logging.getLogger(__name__)
+
+DownlinkKind = Literal["help_coming", "cleared"]
+Downlink = Callable[[str, DownlinkKind], Awaitable[bool]]
+_TICK_S = 0.2
+_EVENT_TIMEOUT_S = 10.0
+
+
+@dataclass(slots=True)
+class OpenAlarm:
+    id: str
+    device: DeviceRef
+    cause: str
+    raised_ms: int
+    deadline: float  # monotonic
+    ack_status: str | None = None
+    acked_by: str | None = None
+    escalated: bool = False
+    next_repeat: float = 0.0
+    escalation_reported: bool = False  # alarm.escalated already stored (before a restart)
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmSettings:
+    ack_deadline_s: float = 60.0
+    escalation_repeat_s: float = 30.0
+    dedup_window_s: float = 120.0
+
+
+class _TargetArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    alarm: str = ""
+    device: str = ""
+    by: str = ""
+    status: Literal["ok", "busy"] = "ok"
+
+
+_EVENT_DECODER = msgspec.json.Decoder(Event)
+
+
+class AlarmBook:
+    """Open alarms (persisted), their acknowledgement and local escalation."""
+
+    def __init__(
+        self,
+        db: Database,
+        outbox: Outbox,
+        events: EventFactory,
+        output: Output,
+        settings: AlarmSettings,
+    ) -> None:
+        self._db = db
+        self._outbox = outbox
+        self._events = events
+        self.output = output
+        self.settings = settings
+        self._open: dict[str, OpenAlarm] = {}
+        self._downlink: Downlink | None = None
+        self.raised = 0
+        self.duplicates = 0
+        self.escalations = 0
+        self.last_progress = time.monotonic()
+
+    def set_downlink(self, downlink: Downlink) -> None:
+        self._downlink = downlink
+
+    def open_alarms(self) -> list[OpenAlarm]:
+        return list(self._open.values())
+
+    # -- start-up -------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Reload the open alarms (reads only: the outbox writer need not run yet)."""
+        now_ms, now = int(time.time() * 1000), time.monotonic()
+        async with self._db.reader.execute(
+            "SELECT id, device, cause, raised_ms, ack_status, acked_by, escalated "
+            "FROM button_alarms ORDER BY raised_ms"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        for alarm_id, device, cause, raised_ms, status, by, escalated in rows:
+            age = max(0.0, (now_ms - raised_ms) / 1000)
+            remaining = min(
+                max(self.settings.ack_deadline_s - age, 0.0), self.settings.ack_deadline_s
+            )
+            self._open[alarm_id] = OpenAlarm(
+                alarm_id,
+                msgspec.json.decode(device, type=DeviceRef),
+                cause,
+                raised_ms,
+                now + remaining,
+                status,
+                by,
+                # Re-escalate after a restart (the output lost its state with the process),
+                # without a second alarm.escalated event.
+                escalated=False,
+                escalation_reported=bool(escalated),
+            )
+
+    async def recover(self) -> None:
+        """Finish raises a crash interrupted: append the same event (same id) again."""
+        async with self._db.reader.execute(
+            "SELECT device_id, frame_type, seq, event FROM button_seen WHERE committed = 0"
+        ) as cursor:
+            pending = await cursor.fetchall()
+        for device_id, frame_type, seq, blob in pending:
+            event = _EVENT_DECODER.decode(blob)
+            _LOGGER.warning(
+                "re-committing %s %s of %s after a restart", event.kind, event.id, device_id
+            )
+            await self._outbox.append(event)
+            await self._mark_committed(device_id, frame_type, seq)
+
+    # -- raising --------------------------------------------------------------------------------
+
+    async def raise_alarm(
+        self,
+        device: DeviceRef,
+        cause: str,
+        data: Mapping[str, Any],
+        *,
+        key: tuple[int, int] | None = None,
+    ) -> tuple[str, bool]:
+        """Commit `alarm.raised` for `device` (see the module doc); return (alarm id, new).
+
+        `key` is (frame type, seq) for framed terminals, None for EV1527 (already debounced).
+        Raises StorageError when the event could not be made durable (send no RECEIVED then).
+        """
+        now_ms = int(time.time() * 1000)
+        window_ms = int(self.settings.dedup_window_s * 1000)
+        stored: Event | None = None
+        committed = False
+        event = self._events.make("alarm.raised", device=device, data={"cause": cause, **data})
+        async with self._db.transaction("recording an alarm") as conn:
+            if key is not None:
+                async with conn.execute(
+                    "SELECT seq, seen_ms, event, committed FROM button_seen "
+                    "WHERE device_id = ? AND frame_type = ?",
+                    (device.id, key[0]),
+                ) as cursor:
+                    row = await cursor.fetchone()
+                if row is not None and row[0] == key[1] and 0 <= now_ms - row[1] < window_ms:
+                    stored, committed = _EVENT_DECODER.decode(row[2]), bool(row[3])
+                else:
+                    await conn.execute(
+                        "INSERT OR REPLACE INTO button_seen "
+                        "(device_id, frame_type, seq, seen_ms, event, committed) "
+                        "VALUES (?, ?, ?, ?, ?, 0)",
+                        (device.id, key[0], key[1], now_ms, msgspec.json.encode(event)),
+                    )
+            if stored is None:
+                await conn.execute(
+                    "INSERT INTO button_alarms (id, device_id, device, cause, raised_ms) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (event.id, device.id, msgspec.json.encode(device), cause, now_ms),
+                )
+        if stored is not None:
+            self.duplicates += 1
+            if not committed:
+                await self._outbox.append(stored)
+                assert key is not None
+                await self._mark_committed(device.id, key[0], key[1])
+            return stored.id, False
+        self._open[event.id] = OpenAlarm(
+            event.id,
+            device,
+            cause,
+            now_ms,
+            time.monotonic() + self.settings.ack_deadline_s,
+        )
+        await self._outbox.append(event)
+        if key is not None:
+            await self._mark_committed(device.id, key[0], key[1])
+        self.raised += 1
+        _LOGGER.warning("ALARM %s raised by %s (%s)", event.id, device.id, cause)
+        return event.id, True
+
+    async def _mark_committed(self, device_id: str, frame_type: int, seq: int) -> None:
+        async with self._db.transaction("marking an alarm committed") as conn:
+            await conn.execute(
+                "UPDATE button_seen SET committed = 1 "
+                "WHERE device_id = ? AND frame_type = ? AND seq = ?",
+                (device_id, frame_type, seq),
+            )
+
+    # -- acknowledgement, clearing, cancelling ---------------------------------------------------
+
+    def _targets(self, alarm_id: str, device_id: str) -> list[OpenAlarm]:
+        if bool(alarm_id) == bool(device_id):
+            raise CommandRefused("invalid_args", "give exactly one of alarm or device")
+        if alarm_id:
+            found = self._open.get(alarm_id)
+            return [found] if found is not None else []
+        return [a for a in self._open.values() if a.device.id == device_id]
+
+    async def acknowledge(
+        self, alarm_id: str, device_id: str, by: str, status: str, command_id: str | None = None
+    ) -> list[str]:
+        targets = self._targets(alarm_id, device_id)
+        if not targets:
+            return []
+        async with self._db.transaction("recording an acknowledgement") as conn:
+            for alarm in targets:
+                await conn.execute(
+                    "UPDATE button_alarms SET ack_status = ?, acked_by = ? WHERE id = ?",
+                    (status, by, alarm.id),
+                )
+        for alarm in targets:
+            alarm.ack_status, alarm.acked_by = status, by
+            await self._outbox.append(
+                self._events.make(
+                    "alarm.acknowledged",
+                    device=alarm.device,
+                    data={
+                        "alarm_id": alarm.id,
+                        "by": by,
+                        "status": status,
+                        "escalated": alarm.escalated,
+                        "command_id": command_id,
+                    },
+                )
+            )
+        if status == "ok":
+            for device in {a.device.id for a in targets}:
+                await self._send_downlink(device, "help_coming")
+        await self._quiet_output_if_done()
+        return [a.id for a in targets]
+
+    async def end(
+        self,
+        kind: Literal["alarm.cleared", "alarm.cancelled"],
+        alarm_id: str,
+        device_id: str,
+        data: Mapping[str, Any],
+    ) -> list[str]:
+        """Close alarms (cleared by the platform or cancelled by the resident)."""
+        targets = self._targets(alarm_id, device_id)
+        if not targets:
+            return []
+        async with self._db.transaction("closing alarms") as conn:
+            for alarm in targets:
+                await conn.execute("DELETE FROM button_alarms WHERE id = ?", (alarm.id,))
+        for alarm in targets:
+            self._open.pop(alarm.id, None)
+            await self._outbox.append(
+                self._events.make(kind, device=alarm.device, data={"alarm_id": alarm.id, **data})
+            )
+        for device in {a.device.id for a in targets}:
+            await self._send_downlink(device, "cleared")
+        await self._quiet_output_if_done()
+        return [a.id for a in targets]
+
+    async def _send_downlink(self, device_id: str, kind: DownlinkKind) -> None:
+        if self._downlink is None:
+            return
+        try:
+            await self._downlink(device_id, kind)
+        except Exception:  # feedback is best effort; the event is already committed
+            _LOGGER.exception("sending %s to %s failed", kind, device_id)
+
+    # -- escalation -----------------------------------------------------------------------------
+
+    def _needs_output(self) -> bool:
+        return any(a.escalated and a.ack_status != "ok" for a in self._open.values())
+
+    async def _quiet_output_if_done(self) -> None:
+        if self.output.active and not self._needs_output():
+            await self.output.deactivate()
+
+    async def run(self) -> None:
+        """Local timers: escalate unacknowledged alarms, repeat the output until answered."""
+        while True:
+            await asyncio.sleep(_TICK_S)
+            self.last_progress = time.monotonic()
+            await self.tick()
+
+    async def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for alarm in list(self._open.values()):
+            if alarm.ack_status == "ok":
+                continue
+            if not alarm.escalated and now >= alarm.deadline:
+                alarm.escalated = True
+                alarm.next_repeat = now + self.settings.escalation_repeat_s
+                self.escalations += 1
+                reason = f"alarm {alarm.id} from {alarm.device.id} not acknowledged"
+                # The output first: it must fire even if the disk or the uplink cannot help.
+                await self.output.activate(reason)
+                if not alarm.escalation_reported:
+                    alarm.escalation_reported = True
+                    await self._record_escalation(alarm)
+            elif alarm.escalated and now >= alarm.next_repeat:
+                alarm.next_repeat = now + self.settings.escalation_repeat_s
+                await self.output.activate(f"alarm {alarm.id} from {alarm.device.id} still open")
+        await self._quiet_output_if_done()
+
+    async def _record_escalation(self, alarm: OpenAlarm) -> None:
+        _LOGGER.error("alarm %s from %s escalated: no acknowledgement", alarm.id, alarm.device.id)
+        with contextlib.suppress(StorageError, TimeoutError):
+            async with asyncio.timeout(_EVENT_TIMEOUT_S):
+                async with self._db.transaction("recording an escalation") as conn:
+                    await conn.execute(
+                        "UPDATE button_alarms SET escalated = 1 WHERE id = ?", (alarm.id,)
+                    )
+                await self._outbox.append(
+                    self._events.make(
+                        "alarm.escalated",
+                        device=alarm.device,
+                        data={
+                            "alarm_id": alarm.id,
+                            "after_s": self.settings.ack_deadline_s,
+                            "ack_status": alarm.ack_status,
+                            "repeat_s": self.settings.escalation_repeat_s,
+                        },
+                    )
+                )
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def register_commands(self, service: CommandService) -> None:
+        async def ack(command: Command) -> Mapping[str, Any]:
+            args: _TargetArgs = args_as(command, _TargetArgs)
+            if not args.by or len(args.by) > 200:
+                raise CommandRefused("invalid_args", "by (who acknowledged) is required")
+            try:
+                done = await self.acknowledge(
+                    args.alarm, args.device, args.by, args.status, command.id
+                )
+            except StorageError as exc:
+                raise CommandRefused("storage_error", str(exc)) from exc
+            if not done:
+                raise CommandRefused("no_open_alarm", "no open alarm matches")
+            return {"alarms": done, "status": args.status}
+
+        async def clear(command: Command) -> Mapping[str, Any]:
+            args: _TargetArgs = args_as(command, _TargetArgs)
+            try:
+                done = await self.end(
+                    "alarm.cleared",
+                    args.alarm,
+                    args.device,
+                    {"by": args.by, "command_id": command.id},
+                )
+            except StorageError as exc:
+                raise CommandRefused("storage_error", str(exc)) from exc
+            if not done:
+                raise CommandRefused("no_open_alarm", "no open alarm matches")
+            return {"alarms": done}
+
+        service.register(
+            CommandSpec("alarm.ack", ack, signed=False, description="acknowledge an alarm")
+        )
+        service.register(
+            CommandSpec("alarm.clear", clear, signed=False, description="end an alarm")
+        )

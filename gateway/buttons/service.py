@@ -1,0 +1,409 @@
+"""Button receivers: serial link -> codec -> frames -> events, supervision and feedback.
+
+Each configured receiver is one :class:`~drivers.serial_port.SerialLink` feeding its pure codec
+synchronously; decoded frames go to one bounded queue (overflow: the frame is dropped and counted;
+terminals repeat until RECEIVED and EV1527 modules repeat while held) and one worker handles them
+in order. A terminal's alarm frame is committed to the outbox before RECEIVED goes back.
+
+Receiver state: `receiver.offline` (lane 0) once per loss, `receiver.online` when it is back.
+Supervision: a registered device with `supervision_s` > 0 that is not heard for that long raises
+`device.supervision_lost` once, and `device.supervision_restored` when heard again (the clock
+starts at gateway start-up, so every device gets a full interval after a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from drivers.buttons import ev1527_codec
+from drivers.buttons.terminal_codec import (
+    BatteryLow,
+    Cancel,
+    Cleared,
+    Fall,
+    FrameType,
+    Heartbeat,
+    HelpComing,
+    Press,
+    PullCord,
+    Received,
+    Tamper,
+    TerminalDecoder,
+    TerminalFrame,
+    device_key,
+    encode,
+)
+from drivers.serial_port import SerialLink, SerialSettings
+from gateway.buttons.alarms import AlarmBook, DownlinkKind
+from gateway.buttons.registry import DeviceRegistry
+from gateway.config import ButtonsSection, ReceiverSection
+from gateway.errors import StorageError, TransientError
+from gateway.events import EventFactory
+from gateway.outbox import Outbox
+
+_LOGGER = logging.getLogger(__name__)
+
+QUEUE_SIZE = 256
+_RECENT_MAX = 4096
+_STATE_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Heard:
+    receiver: str
+    frame: TerminalFrame | ev1527_codec.RfPress
+
+
+class _Receiver:
+    def __init__(self, cfg: ReceiverSection, service: ButtonService, reopen_max_s: float) -> None:
+        self.cfg = cfg
+        self.online = False
+        self.reported_offline = False
+        self.frames = 0
+        self.terminal = TerminalDecoder() if cfg.protocol == "terminal" else None
+        ev = service.cfg.ev1527
+        self.ev1527 = (
+            ev1527_codec.Ev1527Decoder(ev.min_repeats, ev.repeat_window_s, ev.release_gap_s)
+            if cfg.protocol == "ev1527"
+            else None
+        )
+        self._service = service
+        self.link = SerialLink(
+            SerialSettings(
+                url=cfg.url,
+                baudrate=cfg.baudrate,
+                reopen_min_s=min(0.2, reopen_max_s),
+                reopen_max_s=reopen_max_s,
+                presence_check_s=0.5,
+            ),
+            self._on_bytes,
+            self._on_state,
+            name=f"receiver {cfg.name}",
+        )
+
+    def _on_bytes(self, data: bytes, now: float) -> None:
+        frames: list[TerminalFrame | ev1527_codec.RfPress]
+        if self.terminal is not None:
+            frames = list(self.terminal.feed(data))
+        else:
+            assert self.ev1527 is not None
+            frames = list(self.ev1527.feed(data, now))
+        for frame in frames:
+            self.frames += 1
+            self._service.enqueue(_Heard(self.cfg.name, frame))
+
+    def _on_state(self, online: bool, reason: str) -> None:
+        self.online = online
+        if self.terminal is not None:
+            self.terminal.reset()
+        self._service.receiver_state(self, online, reason)
+
+
+class ButtonService:
+    """Owns the receivers and turns what they hear into events. `run()` until cancelled."""
+
+    def __init__(
+        self,
+        cfg: ButtonsSection,
+        registry: DeviceRegistry,
+        alarms: AlarmBook,
+        outbox: Outbox,
+        events: EventFactory,
+    ) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.alarms = alarms
+        self._outbox = outbox
+        self._events = events
+        self._queue: asyncio.Queue[_Heard] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        self.receivers = [_Receiver(r, self, cfg.reopen_max_s) for r in cfg.receivers]
+        self._by_name = {r.cfg.name: r for r in self.receivers}
+        self._recent: OrderedDict[tuple[str, int, int], float] = OrderedDict()
+        self._last_heard: dict[str, float] = {}
+        self._route: dict[str, str] = {}  # terminal id -> receiver that last heard it
+        self._lost: set[str] = set()
+        self._down_seq: dict[int, int] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._started = time.monotonic()
+        self.dropped_frames = 0
+        self.failed_frames = 0
+        alarms.set_downlink(self.send_downlink)
+
+    # -- intake (loop thread, synchronous) ----------------------------------------------------
+
+    def enqueue(self, heard: _Heard) -> None:
+        try:
+            self._queue.put_nowait(heard)
+        except asyncio.QueueFull:
+            self.dropped_frames += 1
+            if self.dropped_frames == 1 or self.dropped_frames % 100 == 0:
+                _LOGGER.warning("button frame queue full: %d frames dropped", self.dropped_frames)
+
+    def receiver_state(self, receiver: _Receiver, online: bool, reason: str) -> None:
+        if online and not receiver.reported_offline:
+            _LOGGER.info("receiver %s online", receiver.cfg.name)
+            return
+        if not online and receiver.reported_offline:
+            return
+        receiver.reported_offline = not online
+        kind = "receiver.online" if online else "receiver.offline"
+        (_LOGGER.info if online else _LOGGER.error)("%s: %s (%s)", kind, receiver.cfg.name, reason)
+        event = self._events.make(
+            kind, data={"receiver": receiver.cfg.name, "url": receiver.cfg.url, "reason": reason}
+        )
+        task = asyncio.create_task(self._append_quietly(event), name=f"button-{kind}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _append_quietly(self, event: Any) -> None:
+        try:
+            async with asyncio.timeout(_STATE_TIMEOUT_S):
+                await self._outbox.append(event)
+        except (StorageError, TimeoutError) as exc:
+            _LOGGER.error("cannot store %s: %s", event.kind, exc)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self.alarms.recover()  # needs the outbox writer running
+        except StorageError as exc:  # the terminals' repeats retry it; keep listening
+            _LOGGER.error("cannot re-commit interrupted alarms yet: %s", exc)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for receiver in self.receivers:
+                    group.create_task(receiver.link.run(), name=f"receiver-{receiver.cfg.name}")
+                group.create_task(self._work(), name="button-frames")
+                group.create_task(self._supervise(), name="button-supervision")
+        finally:
+            # Receiver state events still being stored get a moment, then are given up.
+            pending = list(self._background)
+            if pending:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await asyncio.gather(*pending, return_exceptions=True)
+                for task in pending:
+                    task.cancel()
+
+    async def _work(self) -> None:
+        while True:
+            heard = await self._queue.get()
+            try:
+                await self.handle(heard)
+            except StorageError as exc:
+                # Not committed: no RECEIVED, so the terminal repeats and we try again.
+                self.failed_frames += 1
+                _LOGGER.error("frame from %s not stored: %s", heard.receiver, exc)
+            except Exception:
+                self.failed_frames += 1
+                _LOGGER.exception("handling a frame from %s failed", heard.receiver)
+
+    async def handle(self, heard: _Heard) -> None:
+        frame = heard.frame
+        if isinstance(frame, ev1527_codec.RfPress):
+            await self._rf_press(frame)
+            return
+        if isinstance(frame, Received | HelpComing | Cleared):
+            return  # our own downlink echoed by a receiver: ignore
+        device_id = device_key(frame.device_id)
+        self._route[device_id] = heard.receiver
+        frame_type = _FRAME_TYPES[type(frame)]
+        device = self.registry.get(device_id)
+        now = time.monotonic()
+        if isinstance(frame, Press | PullCord | Fall):
+            # Alarms first, committed before anything else; dedup is persistent (AlarmBook).
+            await self.alarms.raise_alarm(
+                self.registry.ref(device_id),
+                _CAUSE[frame_type],
+                _alarm_data(frame, device.resident if device else None, device is None),
+                key=(int(frame_type), frame.seq),
+            )
+            await self._received(heard.receiver, frame.device_id, frame_type, frame.seq)
+            await self._heard(device_id, known=device is not None, now=now)
+            return
+        await self._heard(device_id, known=device is not None, now=now)
+        key = (device_id, int(frame_type), frame.seq)
+        seen = self._recent.get(key)
+        self._recent[key] = now
+        self._recent.move_to_end(key)
+        while len(self._recent) > _RECENT_MAX:
+            self._recent.popitem(last=False)
+        if seen is not None and now - seen < self.cfg.dedup_window_s:
+            await self._received(heard.receiver, frame.device_id, frame_type, frame.seq)
+            return
+        if device is None and not isinstance(frame, Cancel):
+            return  # status of an unregistered device: reported as device.unknown only
+        ref = self.registry.ref(device_id)
+        if isinstance(frame, Cancel):
+            await self.alarms.end("alarm.cancelled", "", device_id, {"by": "resident"})
+        elif isinstance(frame, Heartbeat):
+            await self._outbox.append(
+                self._events.make(
+                    "device.heartbeat",
+                    device=ref,
+                    data={"battery_mv": frame.battery_mv, "rssi_dbm": frame.rssi_dbm},
+                )
+            )
+        elif isinstance(frame, BatteryLow):
+            await self._outbox.append(
+                self._events.make(
+                    "device.battery_low", device=ref, data={"battery_mv": frame.battery_mv}
+                )
+            )
+        elif isinstance(frame, Tamper):
+            await self._outbox.append(
+                self._events.make("device.tamper", device=ref, data={"opened": frame.opened})
+            )
+        await self._received(heard.receiver, frame.device_id, frame_type, frame.seq)
+
+    async def _rf_press(self, press: ev1527_codec.RfPress) -> None:
+        device_id = ev1527_codec.device_key(press.address)
+        device = self.registry.get(device_id)
+        now = time.monotonic()
+        await self.alarms.raise_alarm(
+            self.registry.ref(device_id),
+            "rf_press",
+            {
+                "key": press.key,
+                "repeats": press.repeats,
+                "resident": device.resident if device else None,
+                "unregistered": device is None,
+            },
+        )
+        await self._heard(device_id, known=device is not None, now=now)
+
+    async def _heard(self, device_id: str, *, known: bool, now: float) -> None:
+        if not known:
+            if self.registry.should_report_unknown(device_id, now):
+                _LOGGER.warning("unregistered device %s heard", device_id)
+                await self._outbox.append(
+                    self._events.make("device.unknown", device=self.registry.ref(device_id))
+                )
+            return
+        self._last_heard[device_id] = now
+        if device_id in self._lost:
+            self._lost.discard(device_id)
+            await self._outbox.append(
+                self._events.make(
+                    "device.supervision_restored", device=self.registry.ref(device_id)
+                )
+            )
+
+    async def _received(self, receiver: str, raw_id: int, frame_type: FrameType, seq: int) -> None:
+        await self._write(receiver, Received(raw_id, self._next_seq(raw_id), int(frame_type), seq))
+
+    def _next_seq(self, raw_id: int) -> int:
+        seq = self._down_seq.get(raw_id, -1) + 1 & 0xFF
+        self._down_seq[raw_id] = seq
+        return seq
+
+    async def _write(self, receiver: str, frame: Received | HelpComing | Cleared) -> bool:
+        rx = self._by_name.get(receiver)
+        if rx is None or rx.terminal is None:
+            return False
+        try:
+            await rx.link.write(encode(frame))
+        except TransientError as exc:
+            _LOGGER.warning(
+                "cannot send %s to %08x: %s", type(frame).__name__, frame.device_id, exc
+            )
+            return False
+        return True
+
+    async def send_downlink(self, device_id: str, kind: DownlinkKind) -> bool:
+        """HELP_COMING / CLEARED to a terminal, via the receiver that last heard it."""
+        receiver = self._route.get(device_id)
+        if receiver is None or not device_id.startswith("t-"):
+            return False
+        raw = int(device_id[2:], 16)
+        frame: HelpComing | Cleared = (
+            HelpComing(raw, self._next_seq(raw))
+            if kind == "help_coming"
+            else Cleared(raw, self._next_seq(raw))
+        )
+        return await self._write(receiver, frame)
+
+    # -- supervision ------------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.supervision_check_s)
+            await self.check_supervision()
+
+    async def check_supervision(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for device in self.registry.devices():
+            if device.supervision_s <= 0 or device.id in self._lost:
+                continue
+            last = self._last_heard.get(device.id, self._started)
+            if now - last > device.supervision_s:
+                self._lost.add(device.id)
+                _LOGGER.error("device %s silent for %.0f s", device.id, now - last)
+                with contextlib.suppress(StorageError):
+                    await self._outbox.append(
+                        self._events.make(
+                            "device.supervision_lost",
+                            device=device.ref(),
+                            data={
+                                "silent_s": round(now - last, 1),
+                                "supervision_s": device.supervision_s,
+                                "resident": device.resident,
+                            },
+                        )
+                    )
+
+    # -- health -----------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "receivers": {
+                r.cfg.name: {"online": r.link.online, "frames": r.frames} for r in self.receivers
+            },
+            "receivers_online": sum(1 for r in self.receivers if r.link.online),
+            "devices": len(self.registry.devices()),
+            "devices_silent": sorted(self._lost),
+            "open_alarms": [
+                {
+                    "id": a.id,
+                    "device": a.device.id,
+                    "ack_status": a.ack_status,
+                    "escalated": a.escalated,
+                }
+                for a in self.alarms.open_alarms()
+            ],
+            "frames_dropped": self.dropped_frames,
+            "frames_failed": self.failed_frames,
+            "unknown_heard": self.registry.unknown_heard,
+            "alarm_duplicates": self.alarms.duplicates,
+            "uptime_s": round(now - self._started, 1),
+        }
+
+
+_FRAME_TYPES: dict[type, FrameType] = {
+    Press: FrameType.PRESS,
+    Cancel: FrameType.CANCEL,
+    Heartbeat: FrameType.HEARTBEAT,
+    BatteryLow: FrameType.BATTERY_LOW,
+    Tamper: FrameType.TAMPER,
+    PullCord: FrameType.PULL_CORD,
+    Fall: FrameType.FALL,
+}
+_CAUSE = {FrameType.PRESS: "press", FrameType.PULL_CORD: "pull_cord", FrameType.FALL: "fall"}
+
+
+def _alarm_data(
+    frame: Press | PullCord | Fall, resident: str | None, unknown: bool
+) -> dict[str, Any]:
+    data: dict[str, Any] = {"seq": frame.seq, "resident": resident, "unregistered": unknown}
+    if isinstance(frame, Press):
+        data.update(button=frame.button, press=frame.kind.name.lower())
+    elif isinstance(frame, Fall):
+        data["confidence"] = frame.confidence
+    return data

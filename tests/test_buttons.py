@@ -1,0 +1,594 @@
+"""Emergency buttons end to end: a simulated receiver on a real pty, the real daemon in-process,
+a real mosquitto and real SQLite. Every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.buttons import ev1527_codec
+from drivers.buttons.simulator import SimulatedReceiver
+from drivers.buttons.terminal_codec import (
+    Cleared,
+    FrameType,
+    HelpComing,
+    Press,
+    PressKind,
+    Received,
+)
+from drivers.outputs import LoggingOutput, OutputSpec, build_output
+from gateway import daemon
+from gateway.clock import iso_utc, utc_now
+from gateway.config import Config, config_from_mapping, parse_config
+from gateway.daemon import DaemonHooks, Gateway
+from gateway.errors import ConfigError
+from gateway.signing import canonical_bytes, sign
+from tests.conftest import SubscriberFactory
+from tests.support.broker import MosquittoBroker
+from tests.support.subscriber import Subscriber, decode_events
+
+GW = "gw-buttons"
+PREFIX = f"eldergate/{GW}"
+WAIT_S = 15.0
+T1, T2, T_UNKNOWN = 0x2000001A, 0x2000001B, 0x3000FFFF
+RF_ADDR = 0x12345
+
+
+def _cfg(tmp_path: Path, broker: MosquittoBroker, receiver: str, **buttons: Any) -> Config:
+    key_file = tmp_path / "command.key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_hex(32) + "\n")
+        key_file.chmod(0o600)
+    section: dict[str, Any] = {
+        "receivers": [{"name": "rx1", "url": receiver, "protocol": "terminal"}],
+        "ack_deadline_s": 60,
+        "escalation_repeat_s": 1,
+        "supervision_check_s": 0.1,
+        "reopen_max_s": 0.5,
+        "devices": [
+            {"id": f"t-{T1:08x}", "type": "terminal", "resident": "Mrs Li", "location": "Rm 402"},
+            {"id": f"t-{T2:08x}", "type": "pull_cord", "resident": "Mr Wu", "location": "Rm 403"},
+        ],
+    }
+    section.update(buttons)
+    return config_from_mapping(
+        {
+            "gateway": {"id": GW, "state_dir": str(tmp_path / "state")},
+            "uplink": {
+                "host": "127.0.0.1",
+                "port": broker.port,
+                "keepalive_s": 5,
+                "reconnect": {"min_delay_s": 0.1, "max_delay_s": 0.5},
+            },
+            "forwarding": {"replay_rate": 0},
+            "health": {"interval_s": 3600},
+            "commands": {"hmac_key_file": str(key_file)},
+            "buttons": section,
+        }
+    )
+
+
+@dataclass
+class Running:
+    gateway: Gateway
+    stop: asyncio.Event
+    task: asyncio.Task[int]
+
+    async def finish(self) -> int:
+        self.stop.set()
+        async with asyncio.timeout(30):
+            return await self.task
+
+
+async def start(cfg: Config, output: LoggingOutput | None = None) -> Running:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[Gateway] = loop.create_future()
+    stop = asyncio.Event()
+    hooks = DaemonHooks(on_ready=ready.set_result, output=output)
+    task = asyncio.create_task(daemon.run(cfg, stop=stop, hooks=hooks), name="daemon")
+    async with asyncio.timeout(WAIT_S):
+        done, _ = await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
+    if ready not in done:
+        ready.cancel()
+        raise AssertionError(f"daemon did not become ready: {task!r}")
+    return Running(ready.result(), stop, task)
+
+
+def events(sub: Subscriber, kind: str) -> list[dict[str, Any]]:
+    return [e for e in decode_events(sub.messages) if e["kind"] == kind]
+
+
+async def wait_events(sub: Subscriber, kind: str, count: int = 1) -> list[dict[str, Any]]:
+    await sub.wait_for_async(lambda _: len(events(sub, kind)) >= count, WAIT_S)
+    return events(sub, kind)
+
+
+def command(name: str, args: dict[str, Any], key_file: Path | None = None) -> tuple[str, bytes]:
+    now = utc_now()
+    body: dict[str, Any] = {
+        "id": uuid.uuid4().hex,
+        "issued_at": iso_utc(now),
+        "expires_at": iso_utc(now + timedelta(seconds=60)),
+        "args": args,
+    }
+    if key_file is not None:
+        key = bytes.fromhex(key_file.read_text().strip())
+        canonical = canonical_bytes(
+            GW, name, body["id"], body["issued_at"], body["expires_at"], args
+        )
+        body["sig"] = sign(key, canonical)
+    return body["id"], json.dumps(body).encode()
+
+
+async def call(
+    sub: Subscriber, name: str, args: dict[str, Any], key_file: Path | None = None
+) -> dict[str, Any]:
+    cid, payload = command(name, args, key_file)
+    await asyncio.to_thread(sub.publish, f"{PREFIX}/cmd/{name}", payload)
+    topic = f"{PREFIX}/cmd_result/{cid}"
+    msgs = await sub.wait_for_async(lambda m: any(x.topic == topic for x in m), WAIT_S)
+    result: dict[str, Any] = next(m for m in msgs if m.topic == topic).json()
+    return result
+
+
+@pytest.fixture
+async def receiver(tmp_path: Path) -> AsyncIterator[SimulatedReceiver]:
+    async with SimulatedReceiver(link_path=tmp_path / "rx1") as rx:
+        yield rx
+
+
+async def wait_online(gateway: Gateway) -> None:
+    assert gateway.buttons is not None
+    async with asyncio.timeout(WAIT_S):
+        while not all(r.link.online for r in gateway.buttons.receivers):
+            await asyncio.sleep(0.02)
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+def test_buttons_config_is_validated_with_clear_errors() -> None:
+    text = """
+[gateway]
+id = "gw"
+
+[buttons]
+ack_deadline_s = 0
+
+[[buttons.receivers]]
+name = "rx1"
+url = "/dev/ttyUSB0"
+baudrate = 1234
+
+[[buttons.devices]]
+id = "t-2000001a"
+
+[[buttons.devices]]
+id = "t-2000001a"
+supervision_s = -5
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="gw.toml")
+    message = str(info.value)
+    assert "buttons.ack_deadline_s" in message
+    assert "baudrate" in message
+    assert "duplicate device ids: t-2000001a" in message
+    assert "supervision_s" in message
+    with pytest.raises(ConfigError, match="protocol"):
+        parse_config(text.replace("baudrate = 1234", 'protocol = "x10"'), source="gw.toml")
+    ok = parse_config(
+        '[gateway]\nid = "gw"\n[buttons]\n[[buttons.receivers]]\nname = "a"\nurl = "/dev/x"\n'
+    )
+    assert ok.buttons is not None and ok.buttons.ack_deadline_s == 60
+    assert parse_config('[gateway]\nid = "gw"\n').buttons is None
+
+
+def test_gpio_output_needs_gpiozero_or_says_so() -> None:
+    try:
+        import gpiozero  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="gpiozero"):
+            build_output(OutputSpec("gpio", 17, True))
+    with pytest.raises(ConfigError, match="not supported"):
+        build_output(OutputSpec("serial_relay"))
+    assert isinstance(build_output(OutputSpec("log")), LoggingOutput)
+    relay = '[gateway]\nid = "g"\n[buttons.output]\nkind = "serial_relay"\nurl = "/dev/x"\n'
+    with pytest.raises(ConfigError, match="not supported by this release"):
+        parse_config(relay + 'on_bytes = "A00101A2"\n')
+
+
+def test_shipped_example_config_parses() -> None:
+    path = Path(__file__).parent.parent / "config" / "gateway.toml"
+    cfg = parse_config(path.read_text(), source=str(path))
+    assert cfg.buttons is not None and cfg.buttons.devices
+
+
+# -- end to end ---------------------------------------------------------------------------------
+
+
+async def test_press_alarm_received_ack_help_coming_and_clear(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscriber: SubscriberFactory,
+    receiver: SimulatedReceiver,
+) -> None:
+    sub = subscriber(f"{PREFIX}/#")
+    gw = await start(_cfg(tmp_path, broker, receiver.path))
+    await wait_online(gw.gateway)
+    terminal = receiver.terminal(T1, repeat_s=0.5)
+    press = await terminal.press(timeout_s=WAIT_S)
+    raised = (await wait_events(sub, "alarm.raised"))[0]
+    assert raised["device"] == {"id": f"t-{T1:08x}", "type": "terminal", "location": "Rm 402"}
+    assert raised["priority"] == 0
+    assert raised["data"]["resident"] == "Mrs Li"
+    assert raised["data"]["cause"] == "press"
+    ack = terminal.received[0]
+    assert (ack.ack_type, ack.ack_seq) == (FrameType.PRESS, press.seq)
+
+    result = await call(sub, "alarm.ack", {"device": f"t-{T1:08x}", "by": "nurse Zhang"})
+    assert result["ok"], result
+    assert result["data"]["alarms"] == [raised["id"]]
+    acked = (await wait_events(sub, "alarm.acknowledged"))[0]
+    assert acked["data"]["alarm_id"] == raised["id"]
+    assert acked["data"]["by"] == "nurse Zhang"
+    assert acked["data"]["status"] == "ok"
+    await terminal.wait_for(HelpComing, timeout_s=WAIT_S)
+
+    result = await call(sub, "alarm.clear", {"alarm": raised["id"], "by": "nurse Zhang"})
+    assert result["ok"], result
+    cleared = (await wait_events(sub, "alarm.cleared"))[0]
+    assert cleared["data"]["alarm_id"] == raised["id"]
+    await terminal.wait_for(Cleared, timeout_s=WAIT_S)
+    refused = await call(sub, "alarm.ack", {"alarm": raised["id"], "by": "x"})
+    assert not refused["ok"] and "no_open_alarm" in refused["error"]
+    assert await gw.finish() == 0
+    assert len(events(sub, "alarm.raised")) == 1
+
+
+async def test_repeated_press_is_one_alarm_even_across_restart(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscriber: SubscriberFactory,
+    receiver: SimulatedReceiver,
+) -> None:
+    sub = subscriber(f"{PREFIX}/#")
+    cfg = _cfg(tmp_path, broker, receiver.path)
+    gw = await start(cfg)
+    await wait_online(gw.gateway)
+    frame = Press(T1, receiver.next_seq(T1), 1, PressKind.SHORT)
+    for _ in range(5):  # a terminal that did not hear RECEIVED repeats the same seq
+        receiver.send(frame)
+        await asyncio.sleep(0.05)
+    await receiver.wait_downlink(
+        lambda f: isinstance(f, Received) and f.ack_seq == frame.seq, timeout_s=WAIT_S
+    )
+    await wait_events(sub, "alarm.raised")
+    assert await gw.finish() == 0
+    # The gateway restarts; the terminal repeats the same press again.
+    before = len(receiver.downlink)
+    gw = await start(cfg)
+    await wait_online(gw.gateway)
+    receiver.send(frame)
+    await receiver.wait_downlink(
+        lambda f: isinstance(f, Received) and f.ack_seq == frame.seq and before > 0,
+        timeout_s=WAIT_S,
+    )
+    async with asyncio.timeout(WAIT_S):
+        while sum(isinstance(f, Received) for f in receiver.downlink) < before + 1:
+            await asyncio.sleep(0.02)
+    # A new press (next seq) is a new alarm.
+    await receiver.terminal(T1, repeat_s=0.5).press(timeout_s=WAIT_S)
+    raised = await wait_events(sub, "alarm.raised", 2)
+    await asyncio.sleep(0.3)
+    assert len(events(sub, "alarm.raised")) == 2
+    assert raised[0]["data"]["seq"] == frame.seq
+    assert gw.gateway.buttons is not None
+    assert gw.gateway.buttons.alarms.duplicates >= 1
+    assert await gw.finish() == 0
+
+
+async def test_uncommitted_raise_is_finished_with_the_same_event_id(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscriber: SubscriberFactory,
+    receiver: SimulatedReceiver,
+) -> None:
+    """A crash after the alarm was recorded but before the outbox commit: the restart
+    re-commits the very same event (same id); the terminal's repeat adds nothing."""
+    sub = subscriber(f"{PREFIX}/#")
+    cfg = _cfg(tmp_path, broker, receiver.path)
+    gw = await start(cfg)
+    await wait_online(gw.gateway)
+    await receiver.terminal(T1, repeat_s=0.5).press(timeout_s=WAIT_S)
+    first = (await wait_events(sub, "alarm.raised"))[0]
+    assert await gw.finish() == 0
+    # Simulate the crash window: committed back to 0, as if the outbox commit never happened.
+    conn = sqlite3.connect(cfg.outbox_path)
+    conn.execute("UPDATE button_seen SET committed = 0")
+    conn.commit()
+    conn.close()
+    sub.clear()
+    gw = await start(cfg)
+    again = (await wait_events(sub, "alarm.raised"))[0]
+    assert again["id"] == first["id"]
+    assert await gw.finish() == 0
+
+
+async def test_no_ack_escalates_and_repeats_even_with_the_broker_stopped(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscriber: SubscriberFactory,
+    receiver: SimulatedReceiver,
+) -> None:
+    sub = subscriber(f"{PREFIX}/#")
+    output = LoggingOutput()
+    cfg = _cfg(tmp_path, broker, receiver.path, ack_deadline_s=1, escalation_repeat_s=1)
+    gw = await start(cfg, output)
+    await wait_online(gw.gateway)
+    await asyncio.to_thread(broker.stop)
+    terminal = receiver.terminal(T2, repeat_s=0.5)
+    await terminal.press(timeout_s=WAIT_S)  # RECEIVED comes with the broker down
+    async with asyncio.timeout(WAIT_S):
+        while output.activations < 2:  # escalated, then repeated
+            await asyncio.sleep(0.05)
+    assert output.active
+    await asyncio.to_thread(broker.start)
+    escalated = (await wait_events(sub, "alarm.escalated"))[0]
+    raised = (await wait_events(sub, "alarm.raised"))[0]
+    assert escalated["data"]["alarm_id"] == raised["id"]
+    # "busy" is recorded but keeps the siren going; "ok" silences it.
+    busy = await call(sub, "alarm.ack", {"device": f"t-{T2:08x}", "by": "desk", "status": "busy"})
+    assert busy["ok"], busy
+    n = output.activations
+    async with asyncio.timeout(WAIT_S):
+        while output.activations <= n:
+            await asyncio.sleep(0.05)
+    ok = await call(sub, "alarm.ack", {"alarm": raised["id"], "by": "nurse"})
+    assert ok["ok"], ok
+    assert not output.active
+    n = output.activations
+    await asyncio.sleep(1.5)
+    assert output.activations == n
+    assert await gw.finish() == 0
+
+
+async def test_supervision_lost_once_and_restored(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscriber: SubscriberFactory,
+    receiver: SimulatedReceiver,
+) -> None:
+    sub = subscriber(f"{PREFIX}/#")
+    devices = [{"id": f"t-{T1:08x}", "resident": "Mrs Li", "supervision_s": 1}]
+    gw = await start(_cfg(tmp_path, broker, receiver.path, devices=devices))
+    await wait_online(gw.gateway)
+    lost = (await wait_events(sub, "device.supervision_lost"))[0]
+    assert lost["device"]["id"] == f"t-{T1:08x}" and lost["priority"] == 0
+    await asyncio.sleep(0.5)
+    assert len(events(sub, "device.supervision_lost")) == 1
+    receiver.heartbeat(T1)
+    await wait_events(sub, "device.supervision_restored")
+    beat = (await wait_events(sub, "device.heartbeat"))[0]
+    assert beat["data"] == {"battery_mv": 2950, "rssi_dbm": -71}
+    assert gw.gateway.buttons is not None
+    health = gw.gateway.buttons.health()
+    assert health["devices_silent"] == [] and health["receivers_online"] == 1
+    snapshot = await gw.gateway.health.snapshot()
+    assert snapshot["buttons"]["receivers"]["rx1"]["online"] is True
+    assert await gw.finish() == 0
+
+
+async def test_receiver_unplugged_and_replugged(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscriber: SubscriberFactory,
+    receiver: SimulatedReceiver,
+) -> None:
+    sub = subscriber(f"{PREFIX}/#")
+    gw = await start(_cfg(tmp_path, broker, receiver.path))
+    await wait_online(gw.gateway)
+    receiver.unplug()
+    offline = (await wait_events(sub, "receiver.offline"))[0]
+    assert offline["priority"] == 0 and offline["data"]["receiver"] == "rx1"
+    await asyncio.sleep(1.5)  # failed reopen attempts are not reported again
+    assert len(events(sub, "receiver.offline")) == 1
+    receiver.plug()
+    await wait_events(sub, "receiver.online")
+    await receiver.terminal(T1, repeat_s=0.5).press(timeout_s=WAIT_S)
+    await wait_events(sub, "alarm.raised")
+    assert await gw.finish() == 0
+
+
+async def test_unknown_device_press_still_alarms_and_is_reported_rate_limited(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscriber: SubscriberFactory,
+    receiver: SimulatedReceiver,
+) -> None:
+    sub = subscriber(f"{PREFIX}/#")
+    gw = await start(_cfg(tmp_path, broker, receiver.path))
+    await wait_online(gw.gateway)
+    terminal = receiver.terminal(T_UNKNOWN, repeat_s=0.5)
+    await terminal.press(timeout_s=WAIT_S)
+    await terminal.press(timeout_s=WAIT_S)
+    receiver.heartbeat(T_UNKNOWN)
+    raised = await wait_events(sub, "alarm.raised", 2)
+    assert raised[0]["device"]["id"] == f"t-{T_UNKNOWN:08x}"
+    assert raised[0]["data"]["unregistered"] is True
+    unknown = await wait_events(sub, "device.unknown")
+    await asyncio.sleep(0.3)
+    assert len(events(sub, "device.unknown")) == 1
+    assert unknown[0]["device"]["id"] == f"t-{T_UNKNOWN:08x}"
+    assert events(sub, "device.heartbeat") == []
+    # the first alarm.raised was published before the device.unknown report
+    kinds = [e["kind"] for e in decode_events(sub.messages)]
+    assert kinds.index("alarm.raised") < kinds.index("device.unknown")
+    assert await gw.finish() == 0
+
+
+async def test_ev1527_press_raises_one_alarm(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscriber: SubscriberFactory,
+    receiver: SimulatedReceiver,
+) -> None:
+    sub = subscriber(f"{PREFIX}/#")
+    rf_id = ev1527_codec.device_key(RF_ADDR)
+    cfg = _cfg(
+        tmp_path,
+        broker,
+        receiver.path,
+        receivers=[{"name": "rf", "url": receiver.path, "protocol": "ev1527"}],
+        devices=[{"id": rf_id, "type": "sos_button", "location": "Rm 9"}],
+    )
+    gw = await start(cfg)
+    await wait_online(gw.gateway)
+    group = ev1527_codec.encode(RF_ADDR, 0xA)
+    for _ in range(6):  # a held button: the module prints the group repeatedly
+        receiver.write(group)
+        await asyncio.sleep(0.05)
+    raised = (await wait_events(sub, "alarm.raised"))[0]
+    assert raised["device"]["id"] == rf_id
+    assert raised["data"]["key"] == 0xA
+    await asyncio.sleep(0.5)
+    assert len(events(sub, "alarm.raised")) == 1
+    assert await gw.finish() == 0
+
+
+async def test_device_add_remove_over_mqtt_persist_across_restart(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscriber: SubscriberFactory,
+    receiver: SimulatedReceiver,
+) -> None:
+    sub = subscriber(f"{PREFIX}/#")
+    cfg = _cfg(tmp_path, broker, receiver.path)
+    key_file = tmp_path / "command.key"
+    new_id = f"t-{T_UNKNOWN:08x}"
+    gw = await start(cfg)
+    unsigned = await call(sub, "device.add", {"id": new_id})
+    assert not unsigned["ok"] and "signature_required" in unsigned["error"]
+    args = {"id": new_id, "type": "terminal", "resident": "Mr Chen", "location": "Rm 7"}
+    added = await call(sub, "device.add", args, key_file)
+    assert added["ok"], added
+    removed = await call(sub, "device.remove", {"id": f"t-{T2:08x}"}, key_file)
+    assert removed["ok"], removed
+    await wait_events(sub, "device.added")
+    await wait_events(sub, "device.removed")
+    missing = await call(sub, "device.remove", {"id": "t-00000000"}, key_file)
+    assert not missing["ok"] and "unknown_device" in missing["error"]
+    assert await gw.finish() == 0
+
+    gw = await start(cfg)
+    assert gw.gateway.buttons is not None
+    registry = gw.gateway.buttons.registry
+    device = registry.get(new_id)
+    assert device is not None and device.resident == "Mr Chen"
+    assert registry.get(f"t-{T2:08x}") is None
+    assert registry.get(f"t-{T1:08x}") is not None
+    await wait_online(gw.gateway)
+    await receiver.terminal(T_UNKNOWN, repeat_s=0.5).press(timeout_s=WAIT_S)
+    raised = (await wait_events(sub, "alarm.raised"))[0]
+    assert raised["data"]["resident"] == "Mr Chen"
+    assert events(sub, "device.unknown") == []
+    assert await gw.finish() == 0
+
+
+async def test_cancel_by_the_resident(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscriber: SubscriberFactory,
+    receiver: SimulatedReceiver,
+) -> None:
+    sub = subscriber(f"{PREFIX}/#")
+    gw = await start(_cfg(tmp_path, broker, receiver.path))
+    await wait_online(gw.gateway)
+    terminal = receiver.terminal(T1, repeat_s=0.5)
+    await terminal.press(timeout_s=WAIT_S)
+    raised = (await wait_events(sub, "alarm.raised"))[0]
+    cancel = receiver.cancel(T1)
+    await terminal.send_until_received(cancel, timeout_s=WAIT_S)
+    cancelled = (await wait_events(sub, "alarm.cancelled"))[0]
+    assert cancelled["data"]["alarm_id"] == raised["id"]
+    await terminal.wait_for(Cleared, timeout_s=WAIT_S)
+    assert gw.gateway.buttons is not None
+    assert gw.gateway.buttons.alarms.open_alarms() == []
+    assert await gw.finish() == 0
+
+
+async def test_open_alarm_survives_restart_and_escalates_again_without_a_second_event(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscriber: SubscriberFactory,
+    receiver: SimulatedReceiver,
+) -> None:
+    sub = subscriber(f"{PREFIX}/#")
+    cfg = _cfg(tmp_path, broker, receiver.path, ack_deadline_s=1, escalation_repeat_s=5)
+    first_output = LoggingOutput()
+    gw = await start(cfg, first_output)
+    await wait_online(gw.gateway)
+    await receiver.terminal(T1, repeat_s=0.5).press(timeout_s=WAIT_S)
+    raised = (await wait_events(sub, "alarm.raised"))[0]
+    await wait_events(sub, "alarm.escalated")
+    assert await gw.finish() == 0
+    assert not first_output.active  # switched off at shutdown
+
+    output = LoggingOutput()
+    gw = await start(cfg, output)
+    async with asyncio.timeout(WAIT_S):
+        while not output.active:  # the siren comes back on after a restart
+            await asyncio.sleep(0.05)
+    assert gw.gateway.buttons is not None
+    assert [a.id for a in gw.gateway.buttons.alarms.open_alarms()] == [raised["id"]]
+    result = await call(sub, "alarm.ack", {"alarm": raised["id"], "by": "nurse"})
+    assert result["ok"], result
+    assert not output.active
+    assert len(events(sub, "alarm.escalated")) == 1
+    assert await gw.finish() == 0
+
+
+def test_gpio_output_is_refused_by_check_config_without_gpiozero() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gpiozero") is not None:
+        pytest.skip("gpiozero is installed here")
+    text = '[gateway]\nid = "g"\n[buttons.output]\nkind = "gpio"\npin = 17\n'
+    with pytest.raises(ConfigError, match=r"gw.toml:4: buttons.output.kind: .*gpiozero"):
+        parse_config(text, source="gw.toml")
+
+
+async def test_status_frames_and_other_alarm_causes(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscriber: SubscriberFactory,
+    receiver: SimulatedReceiver,
+) -> None:
+    sub = subscriber(f"{PREFIX}/#")
+    gw = await start(_cfg(tmp_path, broker, receiver.path))
+    await wait_online(gw.gateway)
+    terminal = receiver.terminal(T2, repeat_s=0.5)
+    await terminal.send_until_received(receiver.battery_low(T2, 2210), timeout_s=WAIT_S)
+    await terminal.send_until_received(receiver.tamper(T2, True), timeout_s=WAIT_S)
+    await terminal.send_until_received(receiver.pull_cord(T2), timeout_s=WAIT_S)
+    await terminal.send_until_received(receiver.fall(T2, 87), timeout_s=WAIT_S)
+    battery = (await wait_events(sub, "device.battery_low"))[0]
+    assert battery["data"] == {"battery_mv": 2210} and battery["priority"] == 2
+    tamper = (await wait_events(sub, "device.tamper"))[0]
+    assert tamper["data"] == {"opened": True}
+    raised = await wait_events(sub, "alarm.raised", 2)
+    assert [e["data"]["cause"] for e in raised] == ["pull_cord", "fall"]
+    assert raised[1]["data"]["confidence"] == 87
+    receiver.write(receiver.noise(64))  # line noise raises nothing
+    await asyncio.sleep(0.3)
+    assert len(events(sub, "alarm.raised")) == 2
+    assert await gw.finish() == 0
