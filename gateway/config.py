@@ -435,7 +435,9 @@ def _locate(message: str, text: str, source: str) -> str:
         # A top-level unknown key comes without a path: "Object contains unknown field `x`".
         top = re.search(r"unknown field `([^`]+)`", message)
         return f"{_at(source, text, top.group(1))}{message}" if top else f"{source}: {message}"
-    path = re.sub(r"\[\d+\]", "", match.group(1)).lstrip(".")
+    raw_path = match.group(1)
+    indices = re.findall(r"\[(\d+)\]", raw_path)
+    path = re.sub(r"\[\d+\]", "", raw_path).lstrip(".")
     detail = message[: match.start()].rstrip(" -")
     unknown = re.search(r"unknown field `([^`]+)`", detail)
     key = (
@@ -443,33 +445,42 @@ def _locate(message: str, text: str, source: str) -> str:
         if unknown and path
         else (unknown.group(1) if unknown else path)
     )
-    return f"{_at(source, text, key)}{detail}"
+    entry = int(indices[-1]) if indices else None
+    return f"{_at(source, text, key, entry)}{detail}"
 
 
-def _at(source: str, text: str, dotted_key: str) -> str:
-    line = find_key_line(text, dotted_key)
+def _at(source: str, text: str, dotted_key: str, entry: int | None = None) -> str:
+    line = find_key_line(text, dotted_key, entry)
     where = f"{source}:{line}" if line else source
     return f"{where}: {dotted_key}: "
 
 
-def find_key_line(text: str, dotted_key: str) -> int | None:
+def find_key_line(text: str, dotted_key: str, entry: int | None = None) -> int | None:
     """Best-effort line number (1-based) of `a.b.c` in TOML text: the `c = ` line inside the
-    `[a.b]` table, or the `[a.b.c]` header. Returns None when it cannot tell."""
+    `[a.b]` table (or inside the `entry`-th `[[a.b]]` table), or the `[a.b.c]` header.
+    Returns None when it cannot tell."""
     parts = dotted_key.split(".")
     if not parts or not parts[0]:
         return None
     table, key = ".".join(parts[:-1]), parts[-1]
     current = ""
-    header_re = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\- ]+?)\s*\]\s*(#.*)?$")
+    seen: dict[str, int] = {}  # how many [[name]] headers so far
+    current_entry: int | None = None
+    header_re = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\- ]+?)\s*\]\]?\s*(#.*)?$")
     key_re = re.compile(rf"^\s*{re.escape(key)}\s*=")
     for number, line in enumerate(text.splitlines(), start=1):
         header = header_re.match(line)
         if header:
-            current = header.group(1).replace(" ", "")
-            if current == dotted_key:
+            current = header.group(2).replace(" ", "")
+            current_entry = None
+            if header.group(1) == "[[":
+                current_entry = seen.get(current, 0)
+                seen[current] = current_entry + 1
+            if current == dotted_key and (entry is None or current_entry in (None, entry)):
                 return number
             continue
-        if current == table and key_re.match(line):
+        same_entry = entry is None or current_entry is None or current_entry == entry
+        if current == table and same_entry and key_re.match(line):
             return number
     return None
 

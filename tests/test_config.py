@@ -626,3 +626,15 @@ def test_parse_config_accepts_minimal_config() -> None:
     cfg = parse_config('[gateway]\nid = "gw-1"\n')
     assert cfg.uplink.protocol == "mqtt5"
     assert cfg.topic_prefix == "eldergate/gw-1"
+
+
+def test_error_inside_an_array_of_tables_names_the_right_entry_line(tmp_path: Path) -> None:
+    text = (
+        '[gateway]\nid = "gw"\n\n[buttons]\n\n'
+        '[[buttons.devices]]\nid = "t-2000001a"\n\n'
+        '[[buttons.devices]]\nid = "t-2000001b"\nsupervision_s = "lots"\n'
+    )
+    with pytest.raises(ConfigError, match=r"cfg\.toml:11: buttons\.devices\.supervision_s"):
+        parse_config(text, source="cfg.toml")
+    assert find_key_line(text, "buttons.devices.id", 1) == 10
+    assert find_key_line(text, "buttons.devices.id", 0) == 7
