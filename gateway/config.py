@@ -242,6 +242,12 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
     need(up.connect_timeout_s > 0, "uplink.connect_timeout_s", "must be positive")
     need(up.session_expiry_s >= 0, "uplink.session_expiry_s", "must not be negative")
     need(up.will_delay_s >= 0, "uplink.will_delay_s", "must not be negative")
+    need(bool(cfg.topic_prefix), "uplink.topic_prefix", "must not be empty")
+    need(
+        not cfg.commands.require_signature or bool(cfg.commands.hmac_key_file),
+        "commands.require_signature",
+        "signatures are required but commands.hmac_key_file is not set",
+    )
     need(
         not any(c in cfg.topic_prefix for c in "+#") and not cfg.topic_prefix.endswith("/"),
         "uplink.topic_prefix",

@@ -204,6 +204,12 @@ class Gateway:
         db = await Database.open(cfg.outbox_path, options)
         try:
             gateway = cls(cfg, db, hooks)
+            unknown = set(cfg.commands.require_signature) - set(gateway.commands.names())
+            if unknown:
+                _LOGGER.warning(
+                    "commands.require_signature names commands this gateway does not have: %s",
+                    ", ".join(sorted(unknown)),
+                )
             await gateway.outbox.load()
             gateway._reported_drops = gateway.outbox.stats().dropped
             await gateway.runtime.load_overrides()

@@ -100,7 +100,9 @@ class _TokenBucket:
         return False
 
     def wait_s(self) -> float:
-        return 0.0 if self.rate <= 0 else max(0.001, (1 - self._tokens) / self.rate)
+        """How long until there is a token; at least 10 ms, so a throttled replay wakes the
+        forwarder for a handful of messages at a time, not for each one."""
+        return 0.0 if self.rate <= 0 else max(0.010, (1 - self._tokens) / self.rate)
 
 
 class Forwarder(UplinkListener):

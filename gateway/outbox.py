@@ -33,6 +33,7 @@ from gateway.store import Database, translate
 _LOGGER = logging.getLogger(__name__)
 
 _DROPPABLE: tuple[Lane, ...] = (Lane.TELEMETRY, Lane.DEVICE_STATUS)  # in the order they go
+_DELETES_RIDE_ALONG = 64  # an urgent commit takes at most this many pending deletes along
 _EARLY_COMMIT_ROWS = 16  # this many waiting appends commit without waiting for the window
 _NORMAL_AUTOCHECKPOINT = 1000  # SQLite's default, in pages
 _LOW_DISK_AUTOCHECKPOINT = 64
@@ -395,8 +396,10 @@ class Outbox:
         self._last_commit_started = time.monotonic()
         urgent = self._urgent.is_set() and any(p.item.lane in NEVER_DROPPED for p in batch)
         self._urgent.clear()
-        # An alarm's commit does not carry the pending deletes: they wait for the next one.
-        deletes = [] if urgent else sorted(self._deletes)
+        # An alarm's commit does not carry a large delete batch (during a drain): it waits for
+        # the next commit. A few deletes ride along, so a quiet gateway writes less.
+        heavy = len(self._deletes) > _DELETES_RIDE_ALONG
+        deletes = [] if urgent and heavy else sorted(self._deletes)
         self._deleting.update(deletes)
         self._deletes.difference_update(deletes)
         self._commit_started_at = time.monotonic()

@@ -638,3 +638,15 @@ def test_error_inside_an_array_of_tables_names_the_right_entry_line(tmp_path: Pa
         parse_config(text, source="cfg.toml")
     assert find_key_line(text, "buttons.devices.id", 1) == 10
     assert find_key_line(text, "buttons.devices.id", 0) == 7
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ('[uplink]\ntopic_prefix = ""\n', "uplink.topic_prefix"),
+        ('[commands]\nrequire_signature = ["ping"]\n', "commands.require_signature"),
+    ],
+)
+def test_more_impossible_combinations(extra: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        parse_config('[gateway]\nid = "gw"\n' + extra, source="cfg.toml")
