@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=30.0, help="seconds to run (0: until ^C)")
     demo.add_argument("--state-dir", type=Path, default=None)
 
+    sub.add_parser(
+        "simulate",
+        help="run a simulated button receiver on a pty, or press its buttons (see --help)",
+        add_help=False,
+    )
+
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", type=Path)
 
@@ -70,7 +76,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["simulate"]:  # its own sub-commands and --help
+        from drivers.buttons.simulate_cli import main as simulate_main
+
+        return simulate_main(arguments[1:])
+    args = _parser().parse_args(arguments)
     try:
         if args.command == "run":
             return _run(args.config)

@@ -278,3 +278,25 @@ def test_cli_outbox_inspection(tmp_path: Path) -> None:
     result = _cli("outbox", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert "(0, 0, 0, 10)" in result.stdout
+
+
+def test_cli_simulate_serves_and_answers(tmp_path: Path) -> None:
+    """`eldergate simulate` runs the pty receiver simulator and drives it from another process."""
+    link = Path(f"/tmp/eg-sim-{os.getpid()}")  # short: Unix socket paths are limited
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "simulate", "--link", str(link), "serve"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not (link / "control.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = _cli("simulate", "--link", str(link), "status")
+        assert status.returncode == 0, status.stderr
+        assert (link / "receiver").is_symlink()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        if server.stderr is not None:
+            server.stderr.close()
