@@ -41,7 +41,10 @@ from gateway.systemd import SystemdNotifier, watchdog_interval_s
 _LOGGER = logging.getLogger(__name__)
 
 SHUTDOWN_DRAIN_S = 2.0
-_STALL_LIMIT_S = {"forwarder": 10.0, "commands": 45.0, "health": None}
+# The watchdog is fed only while each of these made progress within its limit (seconds).
+_FORWARDER_STALL_S = 10.0  # its loop ticks at least every 0.5 s
+_COMMANDS_STALL_S = 45.0  # a handler may take up to 30 s
+_ALARM_TIMERS_STALL_S = 30.0
 _COMMIT_STUCK_S = 30.0
 
 
@@ -287,12 +290,13 @@ class Gateway:
         now = time.monotonic()
         if self.outbox.commit_stuck_for() > _COMMIT_STUCK_S:
             return False, f"outbox commit stuck for {self.outbox.commit_stuck_for():.0f} s"
-        if now - self.forwarder.last_progress > 10.0:
+        if now - self.forwarder.last_progress > _FORWARDER_STALL_S:
             return False, f"forwarder stalled for {now - self.forwarder.last_progress:.0f} s"
-        if now - self.commands.last_progress > 45.0:
+        if now - self.commands.last_progress > _COMMANDS_STALL_S:
             return False, f"command handling stalled for {now - self.commands.last_progress:.0f} s"
-        if self.buttons is not None and now - self.buttons.alarms.last_progress > 30.0:
-            stalled = now - self.buttons.alarms.last_progress
+        alarms = self.buttons.alarms if self.buttons is not None else None
+        if alarms is not None and now - alarms.last_progress > _ALARM_TIMERS_STALL_S:
+            stalled = now - alarms.last_progress
             return False, f"alarm escalation timers stalled for {stalled:.0f} s"
         return True, "ok"
 
