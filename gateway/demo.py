@@ -145,7 +145,7 @@ class PlatformConsole:
                     "alarm.ack",
                     f"demo-ack-{len(self.acked)}",
                     {"alarm": event["id"], "by": "duty nurse", "status": "ok"},
-                    signed=False,
+                    signed=True,
                 )
         elif topic.startswith("cmd_result/"):
             print(f"[platform] command result {msg.payload.decode()}", flush=True)

@@ -235,7 +235,11 @@ async def test_press_alarm_received_ack_help_coming_and_clear(
     ack = terminal.received[0]
     assert (ack.ack_type, ack.ack_seq) == (FrameType.PRESS, press.seq)
 
-    result = await call(sub, "alarm.ack", {"device": f"t-{T1:08x}", "by": "nurse Zhang"})
+    key = tmp_path / "command.key"
+    unsigned = await call(sub, "alarm.ack", {"device": f"t-{T1:08x}", "by": "someone"})
+    assert not unsigned["ok"] and "signature_required" in unsigned["error"]
+    assert gw.gateway.buttons is not None and gw.gateway.buttons.alarms.open_alarms()
+    result = await call(sub, "alarm.ack", {"device": f"t-{T1:08x}", "by": "nurse Zhang"}, key)
     assert result["ok"], result
     assert result["data"]["alarms"] == [raised["id"]]
     acked = (await wait_events(sub, "alarm.acknowledged"))[0]
@@ -244,12 +248,16 @@ async def test_press_alarm_received_ack_help_coming_and_clear(
     assert acked["data"]["status"] == "ok"
     await terminal.wait_for(HelpComing, timeout_s=WAIT_S)
 
-    result = await call(sub, "alarm.clear", {"alarm": raised["id"], "by": "nurse Zhang"})
+    result = await call(
+        sub, "alarm.clear", {"alarm": raised["id"], "by": "nurse Zhang"}, tmp_path / "command.key"
+    )
     assert result["ok"], result
     cleared = (await wait_events(sub, "alarm.cleared"))[0]
     assert cleared["data"]["alarm_id"] == raised["id"]
     await terminal.wait_for(Cleared, timeout_s=WAIT_S)
-    refused = await call(sub, "alarm.ack", {"alarm": raised["id"], "by": "x"})
+    refused = await call(
+        sub, "alarm.ack", {"alarm": raised["id"], "by": "x"}, tmp_path / "command.key"
+    )
     assert not refused["ok"] and "no_open_alarm" in refused["error"]
     assert await gw.finish() == 0
     assert len(events(sub, "alarm.raised")) == 1
@@ -347,13 +355,20 @@ async def test_no_ack_escalates_and_repeats_even_with_the_broker_stopped(
     raised = (await wait_events(sub, "alarm.raised"))[0]
     assert escalated["data"]["alarm_id"] == raised["id"]
     # "busy" is recorded but keeps the siren going; "ok" silences it.
-    busy = await call(sub, "alarm.ack", {"device": f"t-{T2:08x}", "by": "desk", "status": "busy"})
+    busy = await call(
+        sub,
+        "alarm.ack",
+        {"device": f"t-{T2:08x}", "by": "desk", "status": "busy"},
+        tmp_path / "command.key",
+    )
     assert busy["ok"], busy
     n = output.activations
     async with asyncio.timeout(WAIT_S):
         while output.activations <= n:
             await asyncio.sleep(0.05)
-    ok = await call(sub, "alarm.ack", {"alarm": raised["id"], "by": "nurse"})
+    ok = await call(
+        sub, "alarm.ack", {"alarm": raised["id"], "by": "nurse"}, tmp_path / "command.key"
+    )
     assert ok["ok"], ok
     assert not output.active
     n = output.activations
@@ -550,7 +565,9 @@ async def test_open_alarm_survives_restart_and_escalates_again_without_a_second_
             await asyncio.sleep(0.05)
     assert gw.gateway.buttons is not None
     assert [a.id for a in gw.gateway.buttons.alarms.open_alarms()] == [raised["id"]]
-    result = await call(sub, "alarm.ack", {"alarm": raised["id"], "by": "nurse"})
+    result = await call(
+        sub, "alarm.ack", {"alarm": raised["id"], "by": "nurse"}, tmp_path / "command.key"
+    )
     assert result["ok"], result
     assert not output.active
     assert len(events(sub, "alarm.escalated")) == 1

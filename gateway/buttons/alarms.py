@@ -389,8 +389,7 @@ class AlarmBook:
             return {"alarms": done}
 
         service.register(
-            CommandSpec("alarm.ack", ack, signed=False, description="acknowledge an alarm")
+            # Signed: a forged acknowledgement would silence the centre's siren.
+            CommandSpec("alarm.ack", ack, signed=True, description="acknowledge an alarm")
         )
-        service.register(
-            CommandSpec("alarm.clear", clear, signed=False, description="end an alarm")
-        )
+        service.register(CommandSpec("alarm.clear", clear, signed=True, description="end an alarm"))
