@@ -23,9 +23,12 @@ device id and `data.seq`. Phases, in this order, on the same daemon:
    written to the pty master -> the subscriber receiving the `alarm.raised` whose device id and
    `data.seq` match. Target p99 < 20 ms.
 
+NOTIFY_SOCKET is drained all along (the daemon's STATUS= every 5 s is a blocking sendto(); left
+unread, the queue fills after about a minute and the daemon's event loop stops).
 Warm-up (excluded): heartbeats until the daemon answers RECEIVED (the pty is open), then 10
-presses and 10 ingest lines. `ack_deadline_s` is set to a day so no alarm escalates during the
-run. Timings are printed, never asserted; every wait is bounded; all traffic is on 127.0.0.1.
+presses and 10 ingest lines. `ack_deadline_s` is set to an hour (the maximum allowed) so no
+alarm escalates during the run. Timings are printed, never asserted; every wait is bounded;
+all traffic is on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -200,8 +203,8 @@ def _config(state: Path, port: int, rx_path: str, terminals: int) -> str:
         health={"interval_s": 60},
         ingest={"enabled": True},
         buttons={
-            "ack_deadline_s": 86400,
-            "escalation_repeat_s": 86400,
+            "ack_deadline_s": 3600,
+            "escalation_repeat_s": 3600,
             "reopen_max_s": 0.5,
         },
     )
@@ -336,6 +339,13 @@ async def ingest(
     return answered, lat, missing
 
 
+def _drain(notify: h.NotifySocket) -> None:
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while True:
+            data = notify.sock.recv(65536)
+            notify.messages.append((time.monotonic(), data.decode(errors="replace")))
+
+
 async def wait_link(rx: SimulatedReceiver, raw: int) -> None:
     """Heartbeats until the daemon answers RECEIVED: its serial link to the pty is open."""
     terminal = rx.terminal(raw, repeat_s=0.2)
@@ -383,12 +393,23 @@ async def run(args: argparse.Namespace, work: Path, port: int) -> int:
             config.write_text(_config(state, port, rx.path, args.terminals))
             daemon = h.spawn_daemon(config, notify, log)
             try:
-                await asyncio.to_thread(notify.wait_for, "READY=1", 30)
+                for _ in range(30):
+                    if daemon.poll() is not None:
+                        raise RuntimeError(f"the daemon exited ({daemon.returncode})")
+                    with contextlib.suppress(RuntimeError):
+                        await asyncio.to_thread(notify.wait_for, "READY=1", 1)
+                        break
+                else:
+                    raise RuntimeError("no READY=1 within 30 s")
                 await wait_link(rx, T_BASE)
             except (RuntimeError, TimeoutError):
                 print(log.read_text()[-3000:], file=sys.stderr)
                 raise
             pid = daemon.pid
+            # Keep reading NOTIFY_SOCKET: the daemon sends STATUS= every 5 s with a blocking
+            # sendto(); once the socket's queue is full, its whole event loop would stall.
+            notify.sock.setblocking(False)
+            asyncio.get_running_loop().add_reader(notify.sock.fileno(), _drain, notify)
             # warm-up: a few presses and ingest lines, not counted
             await presses(rx, sub, WARMUP, args.terminals, args.gap_ms / 1000)
             await ingest(state / "ingest.sock", sub, WARMUP, args.gap_ms / 1000, 1_000_000)
@@ -418,9 +439,17 @@ async def run(args: argparse.Namespace, work: Path, port: int) -> int:
             if daemon.poll() is not None:
                 raise RuntimeError(f"the daemon exited ({daemon.returncode}); see {log}")
             drops = rx.bytes_dropped
+    except BaseException:
+        if log.exists():
+            lines = [x for x in log.read_text().splitlines() if " ALARM " not in x]
+            print("--- daemon log (tail, ALARM lines left out) ---", file=sys.stderr)
+            print("\n".join(x[:300] for x in lines[-40:]), file=sys.stderr)
+        raise
     finally:
         if daemon is not None:
             h.stop_process(daemon)
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(notify.sock.fileno())
         notify.close()
         sub.stop()
 

@@ -19,6 +19,9 @@ class SystemdNotifier:
             # A leading '@' names a socket in the abstract namespace.
             self._address = b"\0" + address[1:].encode() if address.startswith("@") else address
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Never block the event loop: if the reader falls behind (its queue holds only
+            # net.unix.max_dgram_qlen datagrams), a status line is dropped instead.
+            self._sock.setblocking(False)
 
     @property
     def enabled(self) -> bool:
@@ -29,6 +32,8 @@ class SystemdNotifier:
             return
         try:
             self._sock.sendto("\n".join(lines).encode(), self._address)
+        except BlockingIOError:
+            _LOGGER.debug("sd_notify queue full; dropped %s", lines[0])
         except OSError as exc:
             _LOGGER.debug("sd_notify failed: %s", exc)
 

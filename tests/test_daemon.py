@@ -300,3 +300,17 @@ def test_cli_simulate_serves_and_answers(tmp_path: Path) -> None:
         server.wait(timeout=10)
         if server.stderr is not None:
             server.stderr.close()
+
+
+def test_notify_never_blocks_when_nobody_reads(tmp_path: Path) -> None:
+    """A notify socket whose reader is stuck must not freeze the gateway's event loop."""
+    listener = NotifyListener(tmp_path / "stuck.sock")  # bound, never read
+    try:
+        notifier = SystemdNotifier(listener.path)
+        # Far more than the kernel's datagram queue holds: a blocking sendto would hang here
+        # (and pytest-timeout fail the test); the notifier drops the excess instead.
+        for n in range(200):
+            notifier.status(f"status {n}")
+        notifier.close()
+    finally:
+        listener.close()
