@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -281,13 +281,14 @@ class SubscriberProc:
     _offset: int = 0
     _partial: bytes = b""
     ready: bool = False
+    script: Path = Path(__file__).resolve()  # whose `subscribe` sub-command writes the lines
 
-    def start(self, limit_s: float = 10.0) -> SubscriberProc:
+    def start(self, limit_s: float = 10.0) -> Self:
         self.out.write_bytes(b"")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                str(Path(__file__).resolve()),
+                str(self.script),
                 "subscribe",
                 "--port",
                 str(self.port),
@@ -322,9 +323,12 @@ class SubscriberProc:
             if line == b"R":
                 self.ready = True
                 continue
-            t_ns, topic, seq, event_id = line.decode().split(" ")
-            self.received.append(Received(int(t_ns), topic, int(seq), event_id))
+            self._record(line)
         return len(self.received)
+
+    def _record(self, line: bytes) -> None:
+        t_ns, topic, seq, event_id = line.decode().split(" ")
+        self.received.append(Received(int(t_ns), topic, int(seq), event_id))
 
     async def wait_for(self, count: int, limit_s: float) -> None:
         deadline = time.monotonic() + limit_s

@@ -71,58 +71,15 @@ class Seen:
 
 
 @dataclass(slots=True)
-class EventSubscriber:
-    """`python benchmarks/bench_buttons.py subscribe ...` as a child process; lines via a file."""
+class EventSubscriber(h.SubscriberProc):
+    """`python benchmarks/bench_buttons.py subscribe ...`: lines carry kind, device and data.seq."""
 
-    port: int
-    topic: str
-    out: Path
-    proc: subprocess.Popen[bytes] | None = None
     seen: list[Seen] = field(default_factory=list)
-    ready: bool = False
-    _offset: int = 0
-    _partial: bytes = b""
+    script: Path = Path(__file__).resolve()
 
-    def start(self, limit_s: float = 10.0) -> EventSubscriber:
-        self.out.write_bytes(b"")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "subscribe",
-                "--port",
-                str(self.port),
-                "--topic",
-                self.topic,
-                "--out",
-                str(self.out),
-            ],
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + limit_s
-        while not self.ready:
-            self.poll()
-            if self.proc.poll() is not None:
-                raise RuntimeError("subscriber process exited while starting")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"subscriber not subscribed within {limit_s} s")
-            time.sleep(0.01)
-        return self
-
-    def poll(self) -> None:
-        with self.out.open("rb") as f:
-            f.seek(self._offset)
-            chunk = f.read()
-        self._offset += len(chunk)
-        lines = (self._partial + chunk).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            if line == b"R":
-                self.ready = True
-                continue
-            t_ns, kind, device, seq = line.decode().split(" ")
-            self.seen.append(Seen(int(t_ns), kind, device, int(seq)))
+    def _record(self, line: bytes) -> None:
+        t_ns, kind, device, seq = line.decode().split(" ")
+        self.seen.append(Seen(int(t_ns), kind, device, int(seq)))
 
     def count(self, kind: str, device: str | None = None) -> int:
         self.poll()
@@ -139,16 +96,6 @@ class EventSubscriber:
                 return False
             await asyncio.sleep(0.05)
         return True
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.poll()
 
 
 def _subscribe_main(port: int, topic: str, out: Path) -> int:
@@ -339,13 +286,6 @@ async def ingest(
     return answered, lat, missing
 
 
-def _drain(notify: h.NotifySocket) -> None:
-    with contextlib.suppress(BlockingIOError, InterruptedError):
-        while True:
-            data = notify.sock.recv(65536)
-            notify.messages.append((time.monotonic(), data.decode(errors="replace")))
-
-
 async def wait_link(rx: SimulatedReceiver, raw: int) -> None:
     """Heartbeats until the daemon answers RECEIVED: its serial link to the pty is open."""
     terminal = rx.terminal(raw, repeat_s=0.2)
@@ -406,10 +346,6 @@ async def run(args: argparse.Namespace, work: Path, port: int) -> int:
                 print(log.read_text()[-3000:], file=sys.stderr)
                 raise
             pid = daemon.pid
-            # Keep reading NOTIFY_SOCKET: the daemon sends STATUS= every 5 s with a blocking
-            # sendto(); once the socket's queue is full, its whole event loop would stall.
-            notify.sock.setblocking(False)
-            asyncio.get_running_loop().add_reader(notify.sock.fileno(), _drain, notify)
             # warm-up: a few presses and ingest lines, not counted
             await presses(rx, sub, WARMUP, args.terminals, args.gap_ms / 1000)
             await ingest(state / "ingest.sock", sub, WARMUP, args.gap_ms / 1000, 1_000_000)
