@@ -106,6 +106,53 @@ MIGRATIONS: Sequence[str] = (
     ) WITHOUT ROWID;
     CREATE INDEX button_alarms_by_device ON button_alarms (device_id);
     """,
+    # 3: face access: encrypted templates (AES-GCM, never plaintext), a change counter the
+    # daemon polls (the CLI enrols while it runs), and the append-only audit log of every
+    # enrolment, removal and access decision with the event that reports it; `audit_forwarded`
+    # marks the ones already committed to the outbox (the audit log itself is never updated).
+    """
+    CREATE TABLE face_templates (
+        id INTEGER PRIMARY KEY,
+        person_id TEXT NOT NULL,
+        consent_ref TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        nonce BLOB NOT NULL,
+        ciphertext BLOB NOT NULL,
+        enrolled_ms INTEGER NOT NULL,
+        source TEXT NOT NULL
+    );
+    CREATE INDEX face_templates_by_person ON face_templates (person_id);
+    CREATE TABLE face_state (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        version INTEGER NOT NULL
+    );
+    INSERT INTO face_state (singleton, version) VALUES (1, 0);
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL UNIQUE,
+        at_ms INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        event BLOB NOT NULL
+    );
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+    CREATE TABLE audit_forwarded (
+        event_id TEXT PRIMARY KEY
+    ) WITHOUT ROWID;
+    """,
+    # 4: button supervision survives restarts: when each device was last heard and whether
+    # its supervision_lost event is outstanding (so a restart neither repeats nor forgets it).
+    """
+    CREATE TABLE button_supervision (
+        device_id TEXT PRIMARY KEY,
+        last_heard_ms INTEGER NOT NULL,
+        lost INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -316,7 +363,18 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
 
 
 def _statements(script: str) -> list[str]:
-    return [part.strip() for part in script.split(";") if part.strip()]
+    """Split a migration into statements (a trigger body's `;` does not end its statement)."""
+    statements: list[str] = []
+    current = ""
+    for part in script.split(";"):
+        current += part + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n;"):
+                statements.append(current.strip())
+            current = ""
+    if current.strip(" \n;"):
+        statements.append(current.strip())
+    return statements
 
 
 _SALVAGE_CHUNK = 1000
