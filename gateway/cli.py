@@ -1,4 +1,4 @@
-"""The `eldergate` command: run, demo, check-config, outbox, settings, sign-command."""
+"""The `eldergate` command: run, demo, check-config, outbox, settings, faces, sign-command."""
 
 from __future__ import annotations
 
@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     settings = sub.add_parser("settings", help="show runtime setting overrides (config.set)")
     settings.add_argument("--config", type=Path, required=True)
 
+    from gateway.faces import cli as faces_cli
+
+    faces_cli.add_parsers(sub)
+
     signer = sub.add_parser("sign-command", help="print a signed command for testing a platform")
     signer.add_argument("--key-file", type=Path, required=True)
     signer.add_argument("--gateway", required=True)
@@ -98,6 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _show_settings(load_config(args.config))
         if args.command == "sign-command":
             return _sign_command(args)
+        if args.command == "faces":
+            from gateway.faces import cli as faces_cli
+
+            cfg = load_config(args.config)
+            setup_logging(cfg.logging.level)
+            return faces_cli.run(args, cfg, cfg.faces_key_path)
     except ConfigError as exc:
         print(f"eldergate: configuration error:\n{exc}", file=sys.stderr)
         return EX_CONFIG

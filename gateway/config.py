@@ -153,6 +153,102 @@ class ButtonsSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     devices: list[DeviceSection] = msgspec.field(default_factory=list)
 
 
+class CameraSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    source: str = ""  # "0" (USB index), "/dev/video0", "rtsp://…", or a video file; "" = none
+    width: int = 640
+    height: int = 480
+    fps: float = 10.0
+    loop_file: bool = False
+    reopen_max_s: float = 30.0
+    stall_s: float = 5.0
+
+
+class MotionSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = True
+    pixel_delta: int = 16
+    min_changed_fraction: float = 0.01
+    hold_s: float = 3.0
+
+
+class RecognitionSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    detect_scale: float = 0.5
+    upsample: int = 1
+    jitters: int = 1
+    min_face_px: int = 60
+    max_faces: int = 4
+    workers: int = 1
+
+
+class DecisionSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Defaults measured on the shared photos: see gateway/vision/decision.py.
+    threshold: float = 0.42
+    min_margin: float = 0.10
+    min_frames: int = 3
+    window_s: float = 3.0
+    conflict_distance: float = 0.55
+    cooldown_s: float = 10.0
+    unknown_repeat_s: float = 30.0
+
+
+class SnapshotSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    max_bytes: int = 100_000
+    max_width: int = 640
+    retention_s: float = 7 * 86400.0
+
+
+class InputSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    kind: Literal["none", "gpio", "simulated"] = "none"
+    pin: int = -1
+    pull_up: bool = True
+    active_is_open: bool = True  # contact: the input reads active while the door is open
+
+
+class DoorSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    id: str = "door-main"
+    location: str = ""
+    kind: Literal["log", "gpio", "serial_relay"] = "log"
+    pin: int = -1
+    active_high: bool = True
+    url: str = ""
+    baudrate: int = 9600
+    on_bytes: str = ""
+    off_bytes: str = ""
+    pulse_s: float = 3.0
+    unlock_window_s: float = 8.0
+    held_open_s: float = 10.0
+    prealert_s: float = 3.0
+    contact: InputSection = msgspec.field(default_factory=InputSection)
+    exit_request: InputSection = msgspec.field(default_factory=InputSection)
+    prealert: OutputSection = msgspec.field(default_factory=OutputSection)
+
+
+class CardReaderSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    url: str = ""  # "" = no card reader
+    baudrate: int = 9600
+    format: Literal["em4100", "line"] = "em4100"
+    repeat_suppress_s: float = 2.0
+
+
+class CardSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    card: str
+    person: str
+
+
+class AccessSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    key_file: str = ""  # AES-256 key of the face templates; default {state_dir}/faces.key
+    camera: CameraSection = msgspec.field(default_factory=CameraSection)
+    motion: MotionSection = msgspec.field(default_factory=MotionSection)
+    recognition: RecognitionSection = msgspec.field(default_factory=RecognitionSection)
+    decision: DecisionSection = msgspec.field(default_factory=DecisionSection)
+    snapshots: SnapshotSection = msgspec.field(default_factory=SnapshotSection)
+    door: DoorSection = msgspec.field(default_factory=DoorSection)
+    card_reader: CardReaderSection = msgspec.field(default_factory=CardReaderSection)
+    cards: list[CardSection] = msgspec.field(default_factory=list)
+    enrol_upsample: int = 1
+    enrol_min_face_px: int = 80
+    max_templates_per_person: int = 10
+
+
 class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     gateway: GatewaySection
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
@@ -163,6 +259,7 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     health: HealthSection = msgspec.field(default_factory=HealthSection)
     ingest: IngestSection = msgspec.field(default_factory=IngestSection)
     buttons: ButtonsSection | None = None
+    access: AccessSection | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -177,6 +274,11 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
         return Path(self.ingest.socket) if self.ingest.socket else self.state_dir / "ingest.sock"
 
     @property
+    def faces_key_path(self) -> Path:
+        key = self.access.key_file if self.access is not None else ""
+        return Path(key) if key else self.state_dir / "faces.key"
+
+    @property
     def topic_prefix(self) -> str:
         return self.uplink.topic_prefix.replace("{gateway_id}", self.gateway.id)
 
@@ -188,13 +290,17 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
         """The configuration as a dict safe to log: secret-bearing paths shown only as set."""
         data: dict[str, Any] = msgspec.to_builtins(self)
         for section, key in _SECRET_KEYS:
-            if data.get(section, {}).get(key):
+            if (data.get(section) or {}).get(key):
                 data[section][key] = "<set>"
         return data
 
 
 # Keys whose values lead to secrets; they are shown only as "<set>".
-_SECRET_KEYS = (("uplink", "password_file"), ("commands", "hmac_key_file"))
+_SECRET_KEYS = (
+    ("uplink", "password_file"),
+    ("commands", "hmac_key_file"),
+    ("access", "key_file"),
+)
 
 
 def load_config(path: Path) -> Config:
@@ -331,6 +437,115 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
     need(cfg.health.interval_s >= 1, "health.interval_s", "must be at least 1 second")
     if cfg.buttons is not None:
         problems.extend(_button_checks(cfg.buttons))
+    if cfg.access is not None:
+        problems.extend(_access_checks(cfg.access))
+    return problems
+
+
+def _access_checks(a: AccessSection) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            problems.append((key, message))
+
+    cam, rec, dec, snap, door = a.camera, a.recognition, a.decision, a.snapshots, a.door
+    need(160 <= cam.width <= 4096, "access.camera.width", "must be 160-4096")
+    need(120 <= cam.height <= 4096, "access.camera.height", "must be 120-4096")
+    need(0.5 <= cam.fps <= 60, "access.camera.fps", "must be 0.5-60")
+    need(0.5 <= cam.reopen_max_s <= 600, "access.camera.reopen_max_s", "must be 0.5-600 s")
+    need(0.5 <= cam.stall_s <= 600, "access.camera.stall_s", "must be 0.5-600 s")
+    need(1 <= a.motion.pixel_delta <= 255, "access.motion.pixel_delta", "must be 1-255")
+    need(
+        0 < a.motion.min_changed_fraction < 1,
+        "access.motion.min_changed_fraction",
+        "must be in (0, 1)",
+    )
+    need(0 <= a.motion.hold_s <= 600, "access.motion.hold_s", "must be 0-600 s")
+    need(0.1 <= rec.detect_scale <= 1, "access.recognition.detect_scale", "must be 0.1-1")
+    need(0 <= rec.upsample <= 3, "access.recognition.upsample", "must be 0-3")
+    need(1 <= rec.jitters <= 10, "access.recognition.jitters", "must be 1-10")
+    need(8 <= rec.min_face_px <= 2000, "access.recognition.min_face_px", "must be 8-2000")
+    need(1 <= rec.max_faces <= 16, "access.recognition.max_faces", "must be 1-16")
+    need(1 <= rec.workers <= 8, "access.recognition.workers", "must be 1-8 (one per core)")
+    need(
+        0.2 <= dec.threshold <= 0.6,
+        "access.decision.threshold",
+        "must be 0.2-0.6 (0.6 is face_recognition's 1:1 default, already too loose for 1:N search)",
+    )
+    need(0 <= dec.min_margin < 1, "access.decision.min_margin", "must be in [0, 1)")
+    need(1 <= dec.min_frames <= 30, "access.decision.min_frames", "must be 1-30")
+    need(0.2 <= dec.window_s <= 30, "access.decision.window_s", "must be 0.2-30 s")
+    need(
+        dec.threshold <= dec.conflict_distance < 1,
+        "access.decision.conflict_distance",
+        "must be at least the threshold and below 1",
+    )
+    need(0 <= dec.cooldown_s <= 3600, "access.decision.cooldown_s", "must be 0-3600 s")
+    need(1 <= dec.unknown_repeat_s <= 3600, "access.decision.unknown_repeat_s", "must be 1-3600 s")
+    need(8_000 <= snap.max_bytes <= 4_000_000, "access.snapshots.max_bytes", "must be 8000-4000000")
+    need(160 <= snap.max_width <= 4096, "access.snapshots.max_width", "must be 160-4096")
+    need(
+        60 <= snap.retention_s <= 366 * 86400,
+        "access.snapshots.retention_s",
+        "must be 60 s to 366 days",
+    )
+    need(
+        bool(DEVICE_ID_RE.match(door.id)),
+        "access.door.id",
+        "1-63 lower-case letters, digits, '_' or '-'",
+    )
+    need(0.2 <= door.pulse_s <= 30, "access.door.pulse_s", "must be 0.2-30 s")
+    need(
+        door.pulse_s <= door.unlock_window_s <= 120,
+        "access.door.unlock_window_s",
+        "must be at least pulse_s and at most 120 s",
+    )
+    need(2 <= door.held_open_s <= 3600, "access.door.held_open_s", "must be 2-3600 s")
+    need(
+        0 <= door.prealert_s < door.held_open_s,
+        "access.door.prealert_s",
+        "must be at least 0 and below held_open_s",
+    )
+    if door.kind == "gpio":
+        need(0 <= door.pin <= 27, "access.door.pin", "a gpio door needs a BCM pin 0-27")
+    if door.kind == "serial_relay":
+        need(bool(door.url), "access.door.url", "a serial_relay door needs the board's url")
+        need(
+            bool(door.on_bytes) and _is_hex(door.on_bytes) and _is_hex(door.off_bytes),
+            "access.door.on_bytes",
+            'on_bytes (and off_bytes) must be hex strings such as "A00101A2"',
+        )
+    for name, inp in (("contact", door.contact), ("exit_request", door.exit_request)):
+        if inp.kind == "gpio":
+            need(0 <= inp.pin <= 27, f"access.door.{name}.pin", "a gpio input needs a BCM pin 0-27")
+    reader = a.card_reader
+    need(
+        reader.baudrate in _BAUDRATES,
+        "access.card_reader.baudrate",
+        f"{reader.baudrate} is not one of {_BAUDRATES}",
+    )
+    need(
+        0 <= reader.repeat_suppress_s <= 60,
+        "access.card_reader.repeat_suppress_s",
+        "must be 0-60 s",
+    )
+    cards = [c.card.lower() for c in a.cards]
+    need(len(cards) == len(set(cards)), "access.cards.card", "a card is listed twice")
+    for c in a.cards:
+        need(
+            bool(re.match(r"^[0-9A-Fa-f]{4,20}$", c.card)),
+            "access.cards.card",
+            f"{c.card!r}: 4-20 hex digits or decimal digits",
+        )
+        need(
+            bool(re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", c.person)),
+            "access.cards.person",
+            f"{c.person!r}: a person id (letters, digits, '.', '_', '-')",
+        )
+    need(0 <= a.enrol_upsample <= 3, "access.enrol_upsample", "must be 0-3")
+    need(20 <= a.enrol_min_face_px <= 4000, "access.enrol_min_face_px", "must be 20-4000")
+    need(1 <= a.max_templates_per_person <= 100, "access.max_templates_per_person", "must be 1-100")
     return problems
 
 
@@ -395,16 +610,23 @@ def _button_checks(b: ButtonsSection) -> list[tuple[str, str]]:
     else:
         need(out.pin == -1, "buttons.output.pin", 'only for kind = "gpio"')
     if out.kind == "serial_relay":
-        need(
-            False,
-            "buttons.output.kind",
-            '"serial_relay" is reserved but not supported by this release yet; use "log" or "gpio"',
-        )
         need(bool(out.url), "buttons.output.url", "serial_relay output needs the relay's url")
         need(
             bool(out.on_bytes) and _is_hex(out.on_bytes) and _is_hex(out.off_bytes),
             "buttons.output.on_bytes",
             'on_bytes (and off_bytes) must be hex strings such as "A00101A2"',
+        )
+        if _is_hex(out.on_bytes) and _is_hex(out.off_bytes):
+            off = bytes.fromhex(out.off_bytes)
+            need(
+                bool(off) and off != bytes.fromhex(out.on_bytes),
+                "buttons.output.off_bytes",
+                'needed to silence the siren: hex, not the same as on_bytes (e.g. "A00100A1")',
+            )
+        need(
+            out.baudrate in _BAUDRATES,
+            "buttons.output.baudrate",
+            f"{out.baudrate} is not one of {_BAUDRATES}",
         )
     else:
         need(

@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from drivers.outputs import Output, OutputSpec, build_output
+from drivers.outputs import Output, build_output, output_spec
 from gateway import __version__
 from gateway.builtin_commands import register_builtin_commands
 from gateway.buttons.alarms import AlarmBook, AlarmSettings
@@ -37,6 +38,9 @@ from gateway.settings import RuntimeSetting, RuntimeSettings
 from gateway.signing import load_key
 from gateway.store import Database, StoreOptions
 from gateway.systemd import SystemdNotifier, watchdog_interval_s
+
+if TYPE_CHECKING:
+    from gateway.access.feature import AccessFeature
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -168,13 +172,17 @@ class Gateway:
         self.buttons: ButtonService | None = None
         if cfg.buttons is not None:
             self.buttons = self._build_buttons(cfg)
+        self.access: AccessFeature | None = None
+        if cfg.access is not None:
+            from gateway.access.feature import AccessFeature  # the face stack: only if configured
+
+            self.access = AccessFeature(cfg, cfg.access, db, self.outbox, self.events)
+            self.health.add_source("access", self.access.health)
 
     def _build_buttons(self, cfg: Config) -> ButtonService:
         b = cfg.buttons
         assert b is not None
-        output = self.hooks.output or build_output(
-            OutputSpec(b.output.kind, b.output.pin, b.output.active_high)
-        )
+        output = self.hooks.output or build_output(output_spec(b.output))
         registry = DeviceRegistry(
             self.db,
             self.outbox,
@@ -205,6 +213,7 @@ class Gateway:
             integrity_check_sync_max_bytes=box.integrity_check_sync_max_bytes,
         )
         db = await Database.open(cfg.outbox_path, options)
+        gateway: Gateway | None = None
         try:
             gateway = cls(cfg, db, hooks)
             unknown = set(cfg.commands.require_signature) - set(gateway.commands.names())
@@ -219,7 +228,11 @@ class Gateway:
             if gateway.buttons is not None:
                 await gateway.buttons.registry.load()
                 await gateway.buttons.alarms.load()
+            if gateway.access is not None:
+                await gateway.access.start(gateway.commands)
         except BaseException:
+            if gateway is not None and gateway.access is not None:
+                await gateway.access.close()
             await db.close()
             raise
         return gateway
@@ -298,6 +311,8 @@ class Gateway:
         if alarms is not None and now - alarms.last_progress > _ALARM_TIMERS_STALL_S:
             stalled = now - alarms.last_progress
             return False, f"alarm escalation timers stalled for {stalled:.0f} s"
+        if self.access is not None:
+            return self.access.healthy(now)
         return True, "ok"
 
     def status_line(self) -> str:
@@ -363,6 +378,9 @@ async def run(
     if gateway.buttons is not None:
         spawn("alarms", gateway.buttons.alarms.run())
         spawn("buttons", gateway.buttons.run())
+    if gateway.access is not None:
+        for name, coro in gateway.access.tasks().items():
+            spawn(name, coro)
     if gateway.db.deferred_check:
         spawn("integrity-check", _background_check(gateway), finite=True)
     try:
@@ -402,7 +420,8 @@ async def _shutdown(
     notifier.stopping("stopping: draining")
     if gateway.ingest is not None:
         await gateway.ingest.stop()
-    for name in ("buttons", "alarms"):  # stop intake: no frame is half handled after this
+    # Stop intake: no frame is half handled after this.
+    for name in ("buttons", "alarms", "face-access", "card-reader", "door"):
         task = tasks.get(name)
         if task is not None:
             task.cancel()
@@ -410,6 +429,8 @@ async def _shutdown(
     if gateway.buttons is not None:
         with contextlib.suppress(Exception):
             await gateway.buttons.alarms.output.close()
+    if gateway.access is not None:
+        await gateway.access.close()
     if not tasks["outbox-writer"].done():
         with contextlib.suppress(StorageError):
             async with asyncio.timeout(2):
@@ -424,6 +445,8 @@ async def _shutdown(
         "overflow-reporter",
         "forwarder",
         "integrity-check",
+        "audit-forwarder",
+        "snapshot-retention",
     ):
         task = tasks.get(name)
         if task is not None:

@@ -9,6 +9,12 @@ What it shows, in about half a minute:
 3. the broker is stopped: a pull cord is still committed and RECEIVED at once, and when nobody
    acknowledges it within the deadline the local output (here: the log) escalates;
 4. the broker returns: the backlog is delivered, the alarm first, and the console acknowledges.
+
+At the same time, at the door (gateway/demo_door.py): the console enrols two residents with
+signed `face.enroll` commands; a video file plays as the door camera (a resident, a stranger,
+another resident): `access.granted` opens the (logging) door for each resident, the stranger
+is reported as `access.unknown_face`, each decision with its JPEG snapshot; a card is held to
+the card reader on a pty (`access.granted` by card); the door is opened and closed, then forced.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from paho.mqtt.properties import Properties
 
 from drivers.buttons.simulator import SimulatedReceiver
 from drivers.buttons.terminal_codec import HelpComing
-from gateway import daemon
+from gateway import daemon, demo_door
 from gateway.clock import iso_utc, utc_now
 from gateway.config import config_from_mapping
 from gateway.errors import ConfigError
@@ -147,6 +153,8 @@ class PlatformConsole:
                     {"alarm": event["id"], "by": "duty nurse", "status": "ok"},
                     signed=True,
                 )
+        elif topic.startswith("snapshot/"):
+            print(f"[platform] snapshot {topic[9:]}: JPEG, {len(msg.payload)} bytes", flush=True)
         elif topic.startswith("cmd_result/"):
             print(f"[platform] command result {msg.payload.decode()}", flush=True)
         elif topic in ("status",):
@@ -197,6 +205,7 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
     key_file.write_text(key.hex())
     os.chmod(key_file, 0o600)
     port = _free_port()
+    door = demo_door.prepare(workdir)
     broker = LocalBroker(workdir, port)
     broker.start()
     cfg = config_from_mapping(
@@ -220,6 +229,7 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
                     {**BUTTONS[2], "resident": "Zhao Lan"},
                 ],
             },
+            "access": door.config(),
         }
     )
     receiver = SimulatedReceiver(link_path=workdir / "receiver")
@@ -229,15 +239,26 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
     console = PlatformConsole(port, key)
     stop = asyncio.Event()
     ready = asyncio.Event()
-    hooks = daemon.DaemonHooks(on_ready=lambda gateway: ready.set())
+    ready_gateway: asyncio.Future[daemon.Gateway] = asyncio.get_running_loop().create_future()
+
+    def on_ready(gateway: daemon.Gateway) -> None:
+        ready_gateway.set_result(gateway)
+        ready.set()
+
+    hooks = daemon.DaemonHooks(on_ready=on_ready)
     gateway_task = asyncio.create_task(daemon.run(cfg, stop=stop, hooks=hooks), name="gateway")
     try:
         async with asyncio.timeout(30):
             await ready.wait()
+        gateway = await ready_gateway
+        door_task = asyncio.create_task(demo_door.script(gateway, console, door), name="door")
         await _script(receiver, broker, console, duration, gateway_task)
+        door_task.cancel()
+        await asyncio.gather(door_task, return_exceptions=True)
     finally:
         stop.set()
         code = await gateway_task
+        door.close()
         receiver.close()
         console.close()
         broker.stop()

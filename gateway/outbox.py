@@ -289,6 +289,25 @@ class Outbox:
         if removed:
             self._dead_letters += 1
 
+    async def expire(self, lane: Lane, topic_prefix: str, older_than_s: float) -> int:
+        """Delete undelivered rows of `lane` whose topic starts with `topic_prefix` and that
+        were stored more than `older_than_s` ago (a retention period, e.g. for snapshots:
+        personal data is not kept for ever waiting for an uplink). Returns the rows deleted."""
+        cutoff_ms = int((time.time() - older_than_s) * 1000)
+        pattern = topic_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        async with self._db.transaction("expiring old rows") as conn:
+            async with conn.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE lane = ? "
+                "AND created_ms < ? AND topic LIKE ? ESCAPE '\\') RETURNING size",
+                (int(lane), cutoff_ms, pattern),
+            ) as cursor:
+                gone = list(await cursor.fetchall())
+            if gone:
+                self._counters.rows[lane] -= len(gone)
+                self._counters.bytes[lane] -= sum(int(r[0]) for r in gone)
+                await self._save_counters(conn, self._counters)
+        return len(gone)
+
     async def oldest_age_s(self) -> list[float | None]:
         """Age in seconds of the oldest undelivered row of each lane (None if the lane is empty)."""
         now_ms = time.time() * 1000
@@ -486,28 +505,32 @@ class Outbox:
         self, batch: Sequence[_Pending], deletes: Sequence[int]
     ) -> tuple[list[Receipt], _Counters]:
         await self._adapt_to_disk()
-        counters = self._counters.copy()
-        stored_before = sum(counters.bytes)
-        rows: list[tuple[object, ...]] = []
-        receipts: list[Receipt] = []
-        now_ms = int(time.time() * 1000)
-        for pending in batch:
-            item = pending.item
-            seq: int | None = None
-            if item.uses_seq:
-                seq = counters.next_seq
-                counters.next_seq += 1
-            message = item.render(seq if seq is not None else 0)
-            props = _encode_props(message)
-            size = len(message.payload) + len(message.topic) + (len(props) if props else 0)
-            row_id = counters.next_row
-            counters.next_row += 1
-            lane = int(item.lane)
-            rows.append((row_id, lane, seq, message.topic, message.payload, props, size, now_ms))
-            counters.rows[lane] += 1
-            counters.bytes[lane] += size
-            receipts.append(Receipt(row_id, seq))
         async with self._db.transaction("committing to the outbox") as conn:
+            # Copied under the write lock: dead_letter() and expire() change the counters in
+            # their own transactions, and a copy taken before the lock would undo them.
+            counters = self._counters.copy()
+            stored_before = sum(counters.bytes)
+            rows: list[tuple[object, ...]] = []
+            receipts: list[Receipt] = []
+            now_ms = int(time.time() * 1000)
+            for pending in batch:
+                item = pending.item
+                seq: int | None = None
+                if item.uses_seq:
+                    seq = counters.next_seq
+                    counters.next_seq += 1
+                message = item.render(seq if seq is not None else 0)
+                props = _encode_props(message)
+                size = len(message.payload) + len(message.topic) + (len(props) if props else 0)
+                row_id = counters.next_row
+                counters.next_row += 1
+                lane = int(item.lane)
+                rows.append(
+                    (row_id, lane, seq, message.topic, message.payload, props, size, now_ms)
+                )
+                counters.rows[lane] += 1
+                counters.bytes[lane] += size
+                receipts.append(Receipt(row_id, seq))
             if deletes:
                 await self._delete_rows(conn, deletes, counters)
             if rows:

@@ -18,7 +18,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.config import Config, config_from_mapping, find_key_line, load_config, parse_config
+from gateway.config import (
+    AccessSection,
+    Config,
+    config_from_mapping,
+    find_key_line,
+    load_config,
+    parse_config,
+)
 from gateway.daemon import DaemonHooks, Gateway, run, uplink_settings
 from gateway.errors import ConfigError
 from gateway.mqtt import UplinkState
@@ -85,6 +92,7 @@ def test_example_config_mentions_every_key_of_the_model() -> None:
                 missing.append(dotted)
 
     walk("", msgspec.to_builtins(builtins))
+    walk("access", msgspec.to_builtins(AccessSection()))
     assert missing == []
 
 

@@ -78,6 +78,11 @@ class DeviceRegistry:
         self._unknown_reported: dict[str, float] = {}
         self.unknown_heard = 0
 
+    @property
+    def db(self) -> Database:
+        """The database the register lives in (the supervision state is kept next to it)."""
+        return self._db
+
     async def load(self) -> None:
         async with self._db.reader.execute(
             "SELECT id, type, resident, location, supervision_s, removed FROM button_devices"

@@ -6,9 +6,29 @@ terminals repeat until RECEIVED and EV1527 modules repeat while held) and one wo
 in order. A terminal's alarm frame is committed to the outbox before RECEIVED goes back.
 
 Receiver state: `receiver.offline` (lane 0) once per loss, `receiver.online` when it is back.
+
 Supervision: a registered device with `supervision_s` > 0 that is not heard for that long raises
-`device.supervision_lost` once, and `device.supervision_restored` when heard again (the clock
-starts at gateway start-up, so every device gets a full interval after a restart).
+`device.supervision_lost` once, and `device.supervision_restored` when heard again. The state
+survives restarts in `button_supervision` (device_id, last_heard_ms, lost):
+
+- Timing runs on the monotonic clock; only the stored times are wall-clock ms (converted when
+  written and when loaded). A heard device's row is written at most once per
+  min(supervision_s / 4, 60 s), all due rows in one transaction per supervision check (and at
+  a clean stop); a `lost` flip is written at once (after its event is committed, so a crash in
+  between repeats the event rather than forgetting it). A crash loses at most that much of
+  `last_heard`, which only makes the next deadline earlier.
+- At start (`load_supervision`), with I = supervision_s and age = wall now - last_heard_ms:
+  a device that was lost stays lost (no second `supervision_lost`) and gets
+  `supervision_restored` when heard; a device never stored, or stored in the future (a Pi has
+  no RTC: the clock may have been wrong on either side of the restart), or with age > I (the
+  gateway was down across its deadline) is treated as heard at start, i.e. gets a grace of one
+  full interval, and its row is rewritten so; otherwise its deadline is
+  max(last_heard + I, start + I/2): the silence before the restart counts, but a device always
+  gets at least half an interval to be heard after a restart (its heartbeats while we were down
+  were missed; this keeps a reboot from raising a storm of false `supervision_lost`).
+- Rows of devices no longer registered (or no longer supervised) are deleted at start and at
+  the next check after a `device.remove`; a device registered while running gets a full
+  interval from the first check that sees it.
 """
 
 from __future__ import annotations
@@ -16,8 +36,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,17 +63,20 @@ from drivers.buttons.terminal_codec import (
 )
 from drivers.serial_port import SerialLink, SerialSettings
 from gateway.buttons.alarms import AlarmBook, DownlinkKind
-from gateway.buttons.registry import DeviceRegistry
+from gateway.buttons.registry import Device, DeviceRegistry
 from gateway.config import ButtonsSection, ReceiverSection
 from gateway.errors import StorageError, TransientError
 from gateway.events import EventFactory
 from gateway.outbox import Outbox
+from gateway.store import translate
 
 _LOGGER = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
 _RECENT_MAX = 4096
 _STATE_TIMEOUT_S = 10.0
+_STORE_EVERY_MAX_S = 60.0  # a heard device's row is rewritten at most this often (or I/4)
+_FLUSH_AT_STOP_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +140,9 @@ class ButtonService:
         alarms: AlarmBook,
         outbox: Outbox,
         events: EventFactory,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
         self.registry = registry
@@ -125,12 +153,23 @@ class ButtonService:
         self.receivers = [_Receiver(r, self, cfg.reopen_max_s) for r in cfg.receivers]
         self._by_name = {r.cfg.name: r for r in self.receivers}
         self._recent: OrderedDict[tuple[str, int, int], float] = OrderedDict()
-        self._last_heard: dict[str, float] = {}
+        self._monotonic = monotonic
+        self._wall = wall
+        self._db = registry.db
         self._route: dict[str, str] = {}  # terminal id -> receiver that last heard it
-        self._lost: set[str] = set()
         self._down_seq: dict[int, int] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._started = time.monotonic()
+        self._started = monotonic()
+        # Supervision (monotonic times): when each supervised device was last heard (or is
+        # assumed heard), the `last` value its stored row holds, rows due to be written, and
+        # the devices whose supervision_lost is outstanding.
+        self._last_heard: dict[str, float] = {}
+        self._stored: dict[str, float] = {}
+        self._dirty: set[str] = set()
+        self._lost: set[str] = set()
+        self._forget: set[str] = set()  # rows of devices no longer supervised, to delete
+        self._supervision_loaded = False
+        self.supervision_writes = 0
         self.dropped_frames = 0
         self.failed_frames = 0
         alarms.set_downlink(self.send_downlink)
@@ -175,6 +214,11 @@ class ButtonService:
             await self.alarms.recover()  # needs the outbox writer running
         except StorageError as exc:  # the terminals' repeats retry it; keep listening
             _LOGGER.error("cannot re-commit interrupted alarms yet: %s", exc)
+        if not self._supervision_loaded:
+            try:
+                await self.load_supervision()
+            except StorageError as exc:  # supervise from scratch rather than not at all
+                _LOGGER.error("cannot load the supervision state: %s", exc)
         try:
             async with asyncio.TaskGroup() as group:
                 for receiver in self.receivers:
@@ -182,6 +226,9 @@ class ButtonService:
                 group.create_task(self._work(), name="button-frames")
                 group.create_task(self._supervise(), name="button-supervision")
         finally:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_FLUSH_AT_STOP_S):
+                    await self.flush_supervision()
             # Receiver state events still being stored get a moment, then are given up.
             pending = list(self._background)
             if pending:
@@ -215,7 +262,7 @@ class ButtonService:
         self._route[device_id] = heard.receiver
         frame_type = _FRAME_TYPES[type(frame)]
         device = self.registry.get(device_id)
-        now = time.monotonic()
+        now = self._monotonic()
         if isinstance(frame, Press | PullCord | Fall):
             # Alarms first, committed before anything else; dedup is persistent (AlarmBook).
             await self.alarms.raise_alarm(
@@ -265,7 +312,7 @@ class ButtonService:
     async def _rf_press(self, press: ev1527_codec.RfPress) -> None:
         device_id = ev1527_codec.device_key(press.address)
         device = self.registry.get(device_id)
-        now = time.monotonic()
+        now = self._monotonic()
         await self.alarms.raise_alarm(
             self.registry.ref(device_id),
             "rf_press",
@@ -286,14 +333,22 @@ class ButtonService:
                     self._events.make("device.unknown", device=self.registry.ref(device_id))
                 )
             return
+        device = self.registry.get(device_id)
+        if device is None or device.supervision_s <= 0:
+            return
         self._last_heard[device_id] = now
         if device_id in self._lost:
-            self._lost.discard(device_id)
+            # The event first: a crash before the row is rewritten repeats it, never loses it.
             await self._outbox.append(
-                self._events.make(
-                    "device.supervision_restored", device=self.registry.ref(device_id)
-                )
+                self._events.make("device.supervision_restored", device=device.ref())
             )
+            self._lost.discard(device_id)
+            _LOGGER.info("device %s heard again", device_id)
+            self._dirty.add(device_id)
+            await self.flush_supervision(now)
+        elif now - self._stored.get(device_id, float("-inf")) >= _store_every(device):
+            self._dirty.add(device_id)
+            self._forget.discard(device_id)
 
     async def _received(self, receiver: str, raw_id: int, frame_type: FrameType, seq: int) -> None:
         await self._write(receiver, Received(raw_id, self._next_seq(raw_id), int(frame_type), seq))
@@ -331,37 +386,151 @@ class ButtonService:
 
     # -- supervision ------------------------------------------------------------------------------
 
+    async def load_supervision(self, now: float | None = None) -> None:
+        """Restore the supervision state saved before a restart (the rule is in the module
+        docstring). Call once, after the register is loaded; `run()` does when nobody has."""
+        now = self._monotonic() if now is None else now
+        wall_ms = self._wall_ms()
+        try:
+            async with self._db.reader.execute(
+                "SELECT device_id, last_heard_ms, lost FROM button_supervision"
+            ) as cursor:
+                found = await cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise translate(exc, "loading the supervision state") from exc
+        rows = {str(r[0]): (int(r[1]), bool(r[2])) for r in found}
+        supervised = self._supervised()
+        self._forget.update(set(rows) - set(supervised))
+        graced = 0
+        for device in supervised.values():
+            row = rows.get(device.id)
+            if row is None:  # never stored: the interval starts now
+                self._last_heard[device.id] = now
+                self._dirty.add(device.id)
+                continue
+            last_ms, lost = row
+            age = (wall_ms - last_ms) / 1000
+            stored = now - age
+            if lost:
+                self._lost.add(device.id)
+                self._last_heard[device.id] = self._stored[device.id] = min(stored, now)
+            elif age < 0 or age > device.supervision_s:
+                graced += 1  # clock moved, or we were down across its deadline: heard at start
+                self._last_heard[device.id] = now
+                self._dirty.add(device.id)
+            else:
+                self._last_heard[device.id] = max(stored, now - device.supervision_s / 2)
+                self._stored[device.id] = stored
+        self._supervision_loaded = True
+        _LOGGER.info(
+            "supervision: %d devices, %d still lost, %d given a grace interval, "
+            "%d rows of removed devices dropped",
+            len(supervised),
+            len(self._lost),
+            graced,
+            len(self._forget),
+        )
+        await self.flush_supervision(now)
+
     async def _supervise(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.supervision_check_s)
             await self.check_supervision()
 
     async def check_supervision(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        for device in self.registry.devices():
-            if device.supervision_s <= 0 or device.id in self._lost:
+        """Raise supervision_lost for devices silent too long; store what is due. Never raises
+        for storage trouble (the event or row is retried at the next check)."""
+        now = self._monotonic() if now is None else now
+        supervised = self._supervised()
+        for device_id in [d for d in self._last_heard if d not in supervised]:
+            del self._last_heard[device_id]  # removed, or no longer supervised
+            self._stored.pop(device_id, None)
+            self._lost.discard(device_id)
+            self._dirty.discard(device_id)
+            self._forget.add(device_id)
+        silent: list[tuple[Device, float]] = []
+        for device in supervised.values():
+            last = self._last_heard.get(device.id)
+            if last is None:  # registered while running: a full interval from now
+                self._last_heard[device.id] = now
+                self._dirty.add(device.id)
+                self._forget.discard(device.id)
+            elif device.id not in self._lost and now - last > device.supervision_s:
+                silent.append((device, now - last))
+        if silent:
+            await self._report_lost(silent)
+        await self.flush_supervision(now)
+
+    async def _report_lost(self, silent: list[tuple[Device, float]]) -> None:
+        events = [
+            self._events.make(
+                "device.supervision_lost",
+                device=device.ref(),
+                data={
+                    "silent_s": round(quiet, 1),
+                    "supervision_s": device.supervision_s,
+                    "resident": device.resident,
+                },
+            )
+            for device, quiet in silent
+        ]
+        # One group commit for all of them (a receiver unplugged silences every device at once).
+        results = await asyncio.gather(
+            *(self._outbox.append(event) for event in events), return_exceptions=True
+        )
+        for (device, quiet), result in zip(silent, results, strict=True):
+            if isinstance(result, BaseException):
+                # Not marked lost, so the next check tries again.
+                _LOGGER.error("cannot store supervision_lost of %s: %s", device.id, result)
                 continue
-            last = self._last_heard.get(device.id, self._started)
-            if now - last > device.supervision_s:
-                self._lost.add(device.id)
-                _LOGGER.error("device %s silent for %.0f s", device.id, now - last)
-                with contextlib.suppress(StorageError):
-                    await self._outbox.append(
-                        self._events.make(
-                            "device.supervision_lost",
-                            device=device.ref(),
-                            data={
-                                "silent_s": round(now - last, 1),
-                                "supervision_s": device.supervision_s,
-                                "resident": device.resident,
-                            },
-                        )
-                    )
+            _LOGGER.error("device %s silent for %.0f s", device.id, quiet)
+            self._lost.add(device.id)
+            self._dirty.add(device.id)
+
+    async def flush_supervision(self, now: float | None = None) -> bool:
+        """Write the due supervision rows (and drop removed devices' rows) in one transaction.
+        False (rows kept for the next try) when the database refuses; never raises for that."""
+        if not self._dirty and not self._forget:
+            return True
+        now = self._monotonic() if now is None else now
+        wall_ms = self._wall_ms()
+        # Snapshot and queue for the write lock with no await in between: flushes commit in
+        # the order their snapshots were taken.
+        snapshot = {d: self._last_heard[d] for d in self._dirty if d in self._last_heard}
+        rows = [
+            (device_id, wall_ms - round((now - last) * 1000), int(device_id in self._lost))
+            for device_id, last in sorted(snapshot.items())
+        ]
+        forget = sorted(self._forget)
+        try:
+            async with self._db.transaction("storing the supervision state") as conn:
+                await conn.executemany(
+                    "INSERT OR REPLACE INTO button_supervision (device_id, last_heard_ms, lost) "
+                    "VALUES (?, ?, ?)",
+                    rows,
+                )
+                await conn.executemany(
+                    "DELETE FROM button_supervision WHERE device_id = ?", [(d,) for d in forget]
+                )
+        except StorageError as exc:
+            _LOGGER.warning("cannot store the supervision state (will retry): %s", exc)
+            return False
+        self.supervision_writes += 1
+        self._stored.update(snapshot)
+        self._dirty.difference_update(snapshot)
+        self._forget.difference_update(forget)
+        return True
+
+    def _supervised(self) -> dict[str, Device]:
+        return {d.id: d for d in self.registry.devices() if d.supervision_s > 0}
+
+    def _wall_ms(self) -> int:
+        return int(self._wall() * 1000)
 
     # -- health -----------------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        now = time.monotonic()
+        now = self._monotonic()
         return {
             "receivers": {
                 r.cfg.name: {"online": r.link.online, "frames": r.frames} for r in self.receivers
@@ -378,6 +547,7 @@ class ButtonService:
                 }
                 for a in self.alarms.open_alarms()
             ],
+            "supervision_writes": self.supervision_writes,
             "frames_dropped": self.dropped_frames,
             "frames_failed": self.failed_frames,
             "unknown_heard": self.registry.unknown_heard,
@@ -395,6 +565,12 @@ _FRAME_TYPES: dict[type, FrameType] = {
     PullCord: FrameType.PULL_CORD,
     Fall: FrameType.FALL,
 }
+
+
+def _store_every(device: Device) -> float:
+    return min(device.supervision_s / 4, _STORE_EVERY_MAX_S)
+
+
 _CAUSE = {FrameType.PRESS: "press", FrameType.PULL_CORD: "pull_cord", FrameType.FALL: "fall"}
 
 

@@ -1,0 +1,355 @@
+"""Face access control as one feature of the daemon: everything `[access]` configures, wired.
+
+    camera -> AccessService (gate, worker threads, decision) -> DoorController -> lock relay
+    card reader -> CardAccess ---------------------------------^       ^ contact, exit request
+    decisions -> AuditLog (append-only, then the outbox)   door.* events -> outbox
+    face.enroll / face.remove -> FaceEnrolment -> FaceStore (AES-GCM templates) -> AuditLog
+
+Built in two steps like the rest of the daemon: `AccessFeature.build(...)` makes the objects
+(no device is opened), `start()` loads the key, the models and the gallery and starts the
+camera; `tasks()` are the long-running coroutines the daemon supervises; `close()` releases
+the camera, the relay and the inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from drivers.door import DoorActuator, DoorSpec, build_door
+from drivers.door_contact import ContactInput, GpioContact, SimulatedContact
+from drivers.outputs import Output, build_output, output_spec
+from drivers.serial_port import SerialSettings
+from gateway.access.cards import CardAccess, CardRegister
+from gateway.access.door import DoorController, DoorSettings
+from gateway.access.service import AccessService, AccessSettings
+from gateway.access.snapshots import SnapshotSettings
+from gateway.access.tracks import TrackSettings
+from gateway.commands import CommandService
+from gateway.config import AccessSection, Config, InputSection
+from gateway.errors import ConfigError, StorageError
+from gateway.events import DeviceRef, Event, EventFactory
+from gateway.faces.audit import AuditLog
+from gateway.faces.crypto import TemplateCipher
+from gateway.faces.enrolment import FaceEnrolment, enrolment_settings, max_templates
+from gateway.faces.store import FaceStore
+from gateway.outbox import Outbox
+from gateway.store import Database
+from gateway.vision.decision import DecisionPolicy
+from gateway.vision.engine import EngineSettings, FaceEngine
+
+_LOGGER = logging.getLogger(__name__)
+
+_AUDIT_POLL_S = 5.0
+_SNAPSHOT_EXPIRY_EVERY_S = 600.0
+DOOR_STALL_S = 10.0  # the door ticks every 0.1 s
+FRAMES_STALL_S = 10.0  # the frame loop wakes at least every second
+
+
+def _input(section: InputSection, what: str) -> ContactInput | None:
+    if section.kind == "none":
+        return None
+    if section.kind == "simulated":
+        return SimulatedContact()
+    try:
+        return GpioContact.create(section.pin, section.pull_up, section.active_is_open)
+    except ConfigError as exc:
+        raise ConfigError(f"access.door.{what}: {exc}") from exc
+
+
+def _hex(text: str) -> bytes:
+    return bytes.fromhex(text)
+
+
+class AccessFeature:
+    def __init__(
+        self,
+        cfg: Config,
+        section: AccessSection,
+        db: Database,
+        outbox: Outbox,
+        events: EventFactory,
+    ) -> None:
+        self.cfg = cfg
+        self.section = section
+        self._outbox = outbox
+        self._events = events
+        a = section
+        self.door_ref = DeviceRef(id=a.door.id, type="door", location=a.door.location or None)
+        self.executor = ThreadPoolExecutor(
+            max_workers=a.recognition.workers, thread_name_prefix="face-worker"
+        )
+        self.audit = AuditLog(db, outbox)
+        self._db = db
+        self.store: FaceStore | None = None  # needs the key: made in start()
+        self.enrolment: FaceEnrolment | None = None
+        door = a.door
+        self.actuator: DoorActuator = build_door(
+            DoorSpec(
+                kind=door.kind,
+                pin=door.pin,
+                active_high=door.active_high,
+                url=door.url,
+                baudrate=door.baudrate,
+                **(
+                    {"on_bytes": _hex(door.on_bytes), "off_bytes": _hex(door.off_bytes)}
+                    if door.kind == "serial_relay"
+                    else {}
+                ),
+            )
+        )
+        pre = door.prealert
+        self.prealert: Output = build_output(output_spec(pre))
+        self.contact = _input(door.contact, "contact")
+        self.exit_request = _input(door.exit_request, "exit_request")
+        self.door = DoorController(
+            events,
+            self._record_door_event,
+            self.actuator,
+            self.prealert,
+            self.door_ref,
+            DoorSettings(
+                pulse_s=door.pulse_s,
+                unlock_window_s=door.unlock_window_s,
+                held_open_s=door.held_open_s,
+                prealert_s=door.prealert_s,
+                has_contact=self.contact is not None,
+            ),
+            contact=self.contact,
+            exit_request=self.exit_request,
+        )
+        self.cards: CardAccess | None = None
+        if a.card_reader.url:
+            self.cards = CardAccess(
+                SerialSettings(url=a.card_reader.url, baudrate=a.card_reader.baudrate),
+                a.card_reader.format,
+                CardRegister((c.card, c.person) for c in a.cards),
+                self.door,
+                self._recorder("card-reader"),
+                events,
+                self.door_ref,
+                a.card_reader.repeat_suppress_s,
+            )
+        self.camera: Any = None
+        self.service: AccessService | None = None
+        self._camera_events: set[asyncio.Task[None]] = set()
+        self._audit_version = -1
+
+    # -- recording ---------------------------------------------------------------------------
+
+    async def _record_door_event(self, event: Event) -> None:
+        await self._outbox.append(event)
+
+    def _recorder(self, actor: str) -> Any:
+        async def record(event: Event) -> None:
+            data = event.data
+            subject = str(data.get("person") or "unknown")
+            await self.audit.record(event, action=event.kind, subject=subject, actor=actor)
+
+        return record
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    async def start(self, commands: CommandService) -> None:
+        """Key, store, enrolment commands, models and gallery; then the camera. Raises
+        ConfigError for a bad key file or a missing face stack (the daemon exits non-zero)."""
+        a = self.section
+        cipher = await asyncio.to_thread(TemplateCipher.load_or_create, self.cfg.faces_key_path)
+        self.store = FaceStore(self._db, cipher, self.audit, max_templates=max_templates(self.cfg))
+        self.enrolment = FaceEnrolment(
+            self.store, self._events, self.door_ref, enrolment_settings(self.cfg), self.executor
+        )
+        self.enrolment.register_commands(commands)
+        self.door.register_commands(commands)
+        with contextlib.suppress(StorageError):
+            forwarded = await self.audit.forward_pending()
+            if forwarded:
+                _LOGGER.info(
+                    "forwarded %d audit records written while the daemon was away", forwarded
+                )
+        self._audit_version = await self.store.version()
+        if not a.camera.source:
+            _LOGGER.info("access: no camera configured; cards and exit requests only")
+            return
+        from drivers.camera import Camera, CameraSettings  # opencv: only with a camera
+        from drivers.motion import MotionGate, MotionSettings
+
+        cam = a.camera
+        self.camera = Camera(
+            CameraSettings(
+                source=cam.source,
+                width=cam.width,
+                height=cam.height,
+                fps=cam.fps,
+                loop_file=cam.loop_file,
+                reopen_max_s=cam.reopen_max_s,
+                stall_s=cam.stall_s,
+            ),
+            self._camera_state,
+            name="door-camera",
+        )
+        m = a.motion
+        gate: Any = (
+            MotionGate(
+                MotionSettings(
+                    pixel_delta=m.pixel_delta,
+                    min_changed_fraction=m.min_changed_fraction,
+                    hold_s=m.hold_s,
+                )
+            )
+            if m.enabled
+            else _OpenGate()
+        )
+        rec, dec = a.recognition, a.decision
+        self.service = AccessService(
+            AccessSettings(
+                camera_name="door-camera",
+                workers=rec.workers,
+                cooldown_s=dec.cooldown_s,
+                unknown_repeat_s=dec.unknown_repeat_s,
+                policy=DecisionPolicy(
+                    threshold=dec.threshold,
+                    min_margin=dec.min_margin,
+                    min_frames=dec.min_frames,
+                    window_s=dec.window_s,
+                    conflict_distance=dec.conflict_distance,
+                ),
+                snapshots=SnapshotSettings(
+                    max_bytes=a.snapshots.max_bytes,
+                    max_width=a.snapshots.max_width,
+                    retention_s=a.snapshots.retention_s,
+                ),
+                tracks=TrackSettings(),
+            ),
+            camera=self.camera,
+            gate=gate,
+            engine=FaceEngine(
+                EngineSettings(
+                    detect_scale=rec.detect_scale,
+                    upsample=rec.upsample,
+                    jitters=rec.jitters,
+                    min_face_px=rec.min_face_px,
+                    max_faces=rec.max_faces,
+                )
+            ),
+            faces=self.store,
+            door=self.door,
+            record=self._recorder("door-camera"),
+            outbox=self._outbox,
+            events=self._events,
+            door_ref=self.door_ref,
+            executor=self.executor,
+        )
+        self.store.add_listener(self.service.gallery_changed)
+        await self.service.load()
+        self.camera.start(asyncio.get_running_loop())
+
+    def _camera_state(self, online: bool, reason: str) -> None:
+        """Camera driver callback (on the loop): report the change as an event."""
+        kind = "camera.online" if online else "camera.offline"
+        log = _LOGGER.info if online else _LOGGER.error
+        log("door camera %s: %s", "online" if online else "offline", reason)
+        ref = DeviceRef(id="door-camera", type="camera", location=self.door_ref.location)
+        event = self._events.make(
+            kind, device=ref, data={"reason": reason, "door": self.door_ref.id}
+        )
+        task = asyncio.get_running_loop().create_task(self._append_quietly(event))
+        self._camera_events.add(task)
+        task.add_done_callback(self._camera_events.discard)
+
+    async def _append_quietly(self, event: Event) -> None:
+        try:
+            await self._outbox.append(event)
+        except StorageError as exc:
+            _LOGGER.error("cannot record %s: %s", event.kind, exc)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
+        found: dict[str, Coroutine[Any, Any, None]] = {
+            "door": self.door.run(),
+            "audit-forwarder": self._forward_audit(),
+        }
+        if self.cards is not None:
+            found["card-reader"] = self.cards.run()
+        if self.service is not None:
+            found["face-access"] = self.service.run()
+            found["snapshot-retention"] = self._expire_snapshots()
+        return found
+
+    async def _forward_audit(self) -> None:
+        """Forward audit records the CLI wrote while the daemon runs (it never touches the
+        outbox itself): when the face store's version moves, look for unforwarded rows."""
+        assert self.store is not None
+        while True:
+            await asyncio.sleep(_AUDIT_POLL_S)
+            try:
+                version = await self.store.version()
+                if version != self._audit_version:
+                    self._audit_version = version
+                    await self.audit.forward_pending()
+            except StorageError as exc:
+                _LOGGER.error("cannot forward the audit log: %s", exc)
+
+    async def _expire_snapshots(self) -> None:
+        assert self.service is not None
+        while True:
+            with contextlib.suppress(StorageError):
+                await self.service.expire_snapshots()
+            await asyncio.sleep(_SNAPSHOT_EXPIRY_EVERY_S)
+
+    async def stop_intake(self) -> None:
+        if self.camera is not None:
+            await self.camera.stop()
+
+    async def close(self) -> None:
+        await self.stop_intake()
+        with contextlib.suppress(Exception):
+            await self.door.close()
+        with contextlib.suppress(Exception):
+            await self.prealert.close()
+        for task in list(self._camera_events):
+            with contextlib.suppress(Exception):
+                await task
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- health and the watchdog -------------------------------------------------------------
+
+    def healthy(self, now: float) -> tuple[bool, str]:
+        if now - self.door.last_progress > DOOR_STALL_S:
+            return (
+                False,
+                f"door {self.door_ref.id} stalled for {now - self.door.last_progress:.0f} s",
+            )
+        if self.service is not None and now - self.service.last_progress > FRAMES_STALL_S:
+            stalled = now - self.service.last_progress
+            return False, f"face access frame loop stalled for {stalled:.0f} s"
+        return True, "ok"
+
+    def health(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"door": self.door.health()}
+        if self.camera is not None:
+            stats = self.camera.stats
+            report["camera"] = {
+                "online": stats.online,
+                "fps": round(stats.fps, 1),
+                "frames_read": stats.frames_read,
+                "frames_dropped": stats.frames_dropped,
+                "reopens": stats.reopens,
+            }
+        if self.service is not None:
+            report["faces"] = self.service.health()
+        if self.cards is not None:
+            report["card_reader"] = self.cards.health()
+        return report
+
+
+class _OpenGate:
+    """`[access.motion] enabled = false`: every frame is analysed."""
+
+    def update(self, image: Any, now: float) -> bool:
+        return True

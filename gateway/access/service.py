@@ -1,0 +1,442 @@
+"""Face access at the door: camera frame -> gate -> detect/encode -> 1:N match -> decision.
+
+The data path, one frame at a time:
+
+1. the camera's reader thread keeps only the newest frame (older ones are dropped, counted);
+2. the motion gate (on the loop, ~0.3 ms) skips static scenes, so an idle door costs little;
+3. a worker thread (`workers` of them; dlib releases the GIL) detects and encodes the faces and
+   matches each against the gallery in one vectorised operation;
+4. on the loop, faces join tracks; the pure `decide()` runs over each track's recent frames;
+5. a grant records `access.granted` (the audit log commits it, then the outbox has it) and
+   only then pulses the door; a denial or an unknown face records its event. Each decision is
+   followed by its JPEG snapshot on `…/snapshot/{event_id}`.
+
+A frame that arrives while every worker is busy is skipped (counted): the decision wants the
+newest frames, never a queue of old ones. The in-memory gallery is replaced, never mutated, when
+the face store changes (a command in this process, or the CLI in another: the version is
+polled), so a worker always matches against one consistent gallery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from gateway.access.snapshots import (
+    SNAPSHOT_LANE,
+    SNAPSHOT_TOPIC,
+    Snapshot,
+    SnapshotSettings,
+    SnapshotTooLarge,
+    encode_snapshot,
+)
+from gateway.access.tracks import Track, Tracker, TrackSettings
+from gateway.errors import StorageError
+from gateway.events import DeviceRef, Event, EventFactory
+from gateway.outbox import Outbox
+from gateway.vision.decision import (
+    DecisionPolicy,
+    Deny,
+    Grant,
+    Observation,
+    Unknown,
+    cooldown_active,
+    decide,
+    record_grant,
+)
+from gateway.vision.engine import FaceEngine, FaceFinding, FrameAnalysis
+from gateway.vision.matcher import Gallery, MatchResult
+
+_LOGGER = logging.getLogger(__name__)
+
+Image = npt.NDArray[np.uint8]
+_STAGE_WINDOW = 50
+_GALLERY_POLL_S = 2.0
+_FRAME_WAIT_S = 1.0
+_IDLE_PAUSE_S = 0.05
+
+
+class FrameLike(Protocol):
+    @property
+    def image(self) -> Image: ...
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def timestamp(self) -> float: ...
+
+
+class CameraLike(Protocol):
+    async def wait_frame(self, after_index: int, limit_s: float) -> FrameLike | None: ...
+
+
+class GateLike(Protocol):
+    def update(self, image: Image, now: float) -> bool: ...
+
+
+class DoorLike(Protocol):
+    async def grant(self, method: str, person: str | None, ref: str) -> None: ...
+
+
+class GallerySource(Protocol):
+    async def load_gallery(self) -> Gallery: ...
+
+    async def version(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSettings:
+    camera_name: str = "door-camera"
+    workers: int = 1
+    cooldown_s: float = 10.0
+    unknown_repeat_s: float = 30.0  # an unknown face still there is reported again after this
+    policy: DecisionPolicy = field(default_factory=DecisionPolicy)
+    snapshots: SnapshotSettings = field(default_factory=SnapshotSettings)
+    tracks: TrackSettings = field(default_factory=TrackSettings)
+
+
+@dataclass(slots=True)
+class AccessStats:
+    frames_seen: int = 0
+    frames_static: int = 0  # skipped by the motion gate
+    frames_busy: int = 0  # skipped because every worker was busy
+    frames_analysed: int = 0
+    faces: int = 0
+    granted: int = 0
+    denied: int = 0
+    unknown: int = 0
+    snapshots: int = 0
+    snapshots_failed: int = 0
+    analysis_failures: int = 0
+    detect_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_STAGE_WINDOW))
+    encode_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_STAGE_WINDOW))
+    match_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_STAGE_WINDOW))
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    frame: FrameLike
+    analysis: FrameAnalysis
+    matches: tuple[MatchResult, ...]
+    match_s: float
+
+
+Record = Callable[[Event], Awaitable[None]]
+
+
+class AccessService:
+    """Owns the face pipeline of one door camera. Build, `await load()`, then `run()`."""
+
+    def __init__(
+        self,
+        settings: AccessSettings,
+        *,
+        camera: CameraLike,
+        gate: GateLike,
+        engine: FaceEngine,
+        faces: GallerySource,
+        door: DoorLike,
+        record: Record,
+        outbox: Outbox,
+        events: EventFactory,
+        door_ref: DeviceRef,
+        executor: Executor,
+    ) -> None:
+        self.settings = settings
+        self._camera = camera
+        self._gate = gate
+        self._engine = engine
+        self._faces = faces
+        self._door = door
+        self._record = record
+        self._outbox = outbox
+        self._events = events
+        self._door_ref = door_ref
+        self._executor = executor
+        self._gallery = Gallery()
+        self._gallery_version = -1
+        self._reload_wanted = asyncio.Event()
+        self._tracker = Tracker(settings.tracks)
+        self._last_grant: dict[str, float] = {}
+        self._slots = asyncio.Semaphore(settings.workers)
+        self._decide_lock = asyncio.Lock()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._latest_done_index = 0
+        self.stats = AccessStats()
+        self.last_progress = time.monotonic()
+
+    # -- gallery -----------------------------------------------------------------------------
+
+    @property
+    def gallery(self) -> Gallery:
+        return self._gallery
+
+    def gallery_changed(self) -> None:
+        """The face store changed in this process: reload soon (called by its listener)."""
+        self._reload_wanted.set()
+
+    async def load(self) -> None:
+        """Load the engine (models) and the gallery; call before `run()`."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._engine.load)
+        await self.reload_gallery()
+
+    async def reload_gallery(self) -> None:
+        version = await self._faces.version()
+        gallery = await self._faces.load_gallery()
+        self._gallery, self._gallery_version = gallery, version
+        _LOGGER.info(
+            "face gallery: %d people, %d templates (version %d)",
+            gallery.person_count,
+            len(gallery),
+            version,
+        )
+
+    async def _watch_gallery(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_GALLERY_POLL_S):
+                    await self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            try:
+                if await self._faces.version() != self._gallery_version:
+                    await self.reload_gallery()
+            except StorageError as exc:
+                _LOGGER.error("cannot reload the face gallery: %s", exc)
+
+    # -- the pipeline ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        watcher = asyncio.create_task(self._watch_gallery(), name="face-gallery-watch")
+        try:
+            await self._frames()
+        finally:
+            watcher.cancel()
+            for task in list(self._inflight):
+                task.cancel()
+            await asyncio.gather(watcher, *self._inflight, return_exceptions=True)
+
+    async def _frames(self) -> None:
+        last_index = 0
+        while True:
+            frame = await self._camera.wait_frame(last_index, _FRAME_WAIT_S)
+            self.last_progress = time.monotonic()
+            if frame is None:
+                # A stopped (or closed) camera answers at once: never spin on it.
+                await asyncio.sleep(_IDLE_PAUSE_S)
+                continue
+            last_index = frame.index
+            self.stats.frames_seen += 1
+            if not self._gate.update(frame.image, frame.timestamp):
+                self.stats.frames_static += 1
+                continue
+            if self._slots.locked():
+                self.stats.frames_busy += 1
+                continue
+            await self._slots.acquire()
+            task = asyncio.create_task(self._analyse(frame), name=f"face-frame-{frame.index}")
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _analyse(self, frame: FrameLike) -> None:
+        loop = asyncio.get_running_loop()
+        gallery = self._gallery
+        try:
+            result = await loop.run_in_executor(self._executor, _work, self._engine, gallery, frame)
+        except Exception:
+            self.stats.analysis_failures += 1
+            _LOGGER.exception("face analysis of frame %d failed", frame.index)
+            return
+        finally:
+            self._slots.release()
+        async with self._decide_lock:
+            await self.handle(result)
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    async def handle(self, result: _Result) -> None:
+        """Turn one analysed frame into observations, decisions and their events."""
+        frame, analysis = result.frame, result.analysis
+        if frame.index <= self._latest_done_index - 8:
+            return  # far older than what was decided already (workers finished out of order)
+        self._latest_done_index = max(self._latest_done_index, frame.index)
+        stats = self.stats
+        stats.frames_analysed += 1
+        stats.faces += len(analysis.faces)
+        stats.detect_ms.append(analysis.detect_s * 1000)
+        stats.encode_ms.append(analysis.encode_s * 1000)
+        stats.match_ms.append(result.match_s * 1000)
+        now = frame.timestamp
+        tracks = self._tracker.assign([(f.centre, float(f.height)) for f in analysis.faces], now)
+        for track, face, match in zip(tracks, analysis.faces, result.matches, strict=True):
+            track.observations.append(Observation.from_match(match, now))
+            await self._decide(track, face, frame, now)
+
+    async def _decide(self, track: Track, face: FaceFinding, frame: FrameLike, now: float) -> None:
+        if track.granted is not None:
+            return
+        decision = decide(list(track.observations), now, self.settings.policy)
+        if isinstance(decision, Grant):
+            track.granted = decision.person
+            if cooldown_active(decision.person, self._last_grant, now, self.settings.cooldown_s):
+                return
+            self._last_grant = record_grant(
+                self._last_grant, decision.person, now, self.settings.cooldown_s
+            )
+            event = self._events.make(
+                "access.granted",
+                device=self._door_ref,
+                data={
+                    "method": "face",
+                    "person": decision.person,
+                    "distance": round(decision.distance, 3),
+                    "margin": round(decision.margin, 3),
+                    "frames": decision.frames,
+                    "track": track.id,
+                    "camera": self.settings.camera_name,
+                },
+            )
+            event = _with_snapshot_ref(event)
+            if not await self._record_safely(event):
+                track.granted = None  # not recorded: no pulse; the next frame tries again
+                self._last_grant.pop(decision.person, None)
+                return
+            self.stats.granted += 1
+            _LOGGER.info("access granted to %s (track %d)", decision.person, track.id)
+            await self._door.grant("face", decision.person, event.id)
+            await self._snapshot(event, frame, face)
+        elif isinstance(decision, Deny):
+            if decision.reason.value in track.denied_reasons:
+                return
+            track.denied_reasons.add(decision.reason.value)
+            event = _with_snapshot_ref(
+                self._events.make(
+                    "access.denied",
+                    device=self._door_ref,
+                    data={
+                        "method": "face",
+                        "reason": decision.reason.value,
+                        "persons": list(decision.persons),
+                        "track": track.id,
+                        "camera": self.settings.camera_name,
+                    },
+                )
+            )
+            if await self._record_safely(event):
+                self.stats.denied += 1
+                await self._snapshot(event, frame, face)
+            else:
+                track.denied_reasons.discard(decision.reason.value)
+        elif isinstance(decision, Unknown):
+            last = track.unknown_reported_at
+            if last is not None and now - last < self.settings.unknown_repeat_s:
+                return
+            track.unknown_reported_at = now
+            best = min(
+                (o.distance for o in track.observations if o.person is not None), default=None
+            )
+            event = _with_snapshot_ref(
+                self._events.make(
+                    "access.unknown_face",
+                    device=self._door_ref,
+                    data={
+                        "method": "face",
+                        "frames": decision.frames,
+                        "best_distance": None if best is None else round(best, 3),
+                        "track": track.id,
+                        "camera": self.settings.camera_name,
+                    },
+                )
+            )
+            if await self._record_safely(event):
+                self.stats.unknown += 1
+                await self._snapshot(event, frame, face)
+            else:
+                track.unknown_reported_at = last
+
+    async def _record_safely(self, event: Event) -> bool:
+        try:
+            await self._record(event)
+        except StorageError as exc:
+            _LOGGER.error("cannot record %s: %s", event.kind, exc)
+            return False
+        return True
+
+    async def _snapshot(self, event: Event, frame: FrameLike, face: FaceFinding) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            jpeg = await loop.run_in_executor(
+                None, encode_snapshot, frame.image, (face.box,), self.settings.snapshots
+            )
+            await self._outbox.append(Snapshot(event.id, jpeg))
+        except (SnapshotTooLarge, StorageError) as exc:
+            self.stats.snapshots_failed += 1
+            _LOGGER.error("snapshot for %s %s not stored: %s", event.kind, event.id, exc)
+            return
+        self.stats.snapshots += 1
+
+    async def expire_snapshots(self) -> int:
+        gone = await self._outbox.expire(
+            SNAPSHOT_LANE, SNAPSHOT_TOPIC, self.settings.snapshots.retention_s
+        )
+        if gone:
+            _LOGGER.warning(
+                "deleted %d undelivered snapshots older than the retention period (%.0f s)",
+                gone,
+                self.settings.snapshots.retention_s,
+            )
+        return gone
+
+    # -- health ------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        s = self.stats
+
+        def avg(values: deque[float]) -> float | None:
+            return round(sum(values) / len(values), 1) if values else None
+
+        return {
+            "gallery_people": self._gallery.person_count,
+            "gallery_templates": len(self._gallery),
+            "frames_seen": s.frames_seen,
+            "frames_static": s.frames_static,
+            "frames_busy": s.frames_busy,
+            "frames_analysed": s.frames_analysed,
+            "faces": s.faces,
+            "granted": s.granted,
+            "denied": s.denied,
+            "unknown": s.unknown,
+            "snapshots": s.snapshots,
+            "snapshots_failed": s.snapshots_failed,
+            "analysis_failures": s.analysis_failures,
+            "detect_ms": avg(s.detect_ms),
+            "encode_ms": avg(s.encode_ms),
+            "match_ms": avg(s.match_ms),
+        }
+
+
+def _with_snapshot_ref(event: Event) -> Event:
+    """The event names the topic its snapshot will be published on."""
+    data = {k: v for k, v in event.data.items() if k != "snapshot"}
+    data["snapshot"] = f"snapshot/{event.id}"
+    return msgspec.structs.replace(event, data=data)
+
+
+def _work(engine: FaceEngine, gallery: Gallery, frame: FrameLike) -> _Result:
+    """Worker thread: detect, encode and match one frame."""
+    analysis = engine.analyse(frame.image)
+    started = time.perf_counter()
+    matches = tuple(gallery.match(face.encoding) for face in analysis.faces)
+    return _Result(frame, analysis, matches, time.perf_counter() - started)

@@ -1,0 +1,119 @@
+"""The door part of `eldergate demo`: a video-file camera, a card reader on a pty, a simulated
+door contact, and residents enrolled by the platform console with signed `face.enroll`.
+
+The video is made from the shared test photos (`../shared/data/faces` beside the repository, or
+$ELDERGATE_FACES_DIR); they are read in place and never copied into the project. Without them
+the camera shows an empty corridor and the door is opened by card only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from drivers.card_reader import encode_em4100
+from drivers.door_contact import SimulatedContact
+from drivers.video_sim import Scene, write_door_video
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_CARD, DEMO_CARD_PERSON = "0100a1b2c3", "p-zhao-lan"
+
+
+class Console(Protocol):
+    def command(self, name: str, command_id: str, args: dict[str, Any], signed: bool) -> None: ...
+
+
+def faces_dir() -> Path | None:
+    found = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
+    return found if found.is_dir() else None
+
+
+@dataclass
+class DoorDemo:
+    video: Path
+    card_master: int
+    card_path: str
+    residents: dict[str, Path]  # person id -> enrolment photo
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "camera": {"source": str(self.video), "fps": 10.0, "loop_file": True},
+            "door": {
+                "id": "door-main",
+                "location": "Bldg 3, main entrance",
+                "held_open_s": 6.0,
+                "prealert_s": 2.0,
+                "contact": {"kind": "simulated"},
+            },
+            "card_reader": {"url": self.card_path, "format": "em4100"},
+            "cards": [{"card": DEMO_CARD, "person": DEMO_CARD_PERSON}],
+        }
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.card_master)
+
+
+def prepare(workdir: Path) -> DoorDemo:
+    """Write the door video and open the card reader's pseudo-terminal."""
+    residents: dict[str, Path] = {}
+    scenes = [Scene(None, 6.0)]  # time for the console to enrol the residents
+    folder = faces_dir()
+    if folder is not None:
+        people = [
+            sorted(p for p in d.iterdir() if p.is_file())
+            for d in sorted(folder.iterdir())
+            if d.is_dir()
+        ]
+        people = [photos for photos in people if len(photos) >= 2]
+        (a, b), stranger = people[:2], people[2]
+        residents = {"p-li-mei": a[0], "p-wu-jian": b[0]}
+        scenes += [
+            Scene(a[1], 3.0),
+            Scene(None, 3.0),
+            Scene(stranger[0], 3.0),
+            Scene(None, 3.0),
+            Scene(b[1], 3.0),
+            Scene(None, 12.0),
+        ]
+    video = workdir / "door-camera.avi"
+    write_door_video(video, scenes)
+    master, slave = os.openpty()
+    return DoorDemo(video, master, os.ttyname(slave), residents)
+
+
+class _Gateway(Protocol):
+    access: Any
+
+
+async def script(gateway: _Gateway, console: Console, demo: DoorDemo) -> None:
+    """Enrol, let the video play, swipe a card, and force the door once."""
+    if not demo.residents:
+        print("[demo] no face photos found (shared/data/faces): door by card only", flush=True)
+    for n, (person, photo) in enumerate(demo.residents.items(), start=1):
+        args = {
+            "person": person,
+            "consent_ref": f"demo-consent-{n}",
+            "photo_jpeg_b64": base64.b64encode(photo.read_bytes()).decode(),
+        }
+        console.command("face.enroll", f"demo-enrol-{n}", args, signed=True)
+    contact = gateway.access.contact if gateway.access is not None else None
+    await asyncio.sleep(8)
+    print(f"[device]   card {DEMO_CARD} held to the reader", flush=True)
+    os.write(demo.card_master, encode_em4100(DEMO_CARD))
+    await asyncio.sleep(1)
+    if isinstance(contact, SimulatedContact):
+        print("[device]   the door is opened (authorised by the card) and closed", flush=True)
+        contact.set_open(True)
+        await asyncio.sleep(2)
+        contact.set_open(False)
+        await asyncio.sleep(5.5)  # the grants so far have lapsed; the next resident comes later
+        print("[device]   the door is forced open from outside", flush=True)
+        contact.set_open(True)
+        await asyncio.sleep(1.5)
+        contact.set_open(False)

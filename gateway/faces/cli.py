@@ -1,0 +1,181 @@
+"""`eldergate faces enroll|list|remove|audit`: manage the face gallery on the gateway itself.
+
+Works while the daemon runs (SQLite WAL; writes wait for the daemon's, briefly). The CLI
+writes templates and audit rows but never appends to the outbox (the daemon keeps the outbox
+counters in memory): the daemon notices the change of `face_state.version`, reloads its
+gallery and forwards the pending audit records. Refusals print the reason and exit 65.
+Nothing printed here is an embedding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from gateway.clock import ClockSync
+from gateway.config import Config
+from gateway.events import EventFactory
+from gateway.faces.audit import AuditLog
+from gateway.faces.crypto import TemplateCipher
+from gateway.faces.enrolment import (
+    EnrolmentRefused,
+    FaceEnrolment,
+    enrolment_settings,
+    max_templates,
+)
+from gateway.faces.store import FaceStore
+from gateway.store import Database, StoreOptions
+from gateway.vision.models_check import FaceStackError
+
+EX_DATAERR = 65  # sysexits.h: the input data was incorrect (a refused enrolment)
+EX_NOINPUT = 66  # sysexits.h: the photo file cannot be read
+EX_UNAVAILABLE = 69  # sysexits.h: the face-recognition stack is not installed
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    faces = sub.add_parser("faces", help="enrol, list and remove faces; show the audit log")
+    commands = faces.add_subparsers(dest="faces_command", required=True)
+
+    enroll = commands.add_parser("enroll", help="enrol a face from a photo (JPEG or PNG)")
+    enroll.add_argument("--config", type=Path, required=True)
+    enroll.add_argument("--person", required=True, help="person id (A-Z a-z 0-9 . _ -)")
+    enroll.add_argument("--photo", type=Path, required=True, help="photo with exactly one face")
+    enroll.add_argument("--consent", required=True, help="reference of the signed consent")
+
+    listing = commands.add_parser("list", help="list enrolled persons (never the templates)")
+    listing.add_argument("--config", type=Path, required=True)
+
+    remove = commands.add_parser("remove", help="delete every face template of a person")
+    remove.add_argument("--config", type=Path, required=True)
+    remove.add_argument("--person", required=True)
+    remove.add_argument("--reason", default="", help="why (goes to the audit log)")
+
+    audit = commands.add_parser("audit", help="show the last entries of the audit log")
+    audit.add_argument("--config", type=Path, required=True)
+    audit.add_argument("-n", type=int, default=20, help="how many entries (default 20)")
+
+
+def run(args: argparse.Namespace, cfg: Config, key_file: Path, out: TextIO | None = None) -> int:
+    """Run one `faces` sub-command; ConfigError and StorageError propagate to the caller."""
+    return asyncio.run(_run(args, cfg, key_file, out or sys.stdout))
+
+
+def _actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"cli:{user}"
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+async def _run(args: argparse.Namespace, cfg: Config, key_file: Path, out: TextIO) -> int:
+    command = args.faces_command
+    photo = b""
+    if command == "enroll":
+        try:
+            photo = args.photo.read_bytes()
+        except OSError as exc:
+            print(f"eldergate: cannot read {args.photo}: {exc.strerror or exc}", file=sys.stderr)
+            return EX_NOINPUT
+    box = cfg.outbox
+    db = await Database.open(
+        cfg.outbox_path,
+        StoreOptions(
+            journal_size_limit_bytes=box.journal_size_limit_bytes,
+            integrity_check=box.integrity_check,
+            integrity_check_sync_max_bytes=box.integrity_check_sync_max_bytes,
+        ),
+    )
+    try:
+        cipher = TemplateCipher.load_or_create(key_file)
+        audit = AuditLog(db, outbox=None)  # the daemon forwards what the CLI records
+        store = FaceStore(db, cipher, audit, max_templates=max_templates(cfg))
+        enrolment = FaceEnrolment(
+            store, EventFactory(cfg.gateway.id, ClockSync()), None, enrolment_settings(cfg), None
+        )
+        if command == "enroll":
+            return await _enroll(enrolment, args, photo, out)
+        if command == "remove":
+            return await _remove(enrolment, args, out)
+        if command == "list":
+            return await _list(store, out)
+        if command == "audit":
+            return await _audit(audit, args.n, out)
+        raise ValueError(f"unknown faces command {command!r}")
+    finally:
+        await db.close()
+
+
+async def _enroll(
+    enrolment: FaceEnrolment, args: argparse.Namespace, photo: bytes, out: TextIO
+) -> int:
+    try:
+        result = await enrolment.enroll(
+            args.person, photo, args.consent, actor=_actor(), source="cli"
+        )
+    except EnrolmentRefused as exc:
+        print(f"eldergate: enrolment refused: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    except FaceStackError as exc:
+        print(f"eldergate: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    print(
+        f"enrolled {result['person']}: {result['templates_total']} template(s) in total; "
+        f"the photo was not kept (audit event {result['event_id']})",
+        file=out,
+    )
+    return 0
+
+
+async def _remove(enrolment: FaceEnrolment, args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        result = await enrolment.remove(args.person, _actor(), args.reason)
+    except EnrolmentRefused as exc:
+        print(f"eldergate: removal refused: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    print(
+        f"removed {result['person']}: {result['templates_removed']} template(s) deleted "
+        f"(audit event {result['event_id']})",
+        file=out,
+    )
+    return 0
+
+
+async def _list(store: FaceStore, out: TextIO) -> int:
+    persons = await store.persons()
+    if not persons:
+        print("no faces enrolled", file=out)
+        return 0
+    print(f"{'PERSON':<24} {'TEMPLATES':>9}  {'CONSENT':<24} FIRST ENROLLED        LAST", file=out)
+    for p in persons:
+        print(
+            f"{p.person_id:<24} {p.templates:>9}  {p.consent_ref:<24} "
+            f"{_when(p.first_enrolled_ms)}  {_when(p.last_enrolled_ms)}",
+            file=out,
+        )
+    print(f"{len(persons)} person(s), {sum(p.templates for p in persons)} template(s)", file=out)
+    return 0
+
+
+async def _audit(audit: AuditLog, n: int, out: TextIO) -> int:
+    entries = await audit.tail(n)
+    if not entries:
+        print("the audit log is empty", file=out)
+    for e in entries:
+        mark = "" if e.forwarded else "  (not yet forwarded)"
+        print(
+            f"{_when(e.at_ms)}  {e.action:<16} {e.subject:<24} by {e.actor}  "
+            f"event {e.event_id}{mark}",
+            file=out,
+        )
+    return 0

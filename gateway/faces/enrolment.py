@@ -1,0 +1,364 @@
+"""Enrolment: one photo in, exactly one face, one encrypted 128-d template stored.
+
+`encode_photo()` is the blocking part (OpenCV decode, dlib HOG detection and encoding) and
+runs in an executor. It accepts JPEG or PNG only, refuses a photo with no face or with more
+than one (with how many), or whose face is too small to give a reliable template. It encodes
+with the same models as the door (small landmarks), so distances compare with the thresholds
+in `gateway.vision.decision`. The photo is never stored: its bytes and pixels are dropped as
+soon as the encoding exists.
+
+`FaceEnrolment` ties encoding to the `FaceStore` and makes the `face.enrolled` /
+`face.removed` events; `register_commands()` adds the signed `face.enroll` (base64 JPEG in the
+args) and `face.remove` commands. No event, result or log line carries an embedding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import importlib
+import logging
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
+from gateway.config import Config
+from gateway.errors import StorageError
+from gateway.events import DeviceRef, Event, EventFactory
+from gateway.faces.store import (
+    DEFAULT_MAX_TEMPLATES,
+    EnrolmentRefused,
+    FaceStore,
+    check_consent_ref,
+    check_person_id,
+)
+from gateway.vision.models_check import FaceStackError, ensure_face_models
+
+__all__ = [
+    "EnrolmentRefused",
+    "EnrolmentSettings",
+    "FaceEnrolment",
+    "encode_photo",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_MAX_REASON = 200
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolmentSettings:
+    max_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 50_000_000  # refused before decoding (a 50 MP photo is 150 MB of BGR)
+    max_side: int = 1600  # longest side after downscaling, in pixels
+    upsample: int = 1  # HOG upsampling: 1 also finds smaller faces in the background
+    jitters: int = 1
+    min_face_px: int = 80  # face box height in the original photo
+
+
+def enrolment_settings(cfg: Config) -> EnrolmentSettings:
+    """The enrolment settings of a configuration (defaults without an [access] section)."""
+    if cfg.access is None:
+        return EnrolmentSettings()
+    a = cfg.access
+    return EnrolmentSettings(
+        upsample=a.enrol_upsample, jitters=a.recognition.jitters, min_face_px=a.enrol_min_face_px
+    )
+
+
+def max_templates(cfg: Config) -> int:
+    return cfg.access.max_templates_per_person if cfg.access is not None else DEFAULT_MAX_TEMPLATES
+
+
+def encode_photo(data: bytes, settings: EnrolmentSettings) -> npt.NDArray[np.float32]:
+    """The float32 (128,) encoding of the one face in a JPEG or PNG photo.
+
+    Blocking (0.1-1 s on x86, several on a Pi): run it in an executor. Raises
+    EnrolmentRefused (not_an_image, too_large, no_face, multiple_faces, face_too_small) or
+    FaceStackError when the face-recognition stack is not installed.
+    """
+    import cv2
+
+    if len(data) > settings.max_bytes:
+        raise EnrolmentRefused(
+            "too_large", f"the photo has {len(data)} bytes; at most {settings.max_bytes}"
+        )
+    is_jpeg = data.startswith(_JPEG_MAGIC)
+    if not is_jpeg and not data.startswith(_PNG_MAGIC):
+        raise EnrolmentRefused("not_an_image", "the photo must be a JPEG or PNG file")
+    size = image_size(data)
+    if size is not None and size[0] * size[1] > settings.max_pixels:
+        raise EnrolmentRefused(
+            "too_large",
+            f"the photo is {size[0]}x{size[1]} pixels; at most {settings.max_pixels} pixels",
+        )
+    flags = cv2.IMREAD_COLOR
+    if is_jpeg and size is not None:  # let libjpeg decode a big photo at 1/2, 1/4 or 1/8
+        longest = max(size)
+        for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4)):
+            if longest // factor >= settings.max_side:
+                flags = reduced
+                break
+        else:
+            if longest // 2 >= settings.max_side:
+                flags = cv2.IMREAD_REDUCED_COLOR_2
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if image is None or image.ndim != 3 or image.size == 0:
+        raise EnrolmentRefused("not_an_image", "the photo cannot be decoded")
+    original_longest = max(size) if size is not None else max(image.shape[:2])
+    longest = max(image.shape[:2])
+    if longest > settings.max_side:
+        ratio = settings.max_side / longest
+        width = max(1, round(image.shape[1] * ratio))
+        height = max(1, round(image.shape[0] * ratio))
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    scale = max(image.shape[:2]) / original_longest  # pixels now per pixel of the original
+    rgb = np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    del image
+
+    fr = _face_recognition()
+    locations = fr.face_locations(rgb, number_of_times_to_upsample=settings.upsample, model="hog")
+    if not locations:
+        raise EnrolmentRefused("no_face", "no face was found in the photo")
+    if len(locations) > 1:
+        raise EnrolmentRefused(
+            "multiple_faces",
+            f"{len(locations)} faces were found; the photo must show exactly one person",
+        )
+    top, right, bottom, left = locations[0]
+    face_px = (bottom - top) / scale
+    if face_px < settings.min_face_px:
+        raise EnrolmentRefused(
+            "face_too_small",
+            f"the face is about {face_px:.0f} px high; at least {settings.min_face_px} px "
+            "is needed (move closer or use a larger photo)",
+        )
+    found = fr.face_encodings(rgb, [locations[0]], num_jitters=settings.jitters, model="small")
+    del rgb
+    if len(found) != 1:
+        raise EnrolmentRefused("no_face", "the face could not be encoded")
+    encoding = np.asarray(found[0], dtype=np.float32)
+    if encoding.shape != (128,) or not np.isfinite(encoding).all():
+        raise EnrolmentRefused("no_face", "the face could not be encoded")
+    return encoding
+
+
+def _face_recognition() -> Any:
+    """Import face_recognition only after checking its models (it calls quit() otherwise)."""
+    ensure_face_models()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated as an API")
+        return importlib.import_module("face_recognition")
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG or PNG header, without decoding; None if not found."""
+    if data.startswith(_PNG_MAGIC):
+        if len(data) >= 24 and data[12:16] == b"IHDR":
+            return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        return None
+    if not data.startswith(_JPEG_MAGIC):
+        return None
+    index = 2
+    while index + 4 <= len(data):
+        if data[index] != 0xFF:
+            return None
+        marker = data[index + 1]
+        if marker == 0xFF:  # fill byte
+            index += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            index += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before
+            return None
+        length = int.from_bytes(data[index + 2 : index + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if index + 9 > len(data):
+                return None
+            height = int.from_bytes(data[index + 5 : index + 7], "big")
+            width = int.from_bytes(data[index + 7 : index + 9], "big")
+            return width, height
+        if length < 2:
+            return None
+        index += 2 + length
+    return None
+
+
+class _EnrollArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    person: str
+    photo_jpeg_b64: str
+    consent_ref: str = ""
+
+
+class _RemoveArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    person: str
+    reason: str = ""
+
+
+class FaceEnrolment:
+    """Enrol and remove faces: encode off the loop, store, audit, report."""
+
+    def __init__(
+        self,
+        store: FaceStore,
+        events: EventFactory,
+        gateway_device: DeviceRef | None,
+        settings: EnrolmentSettings,
+        executor: concurrent.futures.Executor | None,
+    ) -> None:
+        self._store = store
+        self._events = events
+        self._device = gateway_device
+        self._settings = settings
+        self._executor = executor
+        self._encode_lock = asyncio.Lock()  # one dlib encoding at a time: the Pi has 4 cores
+
+    @property
+    def settings(self) -> EnrolmentSettings:
+        return self._settings
+
+    async def enroll(
+        self,
+        person_id: str,
+        photo: bytes,
+        consent_ref: str,
+        actor: str,
+        source: str,
+        *,
+        command_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Encode the photo's one face and store its template. Raises EnrolmentRefused,
+        FaceStackError or StorageError."""
+        check_person_id(person_id)  # cheap refusals before the expensive encoding
+        check_consent_ref(consent_ref)
+        loop = asyncio.get_running_loop()
+        async with self._encode_lock:
+            encoding = await loop.run_in_executor(
+                self._executor, encode_photo, photo, self._settings
+            )
+        del photo  # only the template is kept
+        made: list[Event] = []
+
+        def event(templates_total: int) -> Event:
+            data: dict[str, Any] = {
+                "person": person_id,
+                "consent_ref": consent_ref,
+                "templates_total": templates_total,
+                "source": source,
+                "actor": actor,
+            }
+            if command_id:
+                data["command_id"] = command_id
+            made.append(self._events.make("face.enrolled", device=self._device, data=data))
+            return made[-1]
+
+        total = await self._store.enrol(
+            person_id,
+            consent_ref,
+            encoding.reshape(1, -1),
+            event=event,
+            actor=actor,
+            source=source,
+        )
+        encoding.fill(0.0)
+        return {"person": person_id, "templates_total": total, "event_id": made[-1].id}
+
+    async def remove(
+        self, person_id: str, actor: str, reason: str, *, command_id: str | None = None
+    ) -> dict[str, Any]:
+        """Delete every template of the person; EnrolmentRefused("not_enrolled") if none."""
+        check_person_id(person_id)
+        if len(reason) > _MAX_REASON or not reason.isprintable():
+            raise EnrolmentRefused(
+                "invalid_args", f"the reason must be at most {_MAX_REASON} printable characters"
+            )
+        made: list[Event] = []
+
+        def event(templates_removed: int) -> Event:
+            data: dict[str, Any] = {
+                "person": person_id,
+                "templates_removed": templates_removed,
+                "reason": reason,
+                "actor": actor,
+            }
+            if command_id:
+                data["command_id"] = command_id
+            made.append(self._events.make("face.removed", device=self._device, data=data))
+            return made[-1]
+
+        removed = await self._store.remove(person_id, event=event, actor=actor)
+        if removed == 0:
+            raise EnrolmentRefused("not_enrolled", f"{person_id} has no enrolled face")
+        return {"person": person_id, "templates_removed": removed, "event_id": made[-1].id}
+
+    def register_commands(self, service: CommandService) -> None:
+        async def enroll(command: Command) -> Mapping[str, Any]:
+            args: _EnrollArgs = args_as(command, _EnrollArgs)
+            if len(args.photo_jpeg_b64) // 4 * 3 > self._settings.max_bytes + 3:
+                raise CommandRefused(
+                    "too_large", f"the photo is larger than {self._settings.max_bytes} bytes"
+                )
+            try:
+                photo = base64.b64decode(args.photo_jpeg_b64, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise CommandRefused("invalid_args", "photo_jpeg_b64 is not valid base64") from exc
+            try:
+                return await self.enroll(
+                    args.person,
+                    photo,
+                    args.consent_ref,
+                    actor=f"platform:{command.id}",
+                    source="mqtt",
+                    command_id=command.id,
+                )
+            except _TRANSLATED as exc:
+                raise _refusal(exc) from exc
+
+        async def remove(command: Command) -> Mapping[str, Any]:
+            args: _RemoveArgs = args_as(command, _RemoveArgs)
+            try:
+                return await self.remove(
+                    args.person, f"platform:{command.id}", args.reason, command_id=command.id
+                )
+            except _TRANSLATED as exc:
+                raise _refusal(exc) from exc
+
+        service.register(
+            CommandSpec(
+                "face.enroll",
+                enroll,
+                signed=True,
+                description="enrol a face: person, consent_ref, photo_jpeg_b64",
+            )
+        )
+        service.register(
+            CommandSpec(
+                "face.remove",
+                remove,
+                signed=True,
+                description="delete every face template of a person",
+            )
+        )
+
+
+_TRANSLATED = (EnrolmentRefused, FaceStackError, StorageError)
+
+
+def _refusal(exc: Exception) -> CommandRefused:
+    """The command refusal (with its reason code) for an enrolment error."""
+    if isinstance(exc, EnrolmentRefused):
+        return CommandRefused(exc.code, exc.detail)
+    if isinstance(exc, FaceStackError):
+        return CommandRefused("face_stack_unavailable", str(exc))
+    return CommandRefused("storage_error", str(exc))

@@ -1,0 +1,192 @@
+"""Face access end to end: the real daemon in-process, a real mosquitto, real SQLite, real dlib,
+and a video file made from the shared photos playing as the door camera.
+
+The camera's file does not exist when the daemon starts (a camera that is not there: reported
+offline); residents are enrolled over MQTT with signed commands; then the video appears at the
+camera's path (the camera comes online) and people walk up to the door one after another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from drivers.door import LoggingDoor
+from drivers.video_sim import Scene, write_door_video
+from gateway.config import Config, config_from_mapping
+from tests.conftest import SubscriberFactory
+from tests.support.broker import MosquittoBroker
+from tests.test_buttons import GW, PREFIX, WAIT_S, call, events, start, wait_events
+
+REPO = Path(__file__).resolve().parent.parent
+FACES = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
+pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason=f"face photos not found at {FACES}")
+
+
+def people(min_photos: int) -> list[list[Path]]:
+    return [
+        photos
+        for d in sorted(FACES.iterdir())
+        if d.is_dir() and len(photos := sorted(p for p in d.iterdir() if p.is_file())) >= min_photos
+    ]
+
+
+def access_cfg(tmp_path: Path, broker: MosquittoBroker, camera: Path, **door: Any) -> Config:
+    key_file = tmp_path / "command.key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_hex(32) + "\n")
+        key_file.chmod(0o600)
+    return config_from_mapping(
+        {
+            "gateway": {"id": GW, "state_dir": str(tmp_path / "state")},
+            "uplink": {
+                "host": "127.0.0.1",
+                "port": broker.port,
+                "keepalive_s": 5,
+                "reconnect": {"min_delay_s": 0.1, "max_delay_s": 0.5},
+            },
+            "forwarding": {"replay_rate": 0},
+            "health": {"interval_s": 3600},
+            "commands": {"hmac_key_file": str(key_file)},
+            "access": {
+                "camera": {"source": str(camera), "fps": 10.0, "reopen_max_s": 0.5},
+                "door": {"id": "door-main", "location": "Bldg 3", **door},
+            },
+        }
+    )
+
+
+def jpeg_b64(photo: Path) -> str:
+    return base64.b64encode(photo.read_bytes()).decode()
+
+
+async def test_door_opens_only_for_enrolled_residents(
+    tmp_path: Path, broker: MosquittoBroker, subscriber: SubscriberFactory
+) -> None:
+    group = people(3)
+    resident_a, resident_b, stranger = group[0], group[1], group[2]
+    camera = tmp_path / "door-camera.avi"
+    cfg = access_cfg(tmp_path, broker, camera)
+    sub = subscriber(f"{PREFIX}/#", client_id="platform")
+    running = await start(cfg)
+    try:
+        offline = await wait_events(sub, "camera.offline")
+        assert "camera" in offline[0]["device"]["id"]
+        key = tmp_path / "command.key"
+        for person, photos in (("p-a", resident_a), ("p-b", resident_b)):
+            result = await call(
+                sub,
+                "face.enroll",
+                {
+                    "person": person,
+                    "consent_ref": f"consent-{person}",
+                    "photo_jpeg_b64": jpeg_b64(photos[0]),
+                },
+                key,
+            )
+            assert result["ok"], result
+        await wait_events(sub, "face.enrolled", 2)
+
+        video = tmp_path / "video-tmp.avi"
+        await asyncio.to_thread(
+            write_door_video,
+            video,
+            [
+                Scene(None, 1.0),
+                Scene(resident_a[1], 2.5),
+                Scene(None, 2.0),
+                Scene(stranger[0], 2.5),
+                Scene(None, 2.0),
+                Scene(resident_b[1], 2.5),
+                Scene(None, 1.0),
+            ],
+        )
+        video.rename(camera)  # the camera appears
+        await wait_events(sub, "camera.online")
+        granted = await wait_events(sub, "access.granted", 2)
+        unknown = await wait_events(sub, "access.unknown_face", 1)
+        await wait_events(sub, "camera.offline", 2)  # the file ended: reported
+        assert [g["data"]["person"] for g in granted] == ["p-a", "p-b"]
+        for g in granted:
+            assert g["data"]["method"] == "face"
+            assert g["data"]["distance"] < 0.42 and g["data"]["margin"] >= 0.10
+            assert g["data"]["frames"] >= 3
+        assert len(events(sub, "access.granted")) == 2  # never for the stranger
+        assert len(unknown) == 1  # one report per face track
+
+        decisions = granted + unknown
+        for decision in decisions:
+            topic = f"{PREFIX}/snapshot/{decision['id']}"
+            msgs = await sub.wait_for_async(lambda m, t=topic: any(x.topic == t for x in m), WAIT_S)
+            jpeg = next(m for m in msgs if m.topic == topic).payload
+            image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+            assert image is not None and len(jpeg) <= 100_000
+            assert decision["data"]["snapshot"] == f"snapshot/{decision['id']}"
+
+        assert running.gateway.access is not None
+        door = running.gateway.access.actuator
+        assert isinstance(door, LoggingDoor)
+        assert [p.reason for p in door.pulses] and len(door.pulses) == 2
+        assert "p-a" in door.pulses[0].reason and "p-b" in door.pulses[1].reason
+
+        # Nothing that leaves the gateway carries a template.
+        for message in sub.messages:
+            if message.topic.startswith(f"{PREFIX}/event/"):
+                assert message.payload.count(b",") < 60
+    finally:
+        assert await running.finish() == 0
+
+    # The audit log holds every enrolment and decision, append-only.
+    conn = sqlite3.connect(cfg.outbox_path)
+    try:
+        actions = [r[0] for r in conn.execute("SELECT action FROM audit_log ORDER BY id")]
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("DELETE FROM audit_log")
+    finally:
+        conn.close()
+    assert actions.count("face.enrolled") == 2
+    assert actions.count("access.granted") == 2
+    assert actions.count("access.unknown_face") == 1
+
+
+async def test_face_enrol_remove_reenrol_over_mqtt_and_signatures(
+    tmp_path: Path, broker: MosquittoBroker, subscriber: SubscriberFactory
+) -> None:
+    resident = people(2)[0]
+    cfg = access_cfg(tmp_path, broker, tmp_path / "no-camera.avi")
+    sub = subscriber(f"{PREFIX}/#", client_id="platform")
+    running = await start(cfg)
+    wrong_key = tmp_path / "wrong.key"
+    wrong_key.write_text(secrets.token_hex(32))
+    args = {"person": "p-1", "consent_ref": "c-1", "photo_jpeg_b64": jpeg_b64(resident[0])}
+    try:
+        await wait_events(sub, "camera.offline")  # connected: commands are subscribed to
+        unsigned = await call(sub, "face.enroll", args)
+        assert not unsigned["ok"] and "signature" in unsigned["error"]
+        forged = await call(sub, "face.enroll", args, wrong_key)
+        assert not forged["ok"] and "signature" in forged["error"]
+        key = tmp_path / "command.key"
+        assert (await call(sub, "face.enroll", args, key))["ok"]
+        removed = await call(sub, "face.remove", {"person": "p-1", "reason": "moved out"}, key)
+        assert removed["ok"], removed
+        assert (await wait_events(sub, "face.removed"))[0]["data"]["person"] == "p-1"
+        assert not (await call(sub, "face.remove", {"person": "p-1"}, None))["ok"]
+        assert (await call(sub, "face.enroll", args, key))["ok"]  # re-enrol
+        enrolled = await wait_events(sub, "face.enrolled", 2)
+        assert all("photo" not in e["data"] and "encoding" not in e["data"] for e in enrolled)
+        assert running.gateway.access is not None and running.gateway.access.service is not None
+        service = running.gateway.access.service
+        async with asyncio.timeout(WAIT_S):
+            while "p-1" not in service.gallery:  # the in-memory gallery follows the store
+                await asyncio.sleep(0.05)
+    finally:
+        assert await running.finish() == 0

@@ -1,0 +1,343 @@
+"""The face pipeline behind the door: tracks, snapshots, snapshot retention and AccessService.
+
+AccessService runs here with real dlib on the real shared photos (composed into door-camera
+frames), a real SQLite outbox, and stand-ins only for the camera (a list of frames) and the door
+(a recorder): the camera and door drivers have their own tests, and the daemon-level test plays
+a real video file through the real drivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from drivers.video_sim import compose
+from gateway.access.service import AccessService, AccessSettings
+from gateway.access.snapshots import (
+    SNAPSHOT_LANE,
+    Snapshot,
+    SnapshotSettings,
+    SnapshotTooLarge,
+    encode_snapshot,
+)
+from gateway.access.tracks import Tracker, TrackSettings
+from gateway.clock import ClockSync
+from gateway.events import DeviceRef, EventFactory, Lane, decode_envelope
+from gateway.outbox import Outbox, OutboxLimits
+from gateway.store import Database
+from gateway.vision.engine import EngineSettings, FaceEngine
+from gateway.vision.matcher import Gallery
+
+REPO = Path(__file__).resolve().parent.parent
+FACES = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
+needs_faces = pytest.mark.skipif(not FACES.is_dir(), reason=f"face photos not found at {FACES}")
+DOOR = DeviceRef(id="door-main", type="door", location="Bldg 3")
+
+
+def people(min_photos: int) -> list[list[Path]]:
+    return [
+        photos
+        for d in sorted(FACES.iterdir())
+        if d.is_dir() and len(photos := sorted(p for p in d.iterdir() if p.is_file())) >= min_photos
+    ]
+
+
+# -- tracks -----------------------------------------------------------------------------------
+
+
+def test_tracker_keeps_a_moving_face_and_separates_two_people() -> None:
+    tracker = Tracker(TrackSettings(max_gap_s=1.0))
+    first = tracker.assign([((100.0, 100.0), 80.0), ((400.0, 100.0), 80.0)], now=0.0)
+    assert first[0].id != first[1].id
+    moved = tracker.assign([((410.0, 105.0), 80.0), ((110.0, 95.0), 80.0)], now=0.1)
+    assert [t.id for t in moved] == [first[1].id, first[0].id]
+    later = tracker.assign([((110.0, 95.0), 80.0)], now=1.5)  # after the gap: a new visitor
+    assert later[0].id not in {first[0].id, first[1].id}
+
+
+def test_tracker_is_bounded() -> None:
+    tracker = Tracker(TrackSettings(max_tracks=4))
+    for i in range(20):
+        tracker.assign([((float(i * 1000), 0.0), 50.0)], now=i * 0.01)
+    assert len(tracker.tracks) == 4
+
+
+# -- snapshots --------------------------------------------------------------------------------
+
+
+def noisy_frame(seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
+
+
+def test_snapshot_fits_the_cap_by_lowering_quality_then_size() -> None:
+    frame = noisy_frame()  # noise: the worst case for JPEG
+    jpeg = encode_snapshot(frame, ((10, 200, 200, 10),), SnapshotSettings(max_bytes=20_000))
+    assert len(jpeg) <= 20_000
+    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded is not None and decoded.shape[1] <= 640
+    tiny = encode_snapshot(noisy_frame(2), (), SnapshotSettings(max_bytes=8_000))
+    small = cv2.imdecode(np.frombuffer(tiny, np.uint8), cv2.IMREAD_COLOR)
+    assert len(tiny) <= 8_000 and small is not None and small.shape[1] < 640  # made smaller
+
+
+def test_snapshot_too_large_is_a_clear_error() -> None:
+    huge = np.random.default_rng(3).integers(0, 256, size=(400, 300, 3), dtype=np.uint8)
+    with pytest.raises(SnapshotTooLarge, match="does not fit"):
+        encode_snapshot(huge, (), SnapshotSettings(max_bytes=8_000, max_width=300))
+
+
+def test_snapshot_is_an_outbox_item_on_its_topic() -> None:
+    message = Snapshot("0193-abc", b"\xff\xd8jpeg").render(0)
+    assert message.topic == "snapshot/0193-abc"
+    assert message.content_type == "image/jpeg"
+    assert Snapshot("x", b"").lane == Lane.DEVICE_STATUS and not Snapshot("x", b"").uses_seq
+
+
+async def test_undelivered_snapshots_expire_after_retention_and_counters_follow(
+    tmp_path: Path,
+) -> None:
+    db = await Database.open(tmp_path / "outbox.db")
+    outbox = Outbox(db, OutboxLimits())
+    await outbox.load()
+    writer = asyncio.create_task(outbox.run())
+    try:
+        events = EventFactory("gw-1", ClockSync())
+        status = events.make("door.opened", device=DOOR)
+        await outbox.append_many([Snapshot("old-1", b"a" * 500), Snapshot("old-2", b"b" * 500)])
+        await outbox.append(status)
+        before = outbox.stats()
+        assert before.rows[SNAPSHOT_LANE] == 3
+        assert await outbox.expire(SNAPSHOT_LANE, "snapshot/", older_than_s=3600) == 0
+        assert await outbox.expire(SNAPSHOT_LANE, "snapshot/", older_than_s=-1) == 2
+        after = outbox.stats()
+        assert after.rows[SNAPSHOT_LANE] == 1
+        left = await outbox.fetch(SNAPSHOT_LANE, 0, 10)
+        assert [m.message.topic for m in left] == ["event/door.opened"]
+        assert 0 < after.bytes[SNAPSHOT_LANE] < before.bytes[SNAPSHOT_LANE] - 1000
+        await outbox.append(Snapshot("new", b"c"))  # counters stay right after a commit
+        assert outbox.stats().rows[SNAPSHOT_LANE] == 2
+    finally:
+        await outbox.close()
+        await writer
+        await db.close()
+    db = await Database.open(tmp_path / "outbox.db")  # and on disk
+    outbox = Outbox(db, OutboxLimits())
+    await outbox.load()
+    assert outbox.stats().rows[SNAPSHOT_LANE] == 2
+    await db.close()
+
+
+# -- the pipeline -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FakeFrame:
+    image: np.ndarray
+    index: int
+    timestamp: float
+
+
+class ListCamera:
+    """Hands out prepared frames in order at `interval_s` (a camera's newest-frame slot)."""
+
+    def __init__(self, images: Sequence[np.ndarray], interval_s: float = 0.25) -> None:
+        self.images = list(images)
+        self.interval_s = interval_s
+        self.done = asyncio.Event()
+
+    async def wait_frame(self, after_index: int, limit_s: float) -> FakeFrame | None:
+        await asyncio.sleep(min(limit_s, self.interval_s))
+        if after_index >= len(self.images):
+            self.done.set()
+            return None
+        return FakeFrame(self.images[after_index], after_index + 1, time.monotonic())
+
+
+class RecordingDoor:
+    def __init__(self) -> None:
+        self.grants: list[tuple[str, str | None, str]] = []
+
+    async def grant(self, method: str, person: str | None, ref: str) -> None:
+        self.grants.append((method, person, ref))
+
+
+class StaticGallery:
+    def __init__(self, gallery: Gallery) -> None:
+        self.gallery = gallery
+
+    async def load_gallery(self) -> Gallery:
+        return self.gallery
+
+    async def version(self) -> int:
+        return 1
+
+
+class Pipeline:
+    def __init__(self, db: Database, outbox: Outbox, service: AccessService) -> None:
+        self.db, self.outbox, self.service = db, outbox, service
+
+    async def kinds(self) -> list[tuple[str, dict[str, object]]]:
+        found = []
+        for lane in (Lane.ACCESS_AUDIT, Lane.DEVICE_STATUS):
+            for row in await self.outbox.fetch(lane, 0, 1000):
+                if row.message.topic.startswith("event/"):
+                    env = decode_envelope(row.message.payload)
+                    found.append((env.kind, env.data))
+        return found
+
+    async def snapshots(self) -> list[str]:
+        rows = await self.outbox.fetch(SNAPSHOT_LANE, 0, 1000)
+        return [r.message.topic for r in rows if r.message.topic.startswith("snapshot/")]
+
+
+@pytest.fixture(scope="module")
+def engine() -> FaceEngine:
+    if not FACES.is_dir():
+        pytest.skip(f"face photos not found at {FACES}")
+    engine = FaceEngine(EngineSettings())
+    engine.load()
+    return engine
+
+
+def frame_of(photo: Path | None) -> np.ndarray:
+    image = None if photo is None else cv2.imread(str(photo), cv2.IMREAD_COLOR)
+    return compose(image, 640, 480)
+
+
+def enrol(engine: FaceEngine, persons: dict[str, Path]) -> Gallery:
+    ids, encodings = [], []
+    for person, photo in persons.items():
+        faces = engine.analyse(frame_of(photo)).faces
+        assert len(faces) == 1, photo
+        ids.append(person)
+        encodings.append(faces[0].encoding)
+    return Gallery.from_arrays(np.stack(encodings), ids)
+
+
+@pytest.fixture
+async def pipeline_factory(tmp_path: Path, engine: FaceEngine) -> AsyncIterator[object]:
+    made: list[tuple[Database, Outbox, asyncio.Task[None]]] = []
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="face-test")
+
+    async def make(camera: ListCamera, gallery: Gallery, door: RecordingDoor) -> Pipeline:
+        db = await Database.open(tmp_path / f"outbox{len(made)}.db")
+        outbox = Outbox(db, OutboxLimits())
+        await outbox.load()
+        made.append((db, outbox, asyncio.create_task(outbox.run())))
+        service = AccessService(
+            AccessSettings(),
+            camera=camera,
+            gate=AlwaysMoving(),
+            engine=engine,
+            faces=StaticGallery(gallery),
+            door=door,
+            record=outbox_record(outbox),
+            outbox=outbox,
+            events=EventFactory("gw-1", ClockSync()),
+            door_ref=DOOR,
+            executor=executor,
+        )
+        await service.load()
+        return Pipeline(db, outbox, service)
+
+    yield make
+    for db, outbox, task in made:
+        await outbox.close()
+        await task
+        await db.close()
+    executor.shutdown(wait=True)
+
+
+class AlwaysMoving:
+    def update(self, image: np.ndarray, now: float) -> bool:
+        return True
+
+
+def outbox_record(outbox: Outbox):  # type: ignore[no-untyped-def]
+    async def record(event: object) -> None:
+        await outbox.append(event)  # type: ignore[arg-type]
+
+    return record
+
+
+async def run_until_done(pipeline: Pipeline, camera: ListCamera) -> None:
+    task = asyncio.create_task(pipeline.service.run())
+    try:
+        async with asyncio.timeout(60):
+            await camera.done.wait()
+            while pipeline.service._inflight:  # bounded by the timeout above
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@needs_faces
+async def test_enrolled_resident_is_granted_once_with_a_snapshot(
+    engine: FaceEngine, pipeline_factory
+) -> None:
+    resident, other = people(3)[0], people(3)[1]
+    gallery = enrol(engine, {"p-resident": resident[0], "p-other": other[0]})
+    camera = ListCamera([frame_of(None)] + [frame_of(resident[1])] * 8 + [frame_of(None)])
+    door = RecordingDoor()
+    pipeline = await pipeline_factory(camera, gallery, door)
+    await run_until_done(pipeline, camera)
+
+    kinds = await pipeline.kinds()
+    granted = [data for kind, data in kinds if kind == "access.granted"]
+    assert len(granted) == 1, kinds  # several agreeing frames, then the cooldown
+    assert granted[0]["person"] == "p-resident"
+    assert granted[0]["frames"] >= 3 and granted[0]["distance"] < 0.42
+    assert granted[0]["margin"] >= 0.10
+    assert [g[:2] for g in door.grants] == [("face", "p-resident")]
+    event_id = door.grants[0][2]
+    assert granted[0]["snapshot"] == f"snapshot/{event_id}"
+    assert await pipeline.snapshots() == [f"snapshot/{event_id}"]
+    assert not [k for k, _ in kinds if k in ("access.unknown_face", "access.denied")]
+
+
+@needs_faces
+async def test_stranger_is_reported_once_per_track_and_never_opens(
+    engine: FaceEngine, pipeline_factory
+) -> None:
+    group = people(2)
+    gallery = enrol(engine, {"p-a": group[0][0], "p-b": group[1][0]})
+    stranger = group[-1][0]
+    camera = ListCamera([frame_of(stranger)] * 8)
+    door = RecordingDoor()
+    pipeline = await pipeline_factory(camera, gallery, door)
+    await run_until_done(pipeline, camera)
+
+    kinds = await pipeline.kinds()
+    unknown = [data for kind, data in kinds if kind == "access.unknown_face"]
+    assert len(unknown) == 1, kinds
+    assert door.grants == []
+    assert len(await pipeline.snapshots()) == 1
+    assert not [k for k, _ in kinds if k == "access.granted"]
+
+
+@needs_faces
+async def test_no_event_carries_a_template(engine: FaceEngine, pipeline_factory) -> None:
+    resident = people(3)[2]
+    gallery = enrol(engine, {"p-r": resident[0]})
+    camera = ListCamera([frame_of(resident[1])] * 5)
+    pipeline = await pipeline_factory(camera, gallery, RecordingDoor())
+    await run_until_done(pipeline, camera)
+    template = gallery.templates_of("p-r")[0]
+    for lane in Lane:
+        for row in await pipeline.outbox.fetch(lane, 0, 1000):
+            assert template.tobytes()[:16] not in row.message.payload
+            if row.message.topic.startswith("event/"):
+                text = row.message.payload.decode()
+                assert f"{float(template[0]):.6f}"[:7] not in text
+                assert text.count(",") < 60  # no 128-number array in an event
