@@ -18,9 +18,11 @@ from gateway.clock import iso_utc, utc_now
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError, StorageError
 from gateway.signing import canonical_bytes, load_key, sign
+from gateway.vision.models_check import FaceStackError
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 EX_CANTCREAT = 73  # sysexits.h: cannot create (state directory, database)
+EX_UNAVAILABLE = 69  # sysexits.h: a service is unavailable (the face-recognition stack)
 
 _LOGGER = logging.getLogger("gateway")
 
@@ -114,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StorageError as exc:
         print(f"eldergate: storage error: {exc}", file=sys.stderr)
         return EX_CANTCREAT
+    except FaceStackError as exc:  # never the library's quit() with status 0
+        print(f"eldergate: face recognition unavailable: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
     return 2
 
 

@@ -292,6 +292,15 @@ def _prepare_directory(path: Path) -> int:
         return 0
 
 
+def _owner_only(path: Path) -> None:
+    """The store holds personal data (encrypted templates, the audit log, events): whatever
+    the umask of whoever created it (an installer running the CLI), only its owner reads it.
+    SQLite gives the -wal and -shm files the same mode."""
+    with contextlib.suppress(OSError):
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+
+
 async def _connect_writer(
     path: Path, options: StoreOptions, check_now: bool
 ) -> aiosqlite.Connection:
@@ -299,6 +308,7 @@ async def _connect_writer(
         writer = await aiosqlite.connect(path, isolation_level=None)
     except sqlite3.Error as exc:
         raise translate(exc, f"opening {path}") from exc
+    _owner_only(path)
     try:
         await _configure(writer, options)
         if check_now:

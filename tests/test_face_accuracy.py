@@ -161,14 +161,17 @@ def test_broken_models_package_raises_where_face_recognition_would_exit_0(
         (package / "models" / name).write_bytes(b"x")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
 
-    hazard = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", "import face_recognition; print('IMPORTED')"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    def python(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-W", "ignore", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    hazard = python("-c", "import face_recognition; print('IMPORTED')")
     assert hazard.returncode == 0  # the hazard: a silent "successful" exit
     assert "IMPORTED" not in hazard.stdout
     assert "Please install `face_recognition_models`" in hazard.stdout
@@ -183,17 +186,21 @@ def test_broken_models_package_raises_where_face_recognition_would_exit_0(
             raise SystemExit(3) from None
         """
     )
-    checked = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    checked = python("-c", script)
     assert checked.returncode == 3, checked.stdout + checked.stderr
     assert "RAISED face_recognition_models failed to import" in checked.stdout
     assert "install-face-stack.sh" in checked.stdout
+
+    # The daemon with face access configured: a loud, non-zero exit (systemd restarts and logs).
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[gateway]\nid = "gw-broken"\nstate_dir = "{tmp_path / "state"}"\n'
+        '[uplink]\nport = 9\n[access.camera]\nsource = ""\n'
+    )
+    daemon = python("-m", "gateway.cli", "run", "--config", str(config))
+    assert daemon.returncode == 69, daemon.stdout + daemon.stderr
+    assert "face recognition unavailable" in daemon.stderr
+    assert "install-face-stack.sh" in daemon.stderr
 
 
 def test_pinned_opencv_has_haar_cascades() -> None:

@@ -324,3 +324,17 @@ async def test_free_disk_floor_drops_telemetry_before_the_disk_fills(small_disk:
         assert alarm.seq == 6001
     finally:
         await running.close()
+
+
+async def test_store_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """Templates, the audit log and events are personal data, whatever the creator's umask."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        db = await Database.open(tmp_path / "outbox.db")
+        await db.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "outbox.db").stat().st_mode) == 0o600

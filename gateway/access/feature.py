@@ -41,6 +41,7 @@ from gateway.outbox import Outbox
 from gateway.store import Database
 from gateway.vision.decision import DecisionPolicy
 from gateway.vision.engine import EngineSettings, FaceEngine
+from gateway.vision.models_check import ensure_face_models
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -158,6 +159,8 @@ class AccessFeature:
         """Key, store, enrolment commands, models and gallery; then the camera. Raises
         ConfigError for a bad key file or a missing face stack (the daemon exits non-zero)."""
         a = self.section
+        # Enrolment needs the models even without a camera: a broken install fails here, loudly.
+        await asyncio.to_thread(ensure_face_models)
         cipher = await asyncio.to_thread(TemplateCipher.load_or_create, self.cfg.faces_key_path)
         self.store = FaceStore(self._db, cipher, self.audit, max_templates=max_templates(self.cfg))
         self.enrolment = FaceEnrolment(
