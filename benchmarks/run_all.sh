@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the outbox / forwarder / daemon benchmarks with modest sizes (a few minutes in all).
+# Run the outbox / forwarder / daemon benchmarks, then the door camera's per-frame pipeline,
+# with modest sizes (a few minutes in all).
 # Each prints its figures next to a baseline measured in the same run; none asserts timings.
 #
 #   benchmarks/run_all.sh            # modest sizes
@@ -30,4 +31,17 @@ else
     run benchmarks/bench_disk_writes.py --steady-s 5 --burst 5000 --repeats 1
     run benchmarks/bench_idle.py --idle-s 10 --repeats 1
     run benchmarks/bench_startup_backlog.py --rows 200000 --repeats 1
+fi
+
+# The door camera's per-frame pipeline (no broker; needs the shared face photos).
+faces="${ELDERGATE_FACES_DIR:-$(pwd)/../shared/data/faces}"
+if [[ -d "$faces" ]]; then
+    if [[ "${FULL:-0}" == "1" ]]; then
+        run benchmarks/bench_frame_stages.py
+    else
+        run benchmarks/bench_frame_stages.py --quick
+    fi
+else
+    echo
+    echo "=== benchmarks/bench_frame_stages.py skipped: no face photos at $faces ==="
 fi

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from gateway.outbox import Outbox, OutboxLimits
 from gateway.store import Database
 from gateway.vision.engine import EngineSettings, FaceEngine
 from gateway.vision.matcher import Gallery
+from gateway.vision.workers import FaceWorkerPool, analyse_frame
 
 REPO = Path(__file__).resolve().parent.parent
 FACES = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
@@ -224,10 +224,19 @@ def enrol(engine: FaceEngine, persons: dict[str, Path]) -> Gallery:
     return Gallery.from_arrays(np.stack(encodings), ids)
 
 
+@pytest.fixture(scope="module")
+def workers() -> Iterator[FaceWorkerPool]:
+    if not FACES.is_dir():
+        pytest.skip(f"face photos not found at {FACES}")
+    pool = FaceWorkerPool(EngineSettings(), workers=1)
+    pool.start()
+    yield pool
+    pool.shutdown()
+
+
 @pytest.fixture
-async def pipeline_factory(tmp_path: Path, engine: FaceEngine) -> AsyncIterator[object]:
+async def pipeline_factory(tmp_path: Path, workers: FaceWorkerPool) -> AsyncIterator[object]:
     made: list[tuple[Database, Outbox, asyncio.Task[None]]] = []
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="face-test")
 
     async def make(camera: ListCamera, gallery: Gallery, door: RecordingDoor) -> Pipeline:
         db = await Database.open(tmp_path / f"outbox{len(made)}.db")
@@ -238,14 +247,13 @@ async def pipeline_factory(tmp_path: Path, engine: FaceEngine) -> AsyncIterator[
             AccessSettings(),
             camera=camera,
             gate=AlwaysMoving(),
-            engine=engine,
+            workers=workers,
             faces=StaticGallery(gallery),
             door=door,
             record=outbox_record(outbox),
             outbox=outbox,
             events=EventFactory("gw-1", ClockSync()),
             door_ref=DOOR,
-            executor=executor,
         )
         await service.load()
         return Pipeline(db, outbox, service)
@@ -255,7 +263,6 @@ async def pipeline_factory(tmp_path: Path, engine: FaceEngine) -> AsyncIterator[
         await outbox.close()
         await task
         await db.close()
-    executor.shutdown(wait=True)
 
 
 class AlwaysMoving:
@@ -341,3 +348,19 @@ async def test_no_event_carries_a_template(engine: FaceEngine, pipeline_factory)
                 text = row.message.payload.decode()
                 assert f"{float(template[0]):.6f}"[:7] not in text
                 assert text.count(",") < 60  # no 128-number array in an event
+
+
+@needs_faces
+def test_a_dead_face_worker_is_replaced_and_the_next_frame_is_analysed() -> None:
+    """A crash inside dlib kills a worker process, never the daemon; new workers take over."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = FaceWorkerPool(EngineSettings(), workers=1)
+    try:
+        pool.start()
+        with pytest.raises(BrokenProcessPool):
+            pool.submit(os._exit, 1).result(timeout=60)
+        analysis = pool.submit(analyse_frame, frame_of(None)).result(timeout=120)
+        assert analysis.faces == () and pool.restarts == 1
+    finally:
+        pool.shutdown()

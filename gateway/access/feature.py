@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from drivers.door import DoorActuator, DoorSpec, build_door
@@ -40,8 +39,9 @@ from gateway.faces.store import FaceStore
 from gateway.outbox import Outbox
 from gateway.store import Database
 from gateway.vision.decision import DecisionPolicy
-from gateway.vision.engine import EngineSettings, FaceEngine
+from gateway.vision.engine import EngineSettings
 from gateway.vision.models_check import ensure_face_models
+from gateway.vision.workers import FaceWorkerPool
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -81,8 +81,16 @@ class AccessFeature:
         self._events = events
         a = section
         self.door_ref = DeviceRef(id=a.door.id, type="door", location=a.door.location or None)
-        self.executor = ThreadPoolExecutor(
-            max_workers=a.recognition.workers, thread_name_prefix="face-worker"
+        rec = a.recognition
+        self.workers = FaceWorkerPool(
+            EngineSettings(
+                detect_scale=rec.detect_scale,
+                upsample=rec.upsample,
+                jitters=rec.jitters,
+                min_face_px=rec.min_face_px,
+                max_faces=rec.max_faces,
+            ),
+            rec.workers,
         )
         self.audit = AuditLog(db, outbox)
         self._db = db
@@ -164,7 +172,7 @@ class AccessFeature:
         cipher = await asyncio.to_thread(TemplateCipher.load_or_create, self.cfg.faces_key_path)
         self.store = FaceStore(self._db, cipher, self.audit, max_templates=max_templates(self.cfg))
         self.enrolment = FaceEnrolment(
-            self.store, self._events, self.door_ref, enrolment_settings(self.cfg), self.executor
+            self.store, self._events, self.door_ref, enrolment_settings(self.cfg), self.workers
         )
         self.enrolment.register_commands(commands)
         self.door.register_commands(commands)
@@ -230,22 +238,13 @@ class AccessFeature:
             ),
             camera=self.camera,
             gate=gate,
-            engine=FaceEngine(
-                EngineSettings(
-                    detect_scale=rec.detect_scale,
-                    upsample=rec.upsample,
-                    jitters=rec.jitters,
-                    min_face_px=rec.min_face_px,
-                    max_faces=rec.max_faces,
-                )
-            ),
+            workers=self.workers,
             faces=self.store,
             door=self.door,
             record=self._recorder("door-camera"),
             outbox=self._outbox,
             events=self._events,
             door_ref=self.door_ref,
-            executor=self.executor,
         )
         self.store.add_listener(self.service.gallery_changed)
         await self.service.load()
@@ -318,7 +317,7 @@ class AccessFeature:
         for task in list(self._camera_events):
             with contextlib.suppress(Exception):
                 await task
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self.workers.shutdown, True, cancel_futures=True)
 
     # -- health and the watchdog -------------------------------------------------------------
 

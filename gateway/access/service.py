@@ -4,8 +4,9 @@ The data path, one frame at a time:
 
 1. the camera's reader thread keeps only the newest frame (older ones are dropped, counted);
 2. the motion gate (on the loop, ~0.3 ms) skips static scenes, so an idle door costs little;
-3. a worker thread (`workers` of them; dlib releases the GIL) detects and encodes the faces and
-   matches each against the gallery in one vectorised operation;
+3. a worker process (`workers` of them: dlib's encoder holds the GIL ~75 ms per face, which in
+   a thread would stall the event loop and the alarms with it) detects and encodes the faces;
+   back in the daemon, a thread matches each against the gallery in one vectorised operation;
 4. on the loop, faces join tracks; the pure `decide()` runs over each track's recent frames;
 5. a grant records `access.granted` (the audit log commits it, then the outbox has it) and
    only then pulses the door; a denial or an unknown face records its event. Each decision is
@@ -25,7 +26,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -55,8 +55,9 @@ from gateway.vision.decision import (
     decide,
     record_grant,
 )
-from gateway.vision.engine import FaceEngine, FaceFinding, FrameAnalysis
+from gateway.vision.engine import FaceFinding, FrameAnalysis
 from gateway.vision.matcher import Gallery, MatchResult
+from gateway.vision.workers import FaceWorkerPool, analyse_frame
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -145,26 +146,24 @@ class AccessService:
         *,
         camera: CameraLike,
         gate: GateLike,
-        engine: FaceEngine,
+        workers: FaceWorkerPool,
         faces: GallerySource,
         door: DoorLike,
         record: Record,
         outbox: Outbox,
         events: EventFactory,
         door_ref: DeviceRef,
-        executor: Executor,
     ) -> None:
         self.settings = settings
         self._camera = camera
         self._gate = gate
-        self._engine = engine
+        self._workers = workers
         self._faces = faces
         self._door = door
         self._record = record
         self._outbox = outbox
         self._events = events
         self._door_ref = door_ref
-        self._executor = executor
         self._gallery = Gallery()
         self._gallery_version = -1
         self._reload_wanted = asyncio.Event()
@@ -188,9 +187,8 @@ class AccessService:
         self._reload_wanted.set()
 
     async def load(self) -> None:
-        """Load the engine (models) and the gallery; call before `run()`."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._engine.load)
+        """Start the workers (they load the models) and the gallery; call before `run()`."""
+        await asyncio.to_thread(self._workers.start)
         await self.reload_gallery()
 
     async def reload_gallery(self) -> None:
@@ -254,7 +252,8 @@ class AccessService:
         loop = asyncio.get_running_loop()
         gallery = self._gallery
         try:
-            result = await loop.run_in_executor(self._executor, _work, self._engine, gallery, frame)
+            analysis = await loop.run_in_executor(self._workers, analyse_frame, frame.image)
+            result = await asyncio.to_thread(_match, gallery, frame, analysis)
         except Exception:
             self.stats.analysis_failures += 1
             _LOGGER.exception("face analysis of frame %d failed", frame.index)
@@ -434,9 +433,8 @@ def _with_snapshot_ref(event: Event) -> Event:
     return msgspec.structs.replace(event, data=data)
 
 
-def _work(engine: FaceEngine, gallery: Gallery, frame: FrameLike) -> _Result:
-    """Worker thread: detect, encode and match one frame."""
-    analysis = engine.analyse(frame.image)
+def _match(gallery: Gallery, frame: FrameLike, analysis: FrameAnalysis) -> _Result:
+    """Match every face of an analysed frame against the gallery (in a thread)."""
     started = time.perf_counter()
     matches = tuple(gallery.match(face.encoding) for face in analysis.faces)
     return _Result(frame, analysis, matches, time.perf_counter() - started)

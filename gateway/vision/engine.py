@@ -5,11 +5,9 @@ there, and it grows with the pixel count); the boxes are scaled back and the 128
 computed on the full-resolution frame with the small (5-point) landmark model, the same model
 the enrolment and the measured thresholds of `gateway.vision.decision` use.
 
-dlib releases the GIL while it works (measured: the event loop kept ticking every 2 ms during
-detections in another thread), so a thread pool is enough to keep it off the event loop; dlib
-itself is single-threaded, so `workers = 2` on a 2-core Pi uses the second core. Each worker
-thread keeps its own engine (face_recognition's module-level models are shared; the calls are
-re-entrant in dlib).
+dlib releases the GIL during HOG detection but holds it for the whole of `face_encodings`
+(~75 ms per face here; benchmarks/bench_frame_stages.py), so the daemon runs this engine only in
+worker processes (`gateway.vision.workers`), never in a thread of its own process.
 
 `face_recognition` is imported on first use, after `ensure_face_models()`: a broken model
 install fails loudly here instead of the library's `quit()` (exit status 0).
