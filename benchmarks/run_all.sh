@@ -41,6 +41,8 @@ if [[ -d "$faces" ]]; then
     else
         run benchmarks/bench_frame_stages.py --quick
     fi
+    run benchmarks/bench_face_workers.py --seconds 5
+    run benchmarks/bench_camera_idle.py --wall-s 10 --video-s 30
 else
     echo
     echo "=== benchmarks/bench_frame_stages.py skipped: no face photos at $faces ==="
