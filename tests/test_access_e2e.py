@@ -188,5 +188,17 @@ async def test_face_enrol_remove_reenrol_over_mqtt_and_signatures(
         async with asyncio.timeout(WAIT_S):
             while "p-1" not in service.gallery:  # the in-memory gallery follows the store
                 await asyncio.sleep(0.05)
+        opened = await call(sub, "door.open", {"reason": "delivery", "by": "front desk"}, key)
+        assert opened["ok"], opened
+        remote = (await wait_events(sub, "access.granted"))[0]
+        assert remote["data"]["method"] == "remote"
     finally:
         assert await running.finish() == 0
+    conn = sqlite3.connect(cfg.outbox_path)
+    try:
+        audited = {r[0]: r[1] for r in conn.execute("SELECT event_id, action FROM audit_log")}
+    finally:
+        conn.close()
+    assert audited[remote["id"]] == "access.granted"  # remote openings are audited too
+    assert list(audited.values()).count("face.enrolled") == 2
+    assert list(audited.values()).count("face.removed") == 1

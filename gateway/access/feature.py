@@ -151,7 +151,12 @@ class AccessFeature:
     # -- recording ---------------------------------------------------------------------------
 
     async def _record_door_event(self, event: Event) -> None:
-        await self._outbox.append(event)
+        """door.* events go to the outbox; access decisions the door controller records (a
+        remote `door.open`, a card grant retried after a storage failure) to the audit log."""
+        if event.kind.startswith("access."):
+            await self._recorder("door")(event)
+        else:
+            await self._outbox.append(event)
 
     def _recorder(self, actor: str) -> Any:
         async def record(event: Event) -> None:
@@ -344,7 +349,7 @@ class AccessFeature:
                 "reopens": stats.reopens,
             }
         if self.service is not None:
-            report["faces"] = self.service.health()
+            report["faces"] = {**self.service.health(), "worker_restarts": self.workers.restarts}
         if self.cards is not None:
             report["card_reader"] = self.cards.health()
         return report
