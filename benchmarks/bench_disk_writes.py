@@ -103,7 +103,12 @@ async def gateway_writes(
 ) -> Writes:
     path = work / f"gw-{next(_ids)}.db"
     wal = Path(f"{path}-wal")
-    limits = OutboxLimits(checkpoint_interval_s=1e9) if crosscheck else OutboxLimits()
+    window = args.telemetry_window_ms / 1000
+    limits = (
+        OutboxLimits(checkpoint_interval_s=1e9, telemetry_window_s=window)
+        if crosscheck
+        else OutboxLimits(telemetry_window_s=window)
+    )
     events = h.make_events(n)
     async with h.stack(
         path,
@@ -296,6 +301,12 @@ def main() -> int:
         help="steady rates in events/s, comma-separated",
     )
     parser.add_argument("--steady-s", type=float, default=15.0, help="seconds per steady run")
+    parser.add_argument(
+        "--telemetry-window-ms",
+        type=float,
+        default=500.0,
+        help="outbox.telemetry_commit_window_ms for the gateway runs (default 500, as shipped)",
+    )
     parser.add_argument("--burst", type=int, default=20_000, help="events in the burst")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dir", default=None, help="where the databases go (default: $TMPDIR)")

@@ -82,6 +82,7 @@ class OutboxSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     min_free_disk_bytes: int = 64 * _MiB
     reserve_bytes: int = 8 * _MiB
     group_commit_window_ms: float = 20.0
+    telemetry_commit_window_ms: float = 500.0
     delete_batch: int = 512
     delete_interval_ms: float = 100.0
     checkpoint_interval_s: float = 60.0
@@ -419,6 +420,11 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
         0 <= box.group_commit_window_ms <= 1000,
         "outbox.group_commit_window_ms",
         "must be between 0 and 1000",
+    )
+    need(
+        0 <= box.telemetry_commit_window_ms <= 5000,
+        "outbox.telemetry_commit_window_ms",
+        "must be between 0 and 5000",
     )
     need(1 <= box.delete_batch <= 10000, "outbox.delete_batch", "must be between 1 and 10000")
     need(box.delete_interval_ms > 0, "outbox.delete_interval_ms", "must be positive")

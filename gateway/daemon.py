@@ -109,6 +109,7 @@ class Gateway:
                 max_bytes=box.max_bytes,
                 min_free_disk_bytes=box.min_free_disk_bytes,
                 group_commit_window_s=box.group_commit_window_ms / 1000,
+                telemetry_window_s=box.telemetry_commit_window_ms / 1000,
                 delete_batch=box.delete_batch,
                 delete_interval_s=box.delete_interval_ms / 1000,
                 checkpoint_interval_s=box.checkpoint_interval_s,

@@ -47,6 +47,10 @@ class OutboxLimits:
     max_bytes: int = 512 * 1024 * 1024
     min_free_disk_bytes: int = 64 * 1024 * 1024
     group_commit_window_s: float = 0.020
+    # Telemetry (lane 3) alone waits this long for company: heartbeats from many devices share
+    # one commit instead of one 3-page commit each (SD-card wear). 0 (default): commit at once;
+    # a producer that awaits each telemetry append is slowed to one per window.
+    telemetry_window_s: float = 0.0
     delete_batch: int = 512
     delete_interval_s: float = 0.100
     checkpoint_interval_s: float = 60.0
@@ -153,6 +157,7 @@ def _encode_props(message: OutboundMessage) -> bytes | None:
 class _Pending:
     item: Outbound
     future: asyncio.Future[Receipt]
+    queued_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -188,6 +193,7 @@ class Outbox:
         self._deleting: set[int] = set()  # rows in the delete batch being committed
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()
+        self._prompt = asyncio.Event()
         self._closing = False
         self._closed = asyncio.Event()
         self._last_commit_started = float("-inf")
@@ -230,9 +236,11 @@ class Outbox:
         if self._closing:
             raise StorageError("the outbox is closing; nothing more can be accepted")
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        self._appends.append(_Pending(item, future))
+        self._appends.append(_Pending(item, future, time.monotonic()))
         if item.lane in NEVER_DROPPED or len(self._appends) >= _EARLY_COMMIT_ROWS:
             self._urgent.set()  # alarms and access records, or a full batch: commit now
+        if item.lane != Lane.TELEMETRY or self._urgent.is_set():
+            self._prompt.set()  # telemetry waiting for company goes with this one
         self._wake.set()
         return await future
 
@@ -379,6 +387,7 @@ class Outbox:
         """Stop accepting, commit what is pending, and wait for the writer to finish."""
         self._closing = True
         self._wake.set()
+        self._prompt.set()
         await self._closed.wait()
 
     def _idle_timeout(self) -> float:
@@ -399,7 +408,11 @@ class Outbox:
         card). Load means concurrent producers: more than one append waiting now, or the
         previous commit carrying more than one. A lone append after a lone append commits at
         once (a producer that awaits each append is never slowed to one per window); lanes 0
-        and 1, or a full batch, never wait."""
+        and 1, or a full batch, never wait. Telemetry alone waits up to `telemetry_window_s`
+        for other appends (its producers do not wait for it: heartbeats are appended in the
+        background), and goes with the first commit anything else needs."""
+        if await self._telemetry_waited():
+            return
         if len(self._appends) <= 1 and self._last_batch_size <= 1:
             return
         remaining = (
@@ -408,6 +421,20 @@ class Outbox:
         if remaining <= 0 or self._closing or self._urgent.is_set():
             return
         await wait_event(self._urgent, remaining)
+
+    async def _telemetry_waited(self) -> bool:
+        """Hold a batch of telemetry only; True when the batch is still telemetry only."""
+        window = self._limits.telemetry_window_s
+        if window <= 0 or not self._only_telemetry():
+            return False
+        self._prompt.clear()
+        remaining = self._appends[0].queued_at + window - time.monotonic()
+        if remaining > 0 and not self._closing and not self._urgent.is_set():
+            await wait_event(self._prompt, remaining)
+        return self._only_telemetry()
+
+    def _only_telemetry(self) -> bool:
+        return all(p.item.lane == Lane.TELEMETRY for p in self._appends)
 
     async def _commit_batch(self) -> None:
         batch, self._appends = self._appends, []

@@ -338,3 +338,27 @@ async def test_store_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "outbox.db").stat().st_mode) == 0o600
+
+
+async def test_telemetry_waits_for_company_and_goes_with_the_next_commit(tmp_path: Path) -> None:
+    """Heartbeats alone wait (telemetry_window_s) so many share one commit; anything more
+    urgent takes them along at once, and close() never leaves them behind."""
+    running = await Running.open(tmp_path / "outbox.db", OutboxLimits(telemetry_window_s=5.0))
+    outbox = running.outbox
+    try:
+        before = outbox.stats().commits
+        heartbeats = []
+        for n in range(3):
+            heartbeats.append(asyncio.create_task(outbox.append(event(3, n))))
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        assert not any(t.done() for t in heartbeats)  # held for company (5 s window)
+        await outbox.append(event(0, 99))  # an alarm commits at once, and takes them along
+        receipts = await asyncio.gather(*heartbeats)
+        assert all(r.seq is not None for r in receipts)
+        assert outbox.stats().commits == before + 1
+        late = asyncio.create_task(outbox.append(event(3, 100)))
+        await asyncio.sleep(0.05)
+    finally:
+        await running.close()  # a held heartbeat is committed by close()
+    assert (await late).row > 0

@@ -75,6 +75,7 @@ _LOGGER = logging.getLogger(__name__)
 QUEUE_SIZE = 256
 _RECENT_MAX = 4096
 _STATE_TIMEOUT_S = 10.0
+_MAX_BACKGROUND = 1024  # heartbeats being stored; more are dropped and counted
 _STORE_EVERY_MAX_S = 60.0  # a heard device's row is rewritten at most this often (or I/4)
 _FLUSH_AT_STOP_S = 2.0
 
@@ -172,6 +173,7 @@ class ButtonService:
         self.supervision_writes = 0
         self.dropped_frames = 0
         self.failed_frames = 0
+        self.dropped_heartbeats = 0
         alarms.set_downlink(self.send_downlink)
 
     # -- intake (loop thread, synchronous) ----------------------------------------------------
@@ -290,13 +292,19 @@ class ButtonService:
         if isinstance(frame, Cancel):
             await self.alarms.end("alarm.cancelled", "", device_id, {"by": "resident"})
         elif isinstance(frame, Heartbeat):
-            await self._outbox.append(
-                self._events.make(
-                    "device.heartbeat",
-                    device=ref,
-                    data={"battery_mv": frame.battery_mv, "rssi_dbm": frame.rssi_dbm},
-                )
+            # Telemetry: stored in the background (it may wait for company in the outbox, see
+            # `outbox.telemetry_commit_window_ms`); the frame worker goes on with the next frame.
+            if len(self._background) >= _MAX_BACKGROUND:
+                self.dropped_heartbeats += 1
+                return
+            event = self._events.make(
+                "device.heartbeat",
+                device=ref,
+                data={"battery_mv": frame.battery_mv, "rssi_dbm": frame.rssi_dbm},
             )
+            task = asyncio.create_task(self._append_quietly(event), name="button-heartbeat")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         elif isinstance(frame, BatteryLow):
             await self._outbox.append(
                 self._events.make(
@@ -550,6 +558,7 @@ class ButtonService:
             "supervision_writes": self.supervision_writes,
             "frames_dropped": self.dropped_frames,
             "frames_failed": self.failed_frames,
+            "heartbeats_dropped": self.dropped_heartbeats,
             "unknown_heard": self.registry.unknown_heard,
             "alarm_duplicates": self.alarms.duplicates,
             "uptime_s": round(now - self._started, 1),
