@@ -153,6 +153,15 @@ MIGRATIONS: Sequence[str] = (
         lost INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
     """,
+    # 5: door cards registered or withdrawn by signed commands, applied over the configuration.
+    """
+    CREATE TABLE access_cards (
+        card TEXT PRIMARY KEY,
+        person TEXT NOT NULL,
+        removed INTEGER NOT NULL DEFAULT 0,
+        changed_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import secrets
 import sqlite3
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
+from drivers.card_reader import encode_em4100
 from drivers.door import LoggingDoor
 from drivers.video_sim import Scene, write_door_video
 from gateway.config import Config, config_from_mapping
@@ -40,7 +42,9 @@ def people(min_photos: int) -> list[list[Path]]:
     ]
 
 
-def access_cfg(tmp_path: Path, broker: MosquittoBroker, camera: Path, **door: Any) -> Config:
+def access_cfg(
+    tmp_path: Path, broker: MosquittoBroker, camera: Path, extra: dict[str, Any] | None = None
+) -> Config:
     key_file = tmp_path / "command.key"
     if not key_file.exists():
         key_file.write_text(secrets.token_hex(32) + "\n")
@@ -59,7 +63,8 @@ def access_cfg(tmp_path: Path, broker: MosquittoBroker, camera: Path, **door: An
             "commands": {"hmac_key_file": str(key_file)},
             "access": {
                 "camera": {"source": str(camera), "fps": 10.0, "reopen_max_s": 0.5},
-                "door": {"id": "door-main", "location": "Bldg 3", **door},
+                "door": {"id": "door-main", "location": "Bldg 3"},
+                **(extra or {}),
             },
         }
     )
@@ -202,3 +207,43 @@ async def test_face_enrol_remove_reenrol_over_mqtt_and_signatures(
     assert audited[remote["id"]] == "access.granted"  # remote openings are audited too
     assert list(audited.values()).count("face.enrolled") == 2
     assert list(audited.values()).count("face.removed") == 1
+
+
+async def test_cards_added_and_withdrawn_over_mqtt_persist_and_open_the_door(
+    tmp_path: Path, broker: MosquittoBroker, subscriber: SubscriberFactory
+) -> None:
+    master, slave = os.openpty()
+    reader = {"card_reader": {"url": os.ttyname(slave), "format": "em4100"}}
+    cfg = access_cfg(tmp_path, broker, tmp_path / "no-camera.avi", reader)
+    key = tmp_path / "command.key"
+    sub = subscriber(f"{PREFIX}/#", client_id="platform")
+    card = "0100a1b2c3"
+    try:
+        running = await start(cfg)
+        try:
+            await wait_events(sub, "camera.offline")  # connected
+            unsigned = await call(sub, "card.add", {"card": card, "person": "p-7"})
+            assert not unsigned["ok"] and "signature" in unsigned["error"]
+            added = await call(sub, "card.add", {"card": card, "person": "p-7"}, key)
+            assert added["ok"] and added["data"]["card"] == "****b2c3"
+        finally:
+            assert await running.finish() == 0
+        running = await start(cfg)  # the register survives a restart
+        try:
+            os.write(master, encode_em4100(card))
+            granted = (await wait_events(sub, "access.granted"))[0]
+            assert granted["data"]["person"] == "p-7" and granted["data"]["method"] == "card"
+            assert card not in json.dumps(granted)  # masked
+            removed = await call(sub, "card.remove", {"card": card}, key)
+            assert removed["ok"], removed
+            await asyncio.sleep(2.5)  # past the repeat suppression of the same card
+            os.write(master, encode_em4100(card))
+            denied = (await wait_events(sub, "access.denied"))[0]
+            assert denied["data"]["reason"] == "unknown_card"
+        finally:
+            assert await running.finish() == 0
+    finally:
+        os.close(master)
+        os.close(slave)
+    audit = [e["data"]["action"] for e in events(sub, "audit.record")]
+    assert audit == ["card.added", "card.removed"]

@@ -23,6 +23,7 @@ from drivers.door import DoorActuator, DoorSpec, build_door
 from drivers.door_contact import ContactInput, GpioContact, SimulatedContact
 from drivers.outputs import Output, build_output, output_spec
 from drivers.serial_port import SerialSettings
+from gateway.access.card_admin import CardAdmin
 from gateway.access.cards import CardAccess, CardRegister
 from gateway.access.door import DoorController, DoorSettings
 from gateway.access.service import AccessService, AccessSettings
@@ -131,12 +132,14 @@ class AccessFeature:
             contact=self.contact,
             exit_request=self.exit_request,
         )
+        self.card_register = CardRegister((c.card, c.person) for c in a.cards)
+        self.card_admin = CardAdmin(db, self.card_register, self.audit, events, self.door_ref)
         self.cards: CardAccess | None = None
         if a.card_reader.url:
             self.cards = CardAccess(
                 SerialSettings(url=a.card_reader.url, baudrate=a.card_reader.baudrate),
                 a.card_reader.format,
-                CardRegister((c.card, c.person) for c in a.cards),
+                self.card_register,
                 self.door,
                 self._recorder("card-reader"),
                 events,
@@ -181,6 +184,8 @@ class AccessFeature:
         )
         self.enrolment.register_commands(commands)
         self.door.register_commands(commands)
+        await self.card_admin.load()
+        self.card_admin.register_commands(commands)
         with contextlib.suppress(StorageError):
             forwarded = await self.audit.forward_pending()
             if forwarded:
