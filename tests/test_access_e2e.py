@@ -24,10 +24,10 @@ import pytest
 from drivers.card_reader import encode_em4100
 from drivers.door import LoggingDoor
 from drivers.video_sim import Scene, write_door_video
-from gateway.config import Config, config_from_mapping
+from gateway.config import Config
 from tests.conftest import SubscriberFactory
 from tests.support.broker import MosquittoBroker
-from tests.test_buttons import GW, PREFIX, WAIT_S, call, events, start, wait_events
+from tests.test_buttons import PREFIX, WAIT_S, base_cfg, call, events, start, wait_events
 
 REPO = Path(__file__).resolve().parent.parent
 FACES = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
@@ -45,28 +45,14 @@ def people(min_photos: int) -> list[list[Path]]:
 def access_cfg(
     tmp_path: Path, broker: MosquittoBroker, camera: Path, extra: dict[str, Any] | None = None
 ) -> Config:
-    key_file = tmp_path / "command.key"
-    if not key_file.exists():
-        key_file.write_text(secrets.token_hex(32) + "\n")
-        key_file.chmod(0o600)
-    return config_from_mapping(
-        {
-            "gateway": {"id": GW, "state_dir": str(tmp_path / "state")},
-            "uplink": {
-                "host": "127.0.0.1",
-                "port": broker.port,
-                "keepalive_s": 5,
-                "reconnect": {"min_delay_s": 0.1, "max_delay_s": 0.5},
-            },
-            "forwarding": {"replay_rate": 0},
-            "health": {"interval_s": 3600},
-            "commands": {"hmac_key_file": str(key_file)},
-            "access": {
-                "camera": {"source": str(camera), "fps": 10.0, "reopen_max_s": 0.5},
-                "door": {"id": "door-main", "location": "Bldg 3"},
-                **(extra or {}),
-            },
-        }
+    return base_cfg(
+        tmp_path,
+        broker,
+        access={
+            "camera": {"source": str(camera), "fps": 10.0, "reopen_max_s": 0.5},
+            "door": {"id": "door-main", "location": "Bldg 3"},
+            **(extra or {}),
+        },
     )
 
 

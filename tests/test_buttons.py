@@ -44,23 +44,12 @@ T1, T2, T_UNKNOWN = 0x2000001A, 0x2000001B, 0x3000FFFF
 RF_ADDR = 0x12345
 
 
-def _cfg(tmp_path: Path, broker: MosquittoBroker, receiver: str, **buttons: Any) -> Config:
+def base_cfg(tmp_path: Path, broker: MosquittoBroker, **sections: Any) -> Config:
+    """A daemon on `broker` with a signing key in tmp_path, plus the given sections."""
     key_file = tmp_path / "command.key"
     if not key_file.exists():
         key_file.write_text(secrets.token_hex(32) + "\n")
         key_file.chmod(0o600)
-    section: dict[str, Any] = {
-        "receivers": [{"name": "rx1", "url": receiver, "protocol": "terminal"}],
-        "ack_deadline_s": 60,
-        "escalation_repeat_s": 1,
-        "supervision_check_s": 0.1,
-        "reopen_max_s": 0.5,
-        "devices": [
-            {"id": f"t-{T1:08x}", "type": "terminal", "resident": "Mrs Li", "location": "Rm 402"},
-            {"id": f"t-{T2:08x}", "type": "pull_cord", "resident": "Mr Wu", "location": "Rm 403"},
-        ],
-    }
-    section.update(buttons)
     return config_from_mapping(
         {
             "gateway": {"id": GW, "state_dir": str(tmp_path / "state")},
@@ -73,9 +62,25 @@ def _cfg(tmp_path: Path, broker: MosquittoBroker, receiver: str, **buttons: Any)
             "forwarding": {"replay_rate": 0},
             "health": {"interval_s": 3600},
             "commands": {"hmac_key_file": str(key_file)},
-            "buttons": section,
+            **sections,
         }
     )
+
+
+def _cfg(tmp_path: Path, broker: MosquittoBroker, receiver: str, **buttons: Any) -> Config:
+    section: dict[str, Any] = {
+        "receivers": [{"name": "rx1", "url": receiver, "protocol": "terminal"}],
+        "ack_deadline_s": 60,
+        "escalation_repeat_s": 1,
+        "supervision_check_s": 0.1,
+        "reopen_max_s": 0.5,
+        "devices": [
+            {"id": f"t-{T1:08x}", "type": "terminal", "resident": "Mrs Li", "location": "Rm 402"},
+            {"id": f"t-{T2:08x}", "type": "pull_cord", "resident": "Mr Wu", "location": "Rm 403"},
+        ],
+    }
+    section.update(buttons)
+    return base_cfg(tmp_path, broker, buttons=section)
 
 
 @dataclass

@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import os
-import select
 import threading
-import tty
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +29,7 @@ from drivers.door import (
 from drivers.door_contact import MAX_PENDING, Debouncer, GpioContact, SimulatedContact
 from drivers.relay_board import RelayError, SerialRelayBoard
 from gateway.errors import ConfigError
+from tests.support.pty_board import PtyBoard
 
 LIMIT_S = 5.0
 HAVE_GPIOZERO = importlib.util.find_spec("gpiozero") is not None
@@ -40,69 +38,29 @@ HAVE_GPIOZERO = importlib.util.find_spec("gpiozero") is not None
 # -- a pseudo-terminal standing in for the relay board -------------------------------------------
 
 
-class FakeBoard:
-    """The board's side of a pty: collects what the gateway writes. `link` is a stable symlink
-    (like /dev/serial/by-id/...) that `replug` points at a new pty."""
-
-    def __init__(self, link: Path) -> None:
-        self.link = link
-        self.master = self.slave = -1
-        self.plug()
-
-    def plug(self) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        os.set_blocking(self.master, False)
-        tmp = self.link.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(os.ttyname(self.slave))
-        tmp.replace(self.link)
-
-    def unplug(self) -> None:
-        os.close(self.master)
-        os.close(self.slave)
-        self.link.unlink(missing_ok=True)
-        self.master = self.slave = -1
-
-    def read(self, count: int, limit_s: float = LIMIT_S) -> bytes:
-        """Block (in a test thread or briefly on the loop) until `count` bytes arrived."""
-        data = b""
-        deadline = 50  # bounded: at most 50 waits of limit_s / 50
-        while len(data) < count and deadline:
-            deadline -= 1
-            ready, _, _ = select.select([self.master], [], [], limit_s / 50)
-            if ready:
-                data += os.read(self.master, 4096)
-        return data
-
-    def close(self) -> None:
-        if self.master >= 0:
-            self.unplug()
-
-
 @pytest.fixture
-def board_pty(tmp_path: Path) -> Iterator[FakeBoard]:
-    fake = FakeBoard(tmp_path / "usb-relay")
+def board_pty(tmp_path: Path) -> Iterator[PtyBoard]:
+    fake = PtyBoard(tmp_path / "usb-relay")
     yield fake
     fake.close()
 
 
-async def test_relay_board_writes_the_bytes(board_pty: FakeBoard) -> None:
+async def test_relay_board_writes_the_bytes(board_pty: PtyBoard) -> None:
     board = SerialRelayBoard(str(board_pty.link))
     await board.open()
     assert board.is_open
     await board.write(LCUS1_ON)
     await board.write(LCUS1_OFF)
-    assert await asyncio.to_thread(board_pty.read, 8) == LCUS1_ON + LCUS1_OFF
+    assert await asyncio.to_thread(board_pty.read_now, 8) == LCUS1_ON + LCUS1_OFF
     assert board.writes == 2
     await board.close()
     assert not board.is_open
 
 
-async def test_relay_board_lost_port_raises_then_reopens(board_pty: FakeBoard) -> None:
+async def test_relay_board_lost_port_raises_then_reopens(board_pty: PtyBoard) -> None:
     board = SerialRelayBoard(str(board_pty.link), 9600)
     await board.write(LCUS1_ON)  # opens on first use
-    assert await asyncio.to_thread(board_pty.read, 4) == LCUS1_ON
+    assert await asyncio.to_thread(board_pty.read_now, 4) == LCUS1_ON
     board_pty.unplug()
     with pytest.raises(RelayError, match="write failed"):
         await board.write(LCUS1_OFF)
@@ -111,12 +69,12 @@ async def test_relay_board_lost_port_raises_then_reopens(board_pty: FakeBoard) -
         await board.write(LCUS1_OFF)  # still absent
     board_pty.plug()
     await board.write(LCUS1_OFF)  # reopened on this call
-    assert await asyncio.to_thread(board_pty.read, 4) == LCUS1_OFF
+    assert await asyncio.to_thread(board_pty.read_now, 4) == LCUS1_OFF
     assert board.failures == 2
     await board.close()
 
 
-async def test_relay_board_write_times_out_when_nothing_drains(board_pty: FakeBoard) -> None:
+async def test_relay_board_write_times_out_when_nothing_drains(board_pty: PtyBoard) -> None:
     board = SerialRelayBoard(str(board_pty.link))
     with pytest.raises(RelayError):
         await board.write(b"x" * 1_000_000)  # a pty buffer is a few KiB; nobody reads
@@ -218,30 +176,30 @@ async def test_hardware_failures_are_counted_never_raised() -> None:
     assert device.calls == []
 
 
-async def test_serial_relay_door_on_a_pty(board_pty: FakeBoard) -> None:
+async def test_serial_relay_door_on_a_pty(board_pty: PtyBoard) -> None:
     door = build_door(DoorSpec(kind="serial_relay", url=str(board_pty.link)))
     assert isinstance(door, SerialRelayDoor)
     await door.pulse(0.05, "granted to p-0042 (card)")
-    assert await asyncio.to_thread(board_pty.read, 8) == LCUS1_ON + LCUS1_OFF
+    assert await asyncio.to_thread(board_pty.read_now, 8) == LCUS1_ON + LCUS1_OFF
     # Unplugged: the pulse neither raises nor hangs; failures are counted.
     board_pty.unplug()
     await door.pulse(0.01, "board gone")
     assert door.failures == 2
     board_pty.plug()
     await door.pulse(0.01, "board back")
-    assert await asyncio.to_thread(board_pty.read, 8) == LCUS1_ON + LCUS1_OFF
+    assert await asyncio.to_thread(board_pty.read_now, 8) == LCUS1_ON + LCUS1_OFF
     await door.close()
 
 
-async def test_serial_relay_door_cancelled_pulse_sends_off(board_pty: FakeBoard) -> None:
+async def test_serial_relay_door_cancelled_pulse_sends_off(board_pty: PtyBoard) -> None:
     door = SerialRelayDoor(SerialRelayBoard(str(board_pty.link)))
     task = asyncio.create_task(door.pulse(3.0, "x"))
-    assert await asyncio.to_thread(board_pty.read, 4) == LCUS1_ON
+    assert await asyncio.to_thread(board_pty.read_now, 4) == LCUS1_ON
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     await door.close()
-    data = await asyncio.to_thread(board_pty.read, 4)
+    data = await asyncio.to_thread(board_pty.read_now, 4)
     assert data.startswith(LCUS1_OFF)
 
 

@@ -4,10 +4,6 @@ Every wait is bounded; no timed assertions."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import select
-import tty
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,65 +18,22 @@ from drivers.outputs import (
 from drivers.relay_board import SerialRelayBoard
 from gateway.config import parse_config
 from gateway.errors import ConfigError
+from tests.support.pty_board import PtyBoard
 
 ON = bytes.fromhex("A00101A2")
 OFF = bytes.fromhex("A00100A1")
 LIMIT_S = 5.0
 
 
-class Board:
-    """The relay board's side of a pty. `link` is a stable symlink (like /dev/serial/by-id/...)
-    that `plug` points at a fresh pty."""
-
-    def __init__(self, link: Path) -> None:
-        self.link = link
-        self.master = self.slave = -1
-        self.plug()
-
-    def plug(self) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        os.set_blocking(self.master, False)
-        tmp = self.link.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(os.ttyname(self.slave))
-        tmp.replace(self.link)
-
-    def unplug(self) -> None:
-        os.close(self.master)
-        os.close(self.slave)
-        self.link.unlink(missing_ok=True)
-        self.master = self.slave = -1
-
-    def read_now(self, count: int) -> bytes:
-        """Up to `count` bytes, waiting at most LIMIT_S in 50 bounded steps (run in a thread)."""
-        data = b""
-        for _ in range(50):
-            if len(data) >= count:
-                break
-            ready, _, _ = select.select([self.master], [], [], LIMIT_S / 50)
-            if ready:
-                data += os.read(self.master, 4096)
-        return data
-
-    async def read(self, count: int) -> bytes:
-        return await asyncio.to_thread(self.read_now, count)
-
-    def pending(self) -> bytes:
-        """Whatever is waiting now (nothing expected: no wait)."""
-        ready, _, _ = select.select([self.master], [], [], 0)
-        return os.read(self.master, 4096) if ready else b""
-
-
 @pytest.fixture
-def board(tmp_path: Path) -> Iterator[Board]:
-    fake = Board(tmp_path / "usb-relay")
+def board(tmp_path: Path) -> Iterator[PtyBoard]:
+    fake = PtyBoard(tmp_path / "usb-relay")
     yield fake
     if fake.master >= 0:
         fake.unplug()
 
 
-def relay(board: Board) -> SerialRelayOutput:
+def relay(board: PtyBoard) -> SerialRelayOutput:
     output = build_output(
         OutputSpec("serial_relay", url=str(board.link), on_bytes=ON, off_bytes=OFF)
     )
@@ -88,7 +41,9 @@ def relay(board: Board) -> SerialRelayOutput:
     return output
 
 
-async def test_activate_writes_on_at_every_repeat_and_deactivate_writes_off(board: Board) -> None:
+async def test_activate_writes_on_at_every_repeat_and_deactivate_writes_off(
+    board: PtyBoard,
+) -> None:
     output = relay(board)
     assert not output.board.is_open  # building opened nothing
     await output.activate("alarm a1 not acknowledged")
@@ -107,7 +62,7 @@ async def test_activate_writes_on_at_every_repeat_and_deactivate_writes_off(boar
     assert (output.activations, output.deactivations, output.failures) == (3, 2, 0)
 
 
-async def test_state_is_unknown_until_switched_off_once(board: Board) -> None:
+async def test_state_is_unknown_until_switched_off_once(board: PtyBoard) -> None:
     """A crash may have left a latching relay on: `active` until off_bytes went out once."""
     output = relay(board)
     assert output.active
@@ -119,7 +74,7 @@ async def test_state_is_unknown_until_switched_off_once(board: Board) -> None:
 
 
 async def test_unplugged_board_counts_failures_never_raises_and_works_when_replugged(
-    board: Board,
+    board: PtyBoard,
 ) -> None:
     # A long retry back-off, so that the skipped retry below does not depend on timing.
     board_port = SerialRelayBoard(str(board.link))
