@@ -124,6 +124,8 @@ async def test_door_opens_only_for_enrolled_residents(
             assert decision["data"]["snapshot"] == f"snapshot/{decision['id']}"
 
         assert running.gateway.access is not None
+        health = running.gateway.access.health()  # the health report's access section
+        assert health["camera"]["frames_read"] > 0 and health["faces"]["granted"] == 2
         door = running.gateway.access.actuator
         assert isinstance(door, LoggingDoor)
         assert [p.reason for p in door.pulses] and len(door.pulses) == 2

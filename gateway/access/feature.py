@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers.door import DoorActuator, DoorSpec, build_door
 from drivers.door_contact import ContactInput, GpioContact, SimulatedContact
@@ -43,6 +43,9 @@ from gateway.vision.decision import DecisionPolicy
 from gateway.vision.engine import EngineSettings
 from gateway.vision.models_check import ensure_face_models
 from gateway.vision.workers import FaceWorkerPool
+
+if TYPE_CHECKING:
+    from drivers.camera import Camera
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -146,7 +149,7 @@ class AccessFeature:
                 self.door_ref,
                 a.card_reader.repeat_suppress_s,
             )
-        self.camera: Any = None
+        self.camera: Camera | None = None
         self.service: AccessService | None = None
         self._camera_events: set[asyncio.Task[None]] = set()
         self._audit_version = -1
@@ -345,7 +348,7 @@ class AccessFeature:
     def health(self) -> dict[str, Any]:
         report: dict[str, Any] = {"door": self.door.health()}
         if self.camera is not None:
-            stats = self.camera.stats
+            stats = self.camera.stats()
             report["camera"] = {
                 "online": stats.online,
                 "fps": round(stats.fps, 1),
