@@ -446,7 +446,7 @@ async def _shutdown(
         "overflow-reporter",
         "forwarder",
         "integrity-check",
-        "audit-forwarder",
+        "face-store-watch",
         "snapshot-retention",
     ):
         task = tasks.get(name)

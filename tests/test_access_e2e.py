@@ -235,3 +235,35 @@ async def test_cards_added_and_withdrawn_over_mqtt_persist_and_open_the_door(
         os.close(slave)
     audit = [e["data"]["action"] for e in events(sub, "audit.record")]
     assert audit == ["card.added", "card.removed"]
+
+
+async def test_cli_enrolment_reaches_the_running_daemon_and_the_platform(
+    tmp_path: Path, broker: MosquittoBroker, subscriber: SubscriberFactory
+) -> None:
+    """The CLI writes the store and the audit row only; the daemon notices the new version,
+    reloads its gallery and forwards the audit record."""
+    from gateway.cli import _parser
+    from gateway.faces import cli as faces_cli
+
+    resident = people(2)[1]
+    cfg = access_cfg(tmp_path, broker, tmp_path / "no-camera.avi")
+    config_file = tmp_path / "unused.toml"  # the CLI's --config; the loaded cfg is passed in
+    sub = subscriber(f"{PREFIX}/#", client_id="platform")
+    running = await start(cfg)
+    try:
+        await wait_events(sub, "camera.offline")
+        args = _parser().parse_args(
+            ["faces", "enroll", "--config", str(config_file), "--person", "p-cli"]
+            + ["--photo", str(resident[0]), "--consent", "consent-cli"]
+        )
+        code = await asyncio.to_thread(faces_cli.run, args, cfg, cfg.faces_key_path)
+        assert code == 0
+        enrolled = (await wait_events(sub, "face.enrolled"))[0]
+        assert enrolled["data"]["person"] == "p-cli"
+        assert running.gateway.access is not None and running.gateway.access.service is not None
+        service = running.gateway.access.service
+        async with asyncio.timeout(WAIT_S):
+            while "p-cli" not in service.gallery:
+                await asyncio.sleep(0.05)
+    finally:
+        assert await running.finish() == 0

@@ -31,6 +31,7 @@ from gateway.access.snapshots import (
 from gateway.access.tracks import Tracker, TrackSettings
 from gateway.clock import ClockSync
 from gateway.events import DeviceRef, EventFactory, Lane, decode_envelope
+from gateway.faces.store import GallerySnapshot
 from gateway.outbox import Outbox, OutboxLimits
 from gateway.store import Database
 from gateway.vision.engine import EngineSettings, FaceEngine
@@ -175,11 +176,8 @@ class StaticGallery:
     def __init__(self, gallery: Gallery) -> None:
         self.gallery = gallery
 
-    async def load_gallery(self) -> Gallery:
-        return self.gallery
-
-    async def version(self) -> int:
-        return 1
+    async def snapshot(self) -> GallerySnapshot:
+        return GallerySnapshot(self.gallery, 1, 0)
 
 
 class Pipeline:

@@ -34,7 +34,7 @@ from typing import Any, Final
 from drivers.card_reader import CardDecoder, CardRead, make_decoder
 from drivers.serial_port import SerialLink, SerialSettings
 from gateway.access.door import DoorController, Record
-from gateway.errors import ConfigError, StorageError
+from gateway.errors import ConfigError
 from gateway.events import DeviceRef, Event, EventFactory
 
 __all__ = [
@@ -51,7 +51,6 @@ _LOGGER = logging.getLogger(__name__)
 QUEUE_SIZE: Final = 32
 _RECENT_MAX: Final = 64
 _CARD_MAX: Final = 64
-_RECORD_TIMEOUT_S: Final = 5.0
 
 
 def normalise_card(card: str) -> str:
@@ -232,17 +231,7 @@ class CardAccess:
         return self._events.make(kind, device=self._door_ref, data=data)
 
     async def _record_or_queue(self, event: Event) -> None:
-        try:
-            async with asyncio.timeout(_RECORD_TIMEOUT_S):
-                await self._record(event)
-        except (StorageError, TimeoutError) as exc:
-            _LOGGER.error(
-                "%s: cannot record %s now (%s); queued on the door for retry",
-                self.name,
-                event.kind,
-                exc or "timed out",
-            )
-            self._door.enqueue_event(event)
+        await self._door.record_or_queue(event, self._record)
 
     # -- observability ----------------------------------------------------------------------
 

@@ -486,13 +486,13 @@ class DoorController:
             CommandSpec("door.open", door_open, signed=True, description="pulse the door lock")
         )
 
-    async def record_or_queue(self, event: Event) -> bool:
-        """Record ``event`` now if storage takes it; otherwise queue it for retry. True if
-        recorded now. For credentials: the audit record comes first, but a broken store must
-        not lock people out."""
+    async def record_or_queue(self, event: Event, record: Record | None = None) -> bool:
+        """Record ``event`` now (with ``record``, default the door's own) if storage takes it;
+        otherwise queue it for retry. True if recorded now. For credentials: the audit record
+        comes first, but a broken store must not lock people out."""
         try:
             async with asyncio.timeout(self.settings.record_timeout_s):
-                await self._record(event)
+                await (record or self._record)(event)
         except (StorageError, TimeoutError) as exc:
             _LOGGER.error(
                 "door %s: cannot record %s now (%s); queued for retry",

@@ -1,12 +1,12 @@
 """Face access control as one feature of the daemon: everything `[access]` configures, wired.
 
-    camera -> AccessService (gate, worker threads, decision) -> DoorController -> lock relay
+    camera -> AccessService (gate, worker processes, decision) -> DoorController -> lock relay
     card reader -> CardAccess ---------------------------------^       ^ contact, exit request
     decisions -> AuditLog (append-only, then the outbox)   door.* events -> outbox
     face.enroll / face.remove -> FaceEnrolment -> FaceStore (AES-GCM templates) -> AuditLog
 
-Built in two steps like the rest of the daemon: `AccessFeature.build(...)` makes the objects
-(no device is opened), `start()` loads the key, the models and the gallery and starts the
+Built in two steps like the rest of the daemon: the constructor makes the objects (no device
+is opened), `start()` loads the key, the models and the gallery and starts the
 camera; `tasks()` are the long-running coroutines the daemon supervises; `close()` releases
 the camera, the relay and the inputs.
 """
@@ -49,8 +49,9 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 
-_AUDIT_POLL_S = 5.0
+_STORE_POLL_S = 2.0  # how soon the CLI's enrolments reach the door and the platform
 _SNAPSHOT_EXPIRY_EVERY_S = 600.0
+CAMERA_ID = "door-camera"
 DOOR_STALL_S = 10.0  # the door ticks every 0.1 s
 FRAMES_STALL_S = 10.0  # the frame loop wakes at least every second
 
@@ -152,7 +153,8 @@ class AccessFeature:
         self.camera: Camera | None = None
         self.service: AccessService | None = None
         self._camera_events: set[asyncio.Task[None]] = set()
-        self._audit_version = -1
+        self._store_version = -1
+        self._store_changed = asyncio.Event()
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -195,7 +197,8 @@ class AccessFeature:
                 _LOGGER.info(
                     "forwarded %d audit records written while the daemon was away", forwarded
                 )
-        self._audit_version = await self.store.version()
+        self._store_version = await self.store.version()
+        self.store.add_listener(self._store_changed.set)
         if not a.camera.source:
             _LOGGER.info("access: no camera configured; cards and exit requests only")
             return
@@ -214,7 +217,7 @@ class AccessFeature:
                 stall_s=cam.stall_s,
             ),
             self._camera_state,
-            name="door-camera",
+            name=CAMERA_ID,
         )
         m = a.motion
         gate: Any = (
@@ -228,11 +231,10 @@ class AccessFeature:
             if m.enabled
             else _OpenGate()
         )
-        rec, dec = a.recognition, a.decision
+        dec = a.decision
         self.service = AccessService(
             AccessSettings(
-                camera_name="door-camera",
-                workers=rec.workers,
+                camera_name=CAMERA_ID,
                 cooldown_s=dec.cooldown_s,
                 unknown_repeat_s=dec.unknown_repeat_s,
                 policy=DecisionPolicy(
@@ -254,12 +256,11 @@ class AccessFeature:
             workers=self.workers,
             faces=self.store,
             door=self.door,
-            record=self._recorder("door-camera"),
+            record=self._recorder(CAMERA_ID),
             outbox=self._outbox,
             events=self._events,
             door_ref=self.door_ref,
         )
-        self.store.add_listener(self.service.gallery_changed)
         await self.service.load()
         self.camera.start(asyncio.get_running_loop())
 
@@ -268,7 +269,7 @@ class AccessFeature:
         kind = "camera.online" if online else "camera.offline"
         log = _LOGGER.info if online else _LOGGER.error
         log("door camera %s: %s", "online" if online else "offline", reason)
-        ref = DeviceRef(id="door-camera", type="camera", location=self.door_ref.location)
+        ref = DeviceRef(id=CAMERA_ID, type="camera", location=self.door_ref.location)
         event = self._events.make(
             kind, device=ref, data={"reason": reason, "door": self.door_ref.id}
         )
@@ -287,7 +288,7 @@ class AccessFeature:
     def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
         found: dict[str, Coroutine[Any, Any, None]] = {
             "door": self.door.run(),
-            "audit-forwarder": self._forward_audit(),
+            "face-store-watch": self._watch_store(),
         }
         if self.cards is not None:
             found["card-reader"] = self.cards.run()
@@ -296,19 +297,25 @@ class AccessFeature:
             found["snapshot-retention"] = self._expire_snapshots()
         return found
 
-    async def _forward_audit(self) -> None:
-        """Forward audit records the CLI wrote while the daemon runs (it never touches the
-        outbox itself): when the face store's version moves, look for unforwarded rows."""
+    async def _watch_store(self) -> None:
+        """The store changed: at once for a change made in this process (its listener), within
+        `_STORE_POLL_S` for one the CLI made (it never touches the outbox itself). Reload the
+        gallery and forward the audit rows not yet forwarded."""
         assert self.store is not None
         while True:
-            await asyncio.sleep(_AUDIT_POLL_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_STORE_POLL_S):
+                    await self._store_changed.wait()
+            self._store_changed.clear()
             try:
                 version = await self.store.version()
-                if version != self._audit_version:
-                    self._audit_version = version
+                if version != self._store_version:
+                    self._store_version = version
+                    if self.service is not None:
+                        self.service.gallery_changed()
                     await self.audit.forward_pending()
             except StorageError as exc:
-                _LOGGER.error("cannot forward the audit log: %s", exc)
+                _LOGGER.error("cannot follow the face store: %s", exc)
 
     async def _expire_snapshots(self) -> None:
         assert self.service is not None

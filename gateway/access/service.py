@@ -21,7 +21,6 @@ polled), so a worker always matches against one consistent gallery.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -44,6 +43,7 @@ from gateway.access.snapshots import (
 from gateway.access.tracks import Track, Tracker, TrackSettings
 from gateway.errors import StorageError
 from gateway.events import DeviceRef, Event, EventFactory
+from gateway.faces.store import GallerySnapshot
 from gateway.outbox import Outbox
 from gateway.vision.decision import (
     DecisionPolicy,
@@ -63,7 +63,6 @@ _LOGGER = logging.getLogger(__name__)
 
 Image = npt.NDArray[np.uint8]
 _STAGE_WINDOW = 50
-_GALLERY_POLL_S = 2.0
 _FRAME_WAIT_S = 1.0
 _IDLE_PAUSE_S = 0.05
 
@@ -92,15 +91,12 @@ class DoorLike(Protocol):
 
 
 class GallerySource(Protocol):
-    async def load_gallery(self) -> Gallery: ...
-
-    async def version(self) -> int: ...
+    async def snapshot(self) -> GallerySnapshot: ...
 
 
 @dataclass(frozen=True, slots=True)
 class AccessSettings:
     camera_name: str = "door-camera"
-    workers: int = 1
     cooldown_s: float = 10.0
     unknown_repeat_s: float = 30.0  # an unknown face still there is reported again after this
     policy: DecisionPolicy = field(default_factory=DecisionPolicy)
@@ -165,11 +161,10 @@ class AccessService:
         self._events = events
         self._door_ref = door_ref
         self._gallery = Gallery()
-        self._gallery_version = -1
         self._reload_wanted = asyncio.Event()
         self._tracker = Tracker(settings.tracks)
         self._last_grant: dict[str, float] = {}
-        self._slots = asyncio.Semaphore(settings.workers)
+        self._slots = asyncio.Semaphore(workers.workers)
         self._decide_lock = asyncio.Lock()
         self._inflight: set[asyncio.Task[None]] = set()
         self._latest_done_index = 0
@@ -183,7 +178,8 @@ class AccessService:
         return self._gallery
 
     def gallery_changed(self) -> None:
-        """The face store changed in this process: reload soon (called by its listener)."""
+        """The face store changed (its listener in this process, or the daemon's watch of its
+        version for the CLI's changes): reload soon."""
         self._reload_wanted.set()
 
     async def load(self) -> None:
@@ -192,25 +188,21 @@ class AccessService:
         await self.reload_gallery()
 
     async def reload_gallery(self) -> None:
-        version = await self._faces.version()
-        gallery = await self._faces.load_gallery()
-        self._gallery, self._gallery_version = gallery, version
+        snapshot = await self._faces.snapshot()  # the templates and their version, one read
+        self._gallery = snapshot.gallery
         _LOGGER.info(
             "face gallery: %d people, %d templates (version %d)",
-            gallery.person_count,
-            len(gallery),
-            version,
+            snapshot.gallery.person_count,
+            len(snapshot.gallery),
+            snapshot.version,
         )
 
     async def _watch_gallery(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_GALLERY_POLL_S):
-                    await self._reload_wanted.wait()
+            await self._reload_wanted.wait()
             self._reload_wanted.clear()
             try:
-                if await self._faces.version() != self._gallery_version:
-                    await self.reload_gallery()
+                await self.reload_gallery()
             except StorageError as exc:
                 _LOGGER.error("cannot reload the face gallery: %s", exc)
 

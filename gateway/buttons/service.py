@@ -198,7 +198,10 @@ class ButtonService:
         event = self._events.make(
             kind, data={"receiver": receiver.cfg.name, "url": receiver.cfg.url, "reason": reason}
         )
-        task = asyncio.create_task(self._append_quietly(event), name=f"button-{kind}")
+        self._store_in_background(event)
+
+    def _store_in_background(self, event: Any) -> None:
+        task = asyncio.create_task(self._append_quietly(event), name=f"button-{event.kind}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -302,9 +305,7 @@ class ButtonService:
                 device=ref,
                 data={"battery_mv": frame.battery_mv, "rssi_dbm": frame.rssi_dbm},
             )
-            task = asyncio.create_task(self._append_quietly(event), name="button-heartbeat")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._store_in_background(event)
         elif isinstance(frame, BatteryLow):
             await self._outbox.append(
                 self._events.make(
