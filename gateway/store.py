@@ -162,6 +162,14 @@ MIGRATIONS: Sequence[str] = (
         changed_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 6: the command clock's high-water mark: commands are judged against a clock that never
+    # runs backwards, across clock steps and restarts (gateway/command_clock.py).
+    """
+    CREATE TABLE command_clock (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        high_water_ms INTEGER NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
