@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,9 +43,14 @@ class RuntimeSetting:
         if kind in (int, float):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise SettingError(f"{self.name} takes a number")
-            if kind is int and not float(value).is_integer():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SettingError(f"{self.name} takes a finite number")
+            if kind is int and isinstance(value, float) and not value.is_integer():
                 raise SettingError(f"{self.name} takes a whole number")
-            number = kind(value)
+            try:
+                number = kind(value)
+            except OverflowError as exc:  # an integer beyond what a float can hold
+                raise SettingError(f"{self.name}: {value} is out of range") from exc
             if self.minimum is not None and number < self.minimum:
                 raise SettingError(f"{self.name} must be at least {self.minimum}")
             if self.maximum is not None and number > self.maximum:

@@ -111,7 +111,11 @@ class Harness:
                 "port": self.broker.port,
                 "reconnect": {"min_delay_s": 0.05, "max_delay_s": 0.5},
             },
-            "commands": {"hmac_key_file": str(self.key_file), "max_clock_skew_s": 300},
+            "commands": {
+                "hmac_key_file": str(self.key_file),
+                "max_clock_skew_s": 300,
+                "response_topic_prefixes": [f"{REPLIES}/"],
+            },
         }
         return _deep_merge(base, overrides)
 
@@ -907,3 +911,172 @@ async def test_daemon_survives_a_sequence_of_bad_commands(
     )
     await platform.assert_alive()
     assert not daemon.task.done()
+
+
+# -- hostile commands (issue 8: one message must never stop the daemon) ------------------------
+
+
+def _nested(cid: str, depth: int) -> bytes:
+    body = json.loads(_fields(cid))
+    text = json.dumps(body).replace(
+        '"args": {}', '"args": {"a": ' + "[" * depth + "]" * depth + "}"
+    )
+    return text.encode()
+
+
+async def test_deep_nesting_is_malformed_and_the_daemon_lives(
+    daemon: Daemon, platform: Platform
+) -> None:
+    """Regression: a ping whose args nested 10,000 deep raised RecursionError outside the
+    handler's try, killed the command task and stopped the daemon (then, redelivered, again
+    at every start)."""
+    for depth in (10_000, 33):
+        cid = new_id("deep")
+        assert await platform.send("ping", _nested(cid, depth)) == 0
+        result = await platform.result(cid)
+        assert code_of(result) == "malformed" and "deep" in result["error"]
+    cid = new_id("deep")
+    assert (await platform.call("ping", _nested(cid, 20), cid))["ok"] is True
+    assert not daemon.task.done()
+    await platform.assert_alive()
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        (10**40, "malformed"),
+        (2**64, "malformed"),
+        ("1e400", "malformed"),
+        (1e308, "invalid_setting"),
+        (2**62, "invalid_setting"),
+        (-1e308, "invalid_setting"),
+    ],
+)
+async def test_huge_numbers_never_fail_with_overflow(
+    daemon: Daemon, platform: Platform, value: Any, code: str
+) -> None:
+    cid = new_id("num")
+    body = platform.command(
+        "config.set", cid, {"name": "health.interval_s", "value": 0}, signed=True
+    )
+    # Sign what is sent: the canonical JSON of the huge value, as a platform would.
+    raw = value if not isinstance(value, str) else float("inf")
+    body["args"]["value"] = raw if raw != float("inf") else 0
+    canonical = canonical_bytes(
+        GW, "config.set", cid, body["issued_at"], body["expires_at"], body["args"]
+    )
+    body["sig"] = sign(platform.key, canonical)
+    text = json.dumps(body)
+    if isinstance(value, str):  # a literal no JSON encoder writes: 1e400
+        text = text.replace('"value": 0', f'"value": {value}')
+    result = await platform.call("config.set", text.encode(), cid)
+    assert code_of(result) == code, result
+    assert _interval(daemon) == 60.0
+    await platform.assert_alive()
+
+
+async def test_unsigned_command_does_not_burn_the_id_of_a_signed_one(
+    daemon: Daemon, platform: Platform
+) -> None:
+    cid = new_id("burn")
+    assert (await platform.call("ping", platform.command("ping", cid), cid))["ok"] is True
+    platform.sub.clear()
+    body = platform.command(
+        "config.set", cid, {"name": "health.interval_s", "value": 33}, signed=True
+    )
+    assert (await platform.call("config.set", body, cid))["ok"] is True
+    assert _interval(daemon) == 33.0
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        f"{PREFIX}/event/alarm.raised",
+        f"{PREFIX}/status",
+        f"{PREFIX}/health",
+        f"{PREFIX}/cmd/door.open",
+        "eldergate/another-gw/cmd/door.open",
+        "somewhere/else",
+    ],
+)
+async def test_response_topic_outside_the_reply_subtree_is_refused(
+    daemon: Daemon, platform: Platform, subscriber: SubscriberFactory, topic: str
+) -> None:
+    watcher = subscriber(topic, client_id="watcher")
+    cid = new_id("rt")
+    props = make_properties(PacketTypes.PUBLISH, ResponseTopic=topic, CorrelationData=b"c")
+    assert await platform.send("ping", platform.command("ping", cid), props) == 0
+    assert (await platform.result(cid))["ok"] is True  # still answered on cmd_result/{id}
+    await platform.assert_alive()  # every earlier result has been published by now
+    # (the gateway's own retained status and health may be there; no command result is)
+    assert [m.payload for m in watcher.messages if cid.encode() in m.payload] == []
+    health = daemon.gateway.commands.health()
+    assert health["response_topics_refused"] == 1
+
+
+async def test_default_reply_subtree(
+    harness: Harness, platform: Platform, subscriber: SubscriberFactory
+) -> None:
+    mapping = harness.mapping()
+    del mapping["commands"]["response_topic_prefixes"]
+    await harness.start(config_from_mapping(mapping))
+    await platform.wait_ready()
+    replies = subscriber(f"{PREFIX}/reply/#", client_id="replies")
+    cid = new_id("rt")
+    topic = f"{PREFIX}/reply/{cid}"
+    props = make_properties(PacketTypes.PUBLISH, ResponseTopic=topic, CorrelationData=b"c1")
+    assert await platform.send("ping", platform.command("ping", cid), props) == 0
+    await replies.wait_for_async(lambda msgs: any(m.topic == topic for m in msgs))
+    (reply,) = [m for m in replies.messages if m.topic == topic]
+    assert reply.correlation_data == b"c1" and reply.json()["ok"] is True
+    # A response topic under the old example's platform subtree is not obeyed by default.
+    cid = new_id("rt")
+    props = make_properties(PacketTypes.PUBLISH, ResponseTopic=f"{REPLIES}/{cid}")
+    assert await platform.send("ping", platform.command("ping", cid), props) == 0
+    assert (await platform.result(cid))["ok"] is True
+    await platform.assert_alive()
+    assert not [m for m in platform.sub.messages if m.topic == f"{REPLIES}/{cid}"]
+
+
+async def test_commands_spelled_with_slashes(daemon: Daemon, platform: Platform) -> None:
+    """RabbitMQ's MQTT plugin turns "." in topic names into "/": `cmd/config/set` is
+    `config.set` (and is signed as `config.set`)."""
+    cid = new_id("slash")
+    body = platform.command(
+        "config.set", cid, {"name": "health.interval_s", "value": 21}, signed=True
+    )
+    assert await platform.send("config/set", body) == 0
+    assert (await platform.result(cid))["ok"] is True
+    assert _interval(daemon) == 21.0
+    await platform.assert_alive()
+
+
+async def test_refusals_are_rate_limited_not_stored_without_bound(
+    harness: Harness, platform: Platform
+) -> None:
+    """A flood of unsigned refusals cannot fill the outbox (lane 1 is never dropped): beyond
+    the answer rate, refused messages are counted and acknowledged without an answer, while a
+    signed command is still answered."""
+    daemon = await harness.start(
+        harness.config(commands={"unsigned_results_per_s": 0.001, "unsigned_results_burst": 5})
+    )
+    await asyncio.to_thread(
+        lambda: [
+            platform.sub.client.publish(f"{PREFIX}/cmd/ping", b"{junk", qos=1).wait_for_publish(
+                WAIT_S
+            )
+            for _ in range(40)
+        ]
+    )
+    commands = daemon.gateway.commands
+    await platform.sub.wait_for_async(
+        lambda _: commands.health()["unanswered"] >= 35 - 1, timeout=WAIT_S
+    )
+    cid = new_id("signed")
+    body = platform.command(
+        "config.set", cid, {"name": "health.interval_s", "value": 44}, signed=True
+    )
+    assert (await platform.call("config.set", body, cid))["ok"] is True
+    health = commands.health()
+    assert health["unanswered"] + len(platform.results(None)) >= 40
+    assert len(platform.results(None)) <= 5 + 1  # the burst (and the readiness ping's slot)
