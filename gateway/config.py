@@ -58,6 +58,8 @@ class UplinkSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     connect_timeout_s: float = 10.0
     session_expiry_s: int = 86400
     will_delay_s: int = 10
+    receive_maximum: int = 16
+    topic_style: Literal["dotted", "slashed"] = "dotted"
     username: str = ""
     password_file: str = ""
     tls: TlsSection = msgspec.field(default_factory=TlsSection)
@@ -349,6 +351,11 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
     need(up.connect_timeout_s > 0, "uplink.connect_timeout_s", "must be positive")
     need(up.session_expiry_s >= 0, "uplink.session_expiry_s", "must not be negative")
     need(up.will_delay_s >= 0, "uplink.will_delay_s", "must not be negative")
+    need(
+        1 <= up.receive_maximum <= 65535,
+        "uplink.receive_maximum",
+        "must be between 1 and 65535",
+    )
     need(bool(cfg.topic_prefix), "uplink.topic_prefix", "must not be empty")
     need(
         not cfg.commands.require_signature or bool(cfg.commands.hmac_key_file),

@@ -89,6 +89,8 @@ def uplink_settings(cfg: Config) -> UplinkSettings:
         max_delay_s=up.reconnect.max_delay_s,
         auth_failure_delay_s=up.reconnect.auth_failure_delay_s,
         max_inflight=cfg.forwarding.window + 16,
+        receive_maximum=up.receive_maximum,
+        topic_style=up.topic_style,
     )
 
 

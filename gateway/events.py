@@ -64,6 +64,7 @@ KIND_LANES: Mapping[str, Lane] = {
     "camera.online": Lane.DEVICE_STATUS,
     "gateway.started": Lane.DEVICE_STATUS,
     "gateway.stopping": Lane.DEVICE_STATUS,
+    "gateway.uplink_refused": Lane.DEVICE_STATUS,  # lane 0/1 refused by the broker
     "gateway.store_recovered": Lane.ACCESS_AUDIT,
     "device.heartbeat": Lane.TELEMETRY,
     "gateway.health": Lane.TELEMETRY,

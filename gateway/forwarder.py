@@ -8,7 +8,10 @@ a PUBACK with a success reason code.
   in SQLite): delivery is at-least-once and per-lane order is kept.
 - MQTT 5 reason 0x10 "no matching subscribers" means nobody got it: for lanes that need a
   consumer the lane pauses with back-off and the row is sent again. Failure codes (>= 0x80)
-  pause the lane too, except codes that can never succeed, which move the row to dead letters.
+  pause the lane too, except codes that can never succeed, which move a lane 2 or 3 row to
+  dead letters. Lanes 0 and 1 (alarms, access and audit) are never dead-lettered: a refused
+  row waits, its lane pauses with back-off, and the refusal is logged at ERROR once, shown in
+  health (`uplink.refused_lanes`) and handed to the refusal listener (a platform event).
 - Rows that were already stored when the connection came up are replayed at a bounded rate
   (life-safety rows excepted).
 """
@@ -19,12 +22,13 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.aio import wait_event
 from gateway.backoff import Backoff
 from gateway.errors import StorageError, TransientError
-from gateway.events import LANES, Lane
+from gateway.events import LANES, NEVER_DROPPED, Lane
 from gateway.mqtt import Connection, Uplink, UplinkListener
 from gateway.outbox import Outbox, StoredMessage
 
@@ -80,6 +84,32 @@ class ForwarderStats:
     dead_lettered: int = 0
     ack_timeouts: int = 0
     last_delivery: float = 0.0
+    # Lanes 0/1 held back by a refusal that would dead-letter a lower lane.
+    refused_lanes: dict[int, Refusal] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Refusal:
+    """A never-dead-lettered row the broker refuses for good (until someone changes it)."""
+
+    lane: int
+    row: int
+    topic: str
+    code: int
+    since: float  # time.time() of the first refusal in this episode
+    refusals: int = 1
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "reason_code": f"0x{self.code:02X}",
+            "row": self.row,
+            "topic": self.topic,
+            "since": round(self.since, 3),
+            "refusals": self.refusals,
+        }
+
+
+RefusalListener = Callable[[Refusal], None]
 
 
 class _TokenBucket:
@@ -121,6 +151,7 @@ class Forwarder(UplinkListener):
         self._bucket = _TokenBucket(settings.replay_rate)
         self._replay_mark = 0
         self._dead: list[tuple[int, int]] = []
+        self._refusal_listeners: list[RefusalListener] = []
         self.stats = ForwarderStats()
         self.last_progress = time.monotonic()
         uplink.add_listener(self)
@@ -138,6 +169,15 @@ class Forwarder(UplinkListener):
 
     def connected(self, connection: Connection) -> None:
         self._conn = connection
+        window, _ = self._window(connection)
+        if window < self.settings.window:
+            _LOGGER.warning(
+                "the broker's Receive Maximum is %d: at most %d messages in flight instead of "
+                "forwarding.window = %d",
+                window,
+                window,
+                self.settings.window,
+            )
         self._replay_mark = self._outbox.last_row()
         self._reset()
         self._wake.set()
@@ -146,6 +186,10 @@ class Forwarder(UplinkListener):
         self._conn = None
         self._reset()
         self._settled.set()
+
+    def add_refusal_listener(self, listener: RefusalListener) -> None:
+        """Called once when a lane 0/1 row starts being refused for good (the local alert)."""
+        self._refusal_listeners.append(listener)
 
     @property
     def replay_rate(self) -> float:
@@ -188,7 +232,9 @@ class Forwarder(UplinkListener):
             self._pause(lane, stored, "no subscriber received it (0x10)")
         elif code >= 0x80:
             self.stats.failures[code] = self.stats.failures.get(code, 0) + 1
-            if code in PERMANENT_FAILURES:
+            if code in PERMANENT_FAILURES and stored.lane in NEVER_DROPPED:
+                self._hold_refused(lane, stored, code)
+            elif code in PERMANENT_FAILURES:
                 _LOGGER.error(
                     "broker refuses row %d for good (reason 0x%02X); moving it to dead letters",
                     stored.row,
@@ -202,8 +248,43 @@ class Forwarder(UplinkListener):
             self.stats.delivered += 1
             self.stats.last_delivery = time.monotonic()
             lane.retry.reset()
+            if self.stats.refused_lanes.pop(int(stored.lane), None) is not None:
+                _LOGGER.warning("lane %d is delivered again", stored.lane)
         self._settled.set()
         self._wake.set()
+
+    def _hold_refused(self, lane: _LaneState, stored: StoredMessage, code: int) -> None:
+        """A life-safety or audit row refused for good: keep it, pause its lane, alert once."""
+        topic = self._topic_of(stored)
+        known = self.stats.refused_lanes.get(int(stored.lane))
+        refusal = Refusal(int(stored.lane), stored.row, topic, code, time.time())
+        if known is not None:
+            refusal.since, refusal.refusals = known.since, known.refusals + 1
+        self.stats.refused_lanes[refusal.lane] = refusal
+        delay = lane.retry.next()
+        lane.paused_until = time.monotonic() + delay
+        lane.rewind(before_row=stored.row)
+        if known is not None and known.code == code:
+            _LOGGER.debug("lane %d row %d still refused (0x%02X)", stored.lane, stored.row, code)
+            return
+        _LOGGER.error(
+            "the broker refuses lane %d row %d on %s for good (reason 0x%02X); lanes 0 and 1 "
+            "are never dead-lettered: the row is kept and the lane retries with back-off "
+            "(fix the broker's ACL or topic limits)",
+            stored.lane,
+            stored.row,
+            topic,
+            code,
+        )
+        for listener in self._refusal_listeners:
+            try:
+                listener(refusal)
+            except Exception:  # an alert must not stop forwarding
+                _LOGGER.exception("refusal listener failed")
+
+    def _topic_of(self, stored: StoredMessage) -> str:
+        message = stored.message
+        return message.topic if message.absolute else self._uplink.topic(message.topic)
 
     def _pause(self, lane: _LaneState, stored: StoredMessage, why: str) -> None:
         delay = lane.retry.next()
@@ -236,13 +317,22 @@ class Forwarder(UplinkListener):
                 self._check_ack_timeouts()
             await wait_event(self._wake, timeout)
 
+    def _window(self, conn: Connection) -> tuple[int, int]:
+        """The in-flight window and its lane 0 reserve, within the broker's Receive Maximum
+        (MQTT 5 CONNACK): a broker disconnects a client that sends more unacknowledged."""
+        s = self.settings
+        granted = conn.granted.get("receive_maximum")
+        if granted is None or granted >= s.window:
+            return s.window, s.lane0_reserved
+        return granted, min(s.lane0_reserved, granted // 2)
+
     async def _fill(self, conn: Connection) -> float:
         """Publish until the window is full; returns how long until there may be more to do."""
-        s = self.settings
+        window, reserved = self._window(conn)
         next_wake = _TICK_S
-        while len(self._inflight) < s.window and conn is self._conn:
+        while len(self._inflight) < window and conn is self._conn:
             now = time.monotonic()
-            state = await self._next_lane(now)
+            state = await self._next_lane(now, window - reserved)
             if state is None:
                 break
             stored = state.buffer[0]
@@ -253,11 +343,7 @@ class Forwarder(UplinkListener):
             ):
                 next_wake = self._bucket.wait_s()
                 break
-            topic = (
-                stored.message.topic
-                if stored.message.absolute
-                else self._uplink.topic(stored.message.topic)
-            )
+            topic = self._topic_of(stored)
             try:
                 mid = conn.publish(
                     topic,
@@ -276,8 +362,7 @@ class Forwarder(UplinkListener):
                 next_wake = min(next_wake, state.paused_until - time.monotonic())
         return max(0.001, next_wake)
 
-    async def _next_lane(self, now: float) -> _LaneState | None:
-        limit_others = self.settings.window - self.settings.lane0_reserved
+    async def _next_lane(self, now: float, limit_others: int) -> _LaneState | None:
         for state in self._lanes:
             if state.paused_until > now:
                 continue

@@ -18,7 +18,7 @@ import msgspec
 from gateway.aio import wait_event
 from gateway.errors import StorageError, TransientError
 from gateway.events import EventFactory
-from gateway.forwarder import Forwarder
+from gateway.forwarder import Forwarder, Refusal
 from gateway.mqtt import Uplink
 from gateway.outbox import Outbox
 
@@ -60,6 +60,26 @@ class HealthReporter:
         self._wake = asyncio.Event()
         self.store_ok: bool | None = None
         self.last_progress = time.monotonic()
+        self._alerts: set[asyncio.Task[None]] = set()
+        forwarder.add_refusal_listener(self._on_refusal)
+
+    def _on_refusal(self, refusal: Refusal) -> None:
+        """A lane 0/1 row the broker refuses for good: tell the platform on another lane (it
+        may be allowed there) and publish health now rather than at the next interval."""
+        event = self._events.make(
+            "gateway.uplink_refused",
+            data={"lane": refusal.lane, "topic": refusal.topic, "reason_code": refusal.code},
+        )
+        task = asyncio.get_running_loop().create_task(self._store_alert(event))
+        self._alerts.add(task)
+        task.add_done_callback(self._alerts.discard)
+        self._wake.set()
+
+    async def _store_alert(self, event: Any) -> None:
+        try:
+            await self._outbox.append(event)
+        except StorageError as exc:
+            _LOGGER.error("cannot store the uplink refusal event: %s", exc)
 
     def add_source(self, name: str, source: HealthSource) -> None:
         self._sources[name] = source
@@ -92,12 +112,21 @@ class HealthReporter:
             "uplink": {
                 "state": self._uplink.state.value,
                 "connects": self._uplink.connects,
+                "connect_attempts": self._uplink.attempts,
                 "last_error": self._uplink.last_error or None,
                 "in_flight": self._forwarder.in_flight,
                 "delivered": fwd.delivered,
                 "no_consumer_retries": fwd.no_consumer_retries,
                 "failures": {f"0x{k:02X}": v for k, v in fwd.failures.items()},
                 "ack_timeouts": fwd.ack_timeouts,
+                "protocol": "mqtt5" if self._uplink.settings.mqtt5 else "mqtt311",
+                "topic_style": self._uplink.settings.topic_style,
+                # What the broker's CONNACK granted (MQTT 5 only; 3.1.1 cannot say, nor can
+                # it tell "nobody subscribed" from delivered).
+                "granted": dict(self._uplink.granted) or None,
+                "refused_lanes": {
+                    str(lane): r.as_dict() for lane, r in sorted(fwd.refused_lanes.items())
+                },
             },
             "disk_free_bytes": disk_free,
             "cpu_temp_c": cpu_temperature_c(),

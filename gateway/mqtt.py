@@ -37,6 +37,10 @@ _MISC_INTERVAL_S = 1.0
 # CONNACK reason codes that mean "your credentials or rights are wrong" (MQTT 5; paho maps the
 # 3.1.1 return codes 4 and 5 onto 0x86 and 0x87).
 _AUTH_FAILURES = frozenset({0x86, 0x87, 0x8C})
+# 0x84 Unsupported Protocol Version (paho maps a 3.1.1 broker's return code 1 onto it).
+_PROTOCOL_REFUSED = 0x84
+MQTT311_HINT = 'if the broker does not speak MQTT 5, set uplink.protocol = "mqtt311"'
+TOPIC_STYLES = ("dotted", "slashed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,8 @@ class UplinkSettings:
     auth_failure_delay_s: float = 300.0
     max_inflight: int = 128
     subscribe_commands: bool = True
+    receive_maximum: int = 16  # MQTT 5: QoS 1 commands the broker may have in flight to us
+    topic_style: str = "dotted"  # "slashed": event/alarm/raised, for brokers that map '.'
 
     @property
     def status_topic(self) -> str:
@@ -85,6 +91,17 @@ class IncomingMessage:
     connection: Connection
 
 
+class TlsFilesError(ConfigError):
+    """A TLS file named in the configuration cannot be read or is not what it should be.
+
+    Unlike an untrusted broker certificate this is retried at the normal pace: the files are
+    local, and an installer who fixes them should not wait minutes for the next attempt."""
+
+
+class ProtocolRefusedError(TransientError):
+    """The broker refused the MQTT protocol version (CONNACK 0x84)."""
+
+
 class _TrackingContext(ssl.SSLContext):
     """Remembers the socket it wrapped, so a failed TLS handshake (inside paho, which then
     drops the socket without closing it) does not leak a file descriptor."""
@@ -100,12 +117,73 @@ def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
 
+def tls_context(ca_file: str, cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
+    """The client TLS context (verifies the broker's chain and host name).
+
+    Raises TlsFilesError naming the key and file when one cannot be loaded."""
+    context = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
+    _load_tls_files(context, ca_file, cert_file, key_file)
+    return context
+
+
+def _load_tls_files(context: ssl.SSLContext, ca_file: str, cert_file: str, key_file: str) -> None:
+    def fail(key: str, path: str, exc: Exception) -> TlsFilesError:
+        if isinstance(exc, OSError) and exc.strerror:
+            why = exc.strerror
+        else:
+            why = f"not a usable PEM file ({exc})"
+        return TlsFilesError(f"uplink.tls.{key} {path}: {why}")
+
+    try:
+        context.load_verify_locations(cafile=ca_file)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise fail("ca_file", ca_file, exc) from exc
+    if cert_file:
+        try:
+            context.load_cert_chain(cert_file, key_file or None)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise fail("cert_file", f"{cert_file} / {key_file}", exc) from exc
+
+
+# CONNACK properties the broker may use to lower what we asked for: (property, health key).
+_GRANTED_PROPERTIES = (
+    ("SessionExpiryInterval", "session_expiry_s"),
+    ("ReceiveMaximum", "receive_maximum"),
+    ("ServerKeepAlive", "server_keepalive_s"),
+    ("MaximumQoS", "maximum_qos"),
+    ("RetainAvailable", "retain_available"),
+    ("MaximumPacketSize", "maximum_packet_size"),
+    ("TopicAliasMaximum", "topic_alias_maximum"),
+    ("WildcardSubscriptionAvailable", "wildcard_subscriptions"),
+    ("SharedSubscriptionAvailable", "shared_subscriptions"),
+)
+
+
+def granted_properties(props: Any) -> dict[str, int]:
+    """What a CONNACK's properties say (only those the broker sent)."""
+    out: dict[str, int] = {}
+    for name, key in _GRANTED_PROPERTIES:
+        value = getattr(props, name, None)
+        if isinstance(value, int):
+            out[key] = value
+    return out
+
+
+def event_topic(relative: str, style: str) -> str:
+    """`event/alarm.raised` as the configured topic style spells it."""
+    if style == "slashed" and relative.startswith("event/"):
+        return relative.replace(".", "/")
+    return relative
+
+
 class UplinkState(Enum):
     DISCONNECTED = "disconnected"
     CONNECTING = "connecting"
     CONNECTED = "connected"
     AUTH_FAILED = "auth_failed"
     TLS_FAILED = "tls_failed"
+    PROTOCOL_REFUSED = "protocol_refused"
+    ERROR = "error"  # an unexpected fault while connecting; retried with back-off
 
 
 class UplinkListener(Protocol):
@@ -139,6 +217,8 @@ class Connection:
         self.connected_at = 0.0
         self._tls_context: _TrackingContext | None = None
         self._content_type_props: dict[str, Properties] = {}
+        self._socket_opened = False
+        self.granted: dict[str, int] = {}  # MQTT 5 CONNACK properties (empty for 3.1.1)
         self.client = self._make_client()
 
     # -- set-up ----------------------------------------------------------------------------
@@ -174,9 +254,7 @@ class Connection:
             client.username_pw_set(s.username, s.password or None)
         if s.tls:
             context = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies host and chain
-            context.load_verify_locations(cafile=s.ca_file)
-            if s.cert_file:
-                context.load_cert_chain(s.cert_file, s.key_file)
+            _load_tls_files(context, s.ca_file, s.cert_file, s.key_file)
             client.tls_set_context(context)
             self._tls_context = context
         return client
@@ -203,6 +281,7 @@ class Connection:
         if s.mqtt5:
             props = _properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = s.session_expiry_s
+            props.ReceiveMaximum = s.receive_maximum
         connect = partial(
             self.client.connect,
             s.host,
@@ -244,6 +323,7 @@ class Connection:
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         fd = sock.fileno()
         self._fd = fd
+        self._socket_opened = True  # TCP (and TLS) up: CONNECT is on its way
 
         def register() -> None:
             if not self._closing:
@@ -297,9 +377,19 @@ class Connection:
         if reason.is_failure:
             code = int(reason.value)
             text = f"broker refused the connection: {reason} (0x{code:02X})"
-            error: Exception = AuthError(text) if code in _AUTH_FAILURES else TransientError(text)
+            error: Exception
+            if code in _AUTH_FAILURES:
+                error = AuthError(text)
+            elif code == _PROTOCOL_REFUSED:
+                error = ProtocolRefusedError(
+                    f"{text}: {MQTT311_HINT}" if self.settings.mqtt5 else text
+                )
+            else:
+                error = TransientError(text)
             self._connack.set_exception(error)
         else:
+            if self.settings.mqtt5:
+                self.granted = granted_properties(props)
             self._connack.set_result(bool(getattr(flags, "session_present", False)))
 
     def _on_disconnect(
@@ -426,9 +516,10 @@ class Connection:
 
     def _mark_closed(self, reason: str) -> None:
         if not self._connack.done():
-            self._connack.set_exception(
-                TransientError(f"connection closed before CONNACK: {reason}")
-            )
+            text = f"connection closed before CONNACK: {reason}"
+            if self.settings.mqtt5 and self._socket_opened:
+                text += f" ({MQTT311_HINT})"
+            self._connack.set_exception(TransientError(text))
         if self.closed.is_set():
             return
         self.close_reason = reason
@@ -450,6 +541,10 @@ class Uplink:
         self.connection: Connection | None = None
         self.last_error = ""
         self.connects = 0
+        self.attempts = 0  # connection attempts, successful or not
+        self.granted: dict[str, int] = {}  # what the broker's last CONNACK granted (MQTT 5)
+        self._reported_grants: dict[str, int] = {}
+        self._last_logged = ""
         self._listeners: list[UplinkListener] = []
         self._puback_handler: Callable[[int, int], None] = lambda mid, code: None
         self._message_handler: Callable[[IncomingMessage], None] = lambda msg: None
@@ -466,7 +561,8 @@ class Uplink:
         self._message_handler = handler
 
     def topic(self, relative: str) -> str:
-        return f"{self.settings.prefix}/{relative}"
+        """The absolute topic; event topics as `uplink.topic_style` spells them."""
+        return f"{self.settings.prefix}/{event_topic(relative, self.settings.topic_style)}"
 
     def drop(self, reason: str) -> None:
         """Abort the current connection (e.g. PUBACKs stopped coming); run() reconnects."""
@@ -475,29 +571,49 @@ class Uplink:
             self.connection.abort(reason)
 
     async def run(self) -> None:
+        """Connect and reconnect until stop(). No failure to connect ends this loop (only
+        cancellation does): each is logged once, shown in `state`/`last_error`, and retried."""
         s = self.settings
         backoff = Backoff(s.min_delay_s, s.max_delay_s)
         failures = 0
         while not self._stopping:
             self.state = UplinkState.CONNECTING
+            self.attempts += 1
             try:
                 conn = await Connection.open(s, self._on_puback, self._message_handler)
             except AuthError as exc:
                 delay = s.auth_failure_delay_s
                 self._report(UplinkState.AUTH_FAILED, exc, failures, delay, force=True)
                 failures += 1
+            except TlsFilesError as exc:
+                delay = backoff.next()
+                self._report(UplinkState.TLS_FAILED, exc, failures, delay, force=True)
+                failures += 1
             except ConfigError as exc:
                 delay = s.auth_failure_delay_s
                 self._report(UplinkState.TLS_FAILED, exc, failures, delay, force=True)
+                failures += 1
+            except ProtocolRefusedError as exc:
+                delay = s.auth_failure_delay_s
+                self._report(UplinkState.PROTOCOL_REFUSED, exc, failures, delay, force=True)
                 failures += 1
             except TransientError as exc:
                 delay = backoff.next()
                 self._report(UplinkState.DISCONNECTED, exc, failures, delay)
                 failures += 1
+            except Exception as exc:  # noqa: BLE001 - a fault here must not stop the daemon
+                delay = backoff.next()
+                self._report(UplinkState.ERROR, exc, failures, delay, force=True, trace=True)
+                failures += 1
             else:
                 failures = 0
                 backoff.reset()
-                await self._serve(conn)
+                self._last_logged = ""
+                try:
+                    await self._serve(conn)
+                except Exception as exc:  # a listener's fault: drop the link, reconnect
+                    conn.abort(f"internal error: {exc!r}")
+                    _LOGGER.exception("MQTT connection handling failed; reconnecting")
                 if self._stopping:
                     break
                 delay = backoff.next()
@@ -522,6 +638,7 @@ class Uplink:
             self.settings.port,
             self.settings.client_id,
         )
+        self._check_grants(conn.granted)
         for listener in self._listeners:
             listener.connected(conn)
         try:
@@ -532,13 +649,56 @@ class Uplink:
             for listener in self._listeners:
                 listener.disconnected()
 
+    def _check_grants(self, granted: dict[str, int]) -> None:
+        """Log (once per value) where the broker's CONNACK lowered what we asked for."""
+        self.granted = dict(granted)
+        s = self.settings
+        asked = {"session_expiry_s": s.session_expiry_s, "server_keepalive_s": s.keepalive_s}
+        why = {
+            "session_expiry_s": "commands queued while the gateway is away longer than that "
+            "are lost",
+            "server_keepalive_s": "the broker's keepalive is used",
+        }
+        for key, wanted in asked.items():
+            got = granted.get(key)
+            if got is None or got == wanted or self._reported_grants.get(key) == got:
+                continue
+            self._reported_grants[key] = got
+            _LOGGER.warning(
+                "the broker granted %s = %d instead of the %d asked for (%s)",
+                key,
+                got,
+                wanted,
+                why[key],
+            )
+
     def _report(
-        self, state: UplinkState, exc: Exception, failures: int, delay: float, force: bool = False
+        self,
+        state: UplinkState,
+        exc: Exception,
+        failures: int,
+        delay: float,
+        force: bool = False,
+        trace: bool = False,
     ) -> None:
         self.state = state
-        self.last_error = str(exc)
-        level = logging.ERROR if force else (logging.WARNING if failures == 0 else logging.DEBUG)
-        _LOGGER.log(level, "MQTT connect failed: %s; next attempt in %.1f s", exc, delay)
+        text = str(exc) or repr(exc)
+        self.last_error = text if not trace else f"{type(exc).__name__}: {text}"
+        repeat = self.last_error == self._last_logged
+        self._last_logged = self.last_error
+        if repeat:  # the same fault again: once clearly is enough
+            level = logging.DEBUG
+        elif force:
+            level = logging.ERROR
+        else:
+            level = logging.WARNING if failures == 0 else logging.DEBUG
+        _LOGGER.log(
+            level,
+            "MQTT connect failed: %s; next attempt in %.1f s",
+            self.last_error,
+            delay,
+            exc_info=exc if trace and not repeat else None,
+        )
 
     async def stop(self, limit_s: float = 3.0) -> None:
         """Publish `offline`, disconnect cleanly and stop reconnecting."""

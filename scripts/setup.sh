@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up on Debian 12 / Raspberry Pi OS (bookworm): installs what is
 # missing and nothing else. The mosquitto Debian package (the demo and the tests start their
-# own broker from it), python3-venv, a virtual environment in .venv with eldergate and its
+# own broker from it), ejabberd (a second MQTT broker for the interop test, started by the
+# test itself on loopback; its system service is not started or enabled), python3-venv, a virtual environment in .venv with eldergate and its
 # development tools, and the face-recognition stack (prebuilt dlib wheels; see
 # scripts/install-face-stack.sh).
 set -euo pipefail
@@ -14,13 +15,34 @@ fi
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     apt_missing+=(python3-venv)
 fi
+new_ejabberd=0
+if ! dpkg-query -W -f='${Status}' ejabberd 2>/dev/null | grep -q 'ok installed'; then
+    apt_missing+=(ejabberd)
+    new_ejabberd=1
+fi
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     echo "setup: installing Debian packages: ${apt_missing[*]}"
+    # No package may start a system service here (ejabberd, epmd): the tests start their own.
+    made_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+        $sudo chmod 755 /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-        "${apt_missing[@]}" >/dev/null
+        "${apt_missing[@]}" >/dev/null 2>&1 || {
+        [ "$made_policy" -eq 0 ] || $sudo rm -f /usr/sbin/policy-rc.d
+        echo "setup: apt-get install ${apt_missing[*]} failed" >&2
+        exit 1
+    }
+    [ "$made_policy" -eq 0 ] || $sudo rm -f /usr/sbin/policy-rc.d
+    if [ "$new_ejabberd" -eq 1 ] && [ -d /run/systemd/system ]; then
+        $sudo systemctl disable --now ejabberd.service epmd.socket epmd.service \
+            >/dev/null 2>&1 || true
+    fi
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -235,8 +235,8 @@ async def test_permanently_refused_row_moves_to_dead_letters(
     pipe: Pipeline = await pipeline()
     await pipe.wait_state(UplinkState.CONNECTED)
     pipe.forwarder._conn = None  # hold publishing while we stage the broker's answer
-    await pipe.append(1, 1)
-    row = (await pipe.outbox.fetch(Lane.ACCESS_AUDIT, 0, 1))[0]
+    await pipe.append(2, 1)  # lanes 0 and 1 are never dead-lettered (see below)
+    row = (await pipe.outbox.fetch(Lane.DEVICE_STATUS, 0, 1))[0]
     from gateway.forwarder import _InFlight
 
     pipe.forwarder._inflight[9999] = _InFlight(row, 0.0)
@@ -244,7 +244,7 @@ async def test_permanently_refused_row_moves_to_dead_letters(
     async with asyncio.timeout(5):
         while pipe.outbox.stats().dead_letters == 0:
             await asyncio.sleep(0.02)
-    assert pipe.outbox.stats().rows[1] == 0
+    assert pipe.outbox.stats().rows[2] == 0
     rows = await pipe.db.reader.execute_fetchall("SELECT id, reason_code FROM dead_letter")
     assert list(rows) == [(row.row, 0x99)]
 
@@ -312,3 +312,176 @@ async def test_tls_verifies_the_broker_and_sends_a_client_certificate(
     )
     await untrusting.wait_state(UplinkState.TLS_FAILED)
     assert "not trusted" in untrusting.uplink.last_error
+
+
+# -- issue 8: faults while connecting, refusals of lanes 0/1, what the broker grants -------------
+
+
+@pytest.mark.parametrize("damage", ["garbage", "missing"])
+async def test_bad_ca_file_is_reported_and_retried_until_fixed(
+    broker_factory: Any,
+    pipeline: PipelineFactory,
+    subscriber: Any,
+    tmp_path: Path,
+    damage: str,
+) -> None:
+    """A garbage or missing CA file used to raise out of Uplink.run (the daemon died): now
+    the uplink says which file, keeps retrying at the normal pace, and the outbox fills."""
+    files = generate_tls_files(tmp_path / "tls")
+    secured = broker_factory("tls", certfile=files.server_cert, keyfile=files.server_key)
+    ca = tmp_path / "ca.pem"
+    if damage == "garbage":
+        ca.write_bytes(b"\x00not a certificate\xff" * 50)
+    pipe: Pipeline = await pipeline(port=secured.tls_port, tls=True, ca_file=str(ca))
+    await pipe.wait_state(UplinkState.TLS_FAILED)
+    assert "uplink.tls.ca_file" in pipe.uplink.last_error
+    assert str(ca) in pipe.uplink.last_error
+    alarm = await pipe.append(0, 1)
+    assert pipe.outbox.stats().rows[0] == 1
+    connects, attempts = pipe.uplink.connects, pipe.uplink.attempts
+    async with asyncio.timeout(10):  # it tries again (and again fails) without dying
+        while pipe.uplink.attempts < attempts + 2:
+            await asyncio.sleep(0.01)
+    assert pipe.uplink.state is UplinkState.TLS_FAILED
+    assert not pipe.tasks[1].done(), "the uplink task must keep running"
+    assert pipe.uplink.connects == connects
+    sub: Subscriber = subscriber(f"{PREFIX}/event/#", port=secured.port)
+    ca.write_bytes(files.ca_cert.read_bytes())  # the installer fixes the file
+    await pipe.wait_state(UplinkState.CONNECTED)
+    await sub.wait_for_async(has_ids({alarm}))
+    await pipe.wait_drained()
+
+
+async def test_unexpected_exception_while_connecting_does_not_end_the_uplink(
+    pipeline: PipelineFactory,
+) -> None:
+    """Any exception from connecting (here paho's ValueError for an MQTT 3.1.1 persistent
+    session without a client id) is reported and retried; only cancellation ends
+    Uplink.run."""
+    pipe: Pipeline = await pipeline(mqtt5=False, client_id="")
+    await pipe.wait_state(UplinkState.ERROR)
+    assert "ValueError" in pipe.uplink.last_error
+    attempts = pipe.uplink.attempts
+    async with asyncio.timeout(10):
+        while pipe.uplink.attempts < attempts + 2:  # it retries
+            await asyncio.sleep(0.01)
+    assert pipe.uplink.state is UplinkState.ERROR
+    assert not pipe.tasks[1].done()
+    await pipe.append(0, 1)
+    assert pipe.outbox.stats().rows[0] == 1
+
+
+async def stage_puback(pipe: Pipeline, lane: Lane, code: int) -> int:
+    """Hand the forwarder a PUBACK with `code` for the oldest row of `lane` (held from the
+    broker meanwhile), as a broker with an ACL or topic limits would answer."""
+    from gateway.forwarder import _InFlight
+
+    row = (await pipe.outbox.fetch(lane, 0, 1))[0]
+    pipe.forwarder._inflight[9999] = _InFlight(row, 0.0)
+    pipe.forwarder._on_puback(9999, code)
+    return row.row
+
+
+@pytest.mark.parametrize("lane", [Lane.LIFE_SAFETY, Lane.ACCESS_AUDIT])
+async def test_lanes_0_and_1_are_never_dead_lettered(
+    pipeline: PipelineFactory, subscriber: Any, lane: Lane, caplog: pytest.LogCaptureFixture
+) -> None:
+    """0x90 (topic name invalid) from an ACL'd broker moved an alarm to dead letters. Now the
+    row stays, its lane pauses with back-off, the refusal is logged at ERROR once, shown in
+    the forwarder's stats (health) and the refusal listener is told; the lane resumes."""
+    pipe: Pipeline = await pipeline(retry_min_s=0.2, retry_max_s=0.5)
+    await pipe.wait_state(UplinkState.CONNECTED)
+    told: list[Any] = []
+    pipe.forwarder.add_refusal_listener(told.append)
+    pipe.forwarder._conn = None  # hold publishing while we stage the broker's answers
+    event_id = await pipe.append(int(lane), 1)
+    row = await stage_puback(pipe, lane, 0x90)
+    again = await stage_puback(pipe, lane, 0x90)
+    assert again == row
+    await asyncio.sleep(0)  # a dead-letter move would start on the forwarder's next pass
+    assert pipe.outbox.stats().dead_letters == 0
+    assert pipe.outbox.stats().rows[lane] == 1
+    refused = pipe.forwarder.stats.refused_lanes[int(lane)]
+    assert (refused.code, refused.row, refused.refusals) == (0x90, row, 2)
+    assert refused.topic == f"{PREFIX}/event/{KIND[int(lane)]}"
+    assert [(r.lane, r.code) for r in told] == [(int(lane), 0x90)], "one alert per episode"
+    errors = [r for r in caplog.records if "never dead-lettered" in r.getMessage()]
+    assert len(errors) == 1 and errors[0].levelname == "ERROR"
+    # The broker accepts it again: the row is delivered and the lane is no longer refused.
+    sub: Subscriber = subscriber(f"{PREFIX}/event/#")
+    assert pipe.uplink.connection is not None
+    pipe.forwarder.connected(pipe.uplink.connection)
+    await sub.wait_for_async(has_ids({event_id}), timeout=20)
+    await pipe.wait_drained()
+    assert pipe.forwarder.stats.refused_lanes == {}
+    assert pipe.outbox.stats().dead_letters == 0
+
+
+async def test_receive_maximum_makes_the_broker_throttle_qos1_to_us(
+    pipeline: PipelineFactory, broker: MosquittoBroker
+) -> None:
+    """MQTT 5 Receive Maximum on CONNECT: with 2, the broker sends at most 2 unacknowledged
+    QoS 1 commands; the rest wait at the broker (not in the gateway's memory)."""
+    import paho.mqtt.publish as publish
+
+    received: list[Any] = []
+    pipe: Pipeline = await pipeline(receive_maximum=2)
+    pipe.uplink.set_message_handler(received.append)  # never acknowledged
+    await pipe.wait_state(UplinkState.CONNECTED)
+    msgs = [{"topic": f"{PREFIX}/cmd/ping", "payload": f"{n}", "qos": 1} for n in range(10)]
+    msgs.append({"topic": f"{PREFIX}/cmd/marker", "payload": "m", "qos": 0})
+    await asyncio.to_thread(
+        publish.multiple, msgs, hostname="127.0.0.1", port=broker.port, protocol=5
+    )
+    async with asyncio.timeout(10):  # QoS 0 is not counted: the marker comes past the queue
+        while not any(m.topic.endswith("/marker") for m in received):
+            await asyncio.sleep(0.01)
+    assert [m.payload for m in received if m.qos == 1] == [b"0", b"1"]
+    conn = pipe.uplink.connection
+    assert conn is not None
+    first = received[0]
+    conn.ack(first.mid, first.qos)  # one slot free: exactly the next one comes
+    async with asyncio.timeout(10):
+        while len([m for m in received if m.qos == 1]) < 3:
+            await asyncio.sleep(0.01)
+    qos1 = [m.payload for m in received if m.qos == 1]
+    assert qos1[:3] == [b"0", b"1", b"2"] and len(qos1) < 10
+
+
+async def test_granted_values_are_read_from_the_connack(
+    broker_factory: Any, pipeline: PipelineFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the broker grants lower than asked is kept (health reports it) and logged once;
+    the forwarder keeps within the broker's own Receive Maximum."""
+    limited = broker_factory("limited", extra_config=("max_keepalive 10",))
+    pipe: Pipeline = await pipeline(port=limited.port, keepalive_s=30)
+    await pipe.wait_state(UplinkState.CONNECTED)
+    assert pipe.uplink.granted.get("server_keepalive_s") == 10
+    assert any("server_keepalive_s = 10" in r.getMessage() for r in caplog.records)
+    conn = pipe.uplink.connection
+    assert conn is not None
+    conn.granted["receive_maximum"] = 6  # as a broker with a small Receive Maximum says
+    assert pipe.forwarder._window(conn) == (6, 3)
+
+
+async def test_mqtt311_has_nothing_granted(pipeline: PipelineFactory) -> None:
+    pipe: Pipeline = await pipeline(mqtt5=False)
+    await pipe.wait_state(UplinkState.CONNECTED)
+    assert pipe.uplink.granted == {}
+
+
+async def test_slashed_topic_style_spells_events_without_dots(
+    pipeline: PipelineFactory, subscriber: Any
+) -> None:
+    """For brokers that turn '.' into '/' (RabbitMQ's MQTT plugin): events go out as
+    event/alarm/raised; the prefix and other topics are left as they are."""
+    sub: Subscriber = subscriber(f"{PREFIX}/event/#")
+    pipe: Pipeline = await pipeline(topic_style="slashed")
+    await pipe.wait_state(UplinkState.CONNECTED)
+    ids = {await pipe.append(0, 1), await pipe.append(3, 2)}
+    received = await sub.wait_for_async(has_ids(ids))
+    assert {m.topic for m in received} == {
+        f"{PREFIX}/event/alarm/raised",
+        f"{PREFIX}/event/device/heartbeat",
+    }
+    assert pipe.uplink.topic("health") == f"{PREFIX}/health"
