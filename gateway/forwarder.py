@@ -248,8 +248,10 @@ class Forwarder(UplinkListener):
             self.stats.delivered += 1
             self.stats.last_delivery = time.monotonic()
             lane.retry.reset()
-            if self.stats.refused_lanes.pop(int(stored.lane), None) is not None:
-                _LOGGER.warning("lane %d is delivered again", stored.lane)
+            refused = self.stats.refused_lanes.get(int(stored.lane))
+            if refused is not None and refused.row == stored.row:  # the refused row itself
+                del self.stats.refused_lanes[int(stored.lane)]
+                _LOGGER.warning("lane %d row %d is accepted now", stored.lane, stored.row)
         self._settled.set()
         self._wake.set()
 

@@ -4,7 +4,9 @@ The daemon connects over MQTT 5, events arrive, a signed command (made with
 `eldergate sign-command`) is answered, and after a broker restart (ejabberd keeps sessions in
 RAM, so everything is new) the gateway reconnects and the backlog stored meanwhile arrives.
 ejabberd grants 300 s of session expiry where the gateway asks for 86,400: the grant is
-read from the CONNACK and shown in health (item 15). Events use the slashed topic style.
+read from the CONNACK and shown in health (item 15). Events use the slashed topic style. With
+an ACL, ejabberd refuses a PUBLISH with 0x90: a refused lane 0 row is kept, never
+dead-lettered, and the platform is told on a topic it allows (item 14).
 
 Run just these with `.venv/bin/python -m pytest -m interop`; they are in the default suite
 too (ejabberd starts in about 2 s).
@@ -29,6 +31,7 @@ import pytest
 from gateway import daemon
 from gateway.config import config_from_mapping
 from gateway.daemon import DaemonHooks, Gateway
+from gateway.events import Lane
 from gateway.mqtt import UplinkState
 from tests.support.broker import EjabberdBroker, ejabberd_available
 from tests.support.gateway_process import IngestClient
@@ -52,9 +55,21 @@ async def wait_until(predicate: Any, limit_s: float = 30.0) -> None:
             await asyncio.sleep(0.02)
 
 
+# The ACL of the refusal test: door events may not be published (everything else may).
+ACL = (
+    f"{PREFIX}/event/alarm/#",
+    f"{PREFIX}/event/gateway/#",
+    f"{PREFIX}/status",
+    f"{PREFIX}/health",
+    f"{PREFIX}/cmd/#",
+    f"{PREFIX}/cmd_result/#",
+)
+
+
 @pytest.fixture
-def ejabberd(tmp_path: Path) -> Iterator[EjabberdBroker]:
-    broker = EjabberdBroker(tmp_path / "ejabberd")
+def ejabberd(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[EjabberdBroker]:
+    acl = ACL if request.node.get_closest_marker("acl") else None
+    broker = EjabberdBroker(tmp_path / "ejabberd", allow_publish=acl)
     broker.start()
     try:
         yield broker
@@ -177,3 +192,38 @@ async def test_ejabberd_connect_event_signed_command_and_restart(
         await platform.wait_for_async(lambda ms: set(backlog) <= ids_of(ms), timeout=60)
     assert gateway.uplink.connects >= 2
     assert not running.task.done()
+
+
+@pytest.mark.acl
+async def test_ejabberd_acl_refusal_of_a_lane_0_row_is_never_dead_lettered(
+    running: Running, platform: Subscriber
+) -> None:
+    """ejabberd's ACL refuses event/door/... with 0x90, which used to move a forced-door
+    alarm to dead letters. The row is kept and its lane retried; health says why; the
+    platform gets gateway.uplink_refused (allowed topic); other alarms still go through."""
+    gateway = running.gateway
+    await wait_until(lambda: gateway.uplink.state is UplinkState.CONNECTED)
+    async with IngestClient(running.ingest) as client:
+        door = await client.send("door.forced_open", "door-1", "door")
+        assert door is not None
+        await wait_until(lambda: 0 in gateway.forwarder.stats.refused_lanes)
+        alarm = await client.send("alarm.raised", "t-00000001", "sos_button")
+        assert alarm is not None
+    received = await platform.wait_for_async(
+        lambda ms: (
+            alarm.id in ids_of(ms)
+            and any(m.topic == f"{PREFIX}/event/gateway/uplink_refused" for m in ms)
+        ),
+        timeout=30,
+    )
+    alert = next(m for m in received if m.topic.endswith("/gateway/uplink_refused")).json()
+    assert alert["data"]["reason_code"] == 0x90
+    assert alert["data"]["topic"] == f"{PREFIX}/event/door/forced_open"
+    refusal = gateway.forwarder.stats.refused_lanes[0]
+    assert refusal.code == 0x90
+    assert door.id not in ids_of(received)
+    assert gateway.outbox.stats().dead_letters == 0
+    waiting = await gateway.outbox.fetch(Lane.LIFE_SAFETY, 0, 100)
+    assert door.id in {json.loads(r.message.payload)["id"] for r in waiting}  # it waits
+    health = await gateway.health.snapshot()
+    assert health["uplink"]["refused_lanes"]["0"]["reason_code"] == "0x90"
