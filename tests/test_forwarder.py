@@ -428,6 +428,13 @@ async def test_receive_maximum_makes_the_broker_throttle_qos1_to_us(
     pipe: Pipeline = await pipeline(receive_maximum=2)
     pipe.uplink.set_message_handler(received.append)  # never acknowledged
     await pipe.wait_state(UplinkState.CONNECTED)
+    async with asyncio.timeout(10):  # until the command subscription is in place (SUBACK)
+        while not any(m.topic.endswith("/ready") for m in received):
+            await asyncio.to_thread(
+                publish.single, f"{PREFIX}/cmd/ready", "r", hostname="127.0.0.1", port=broker.port
+            )
+            await asyncio.sleep(0.05)
+    received.clear()
     msgs = [{"topic": f"{PREFIX}/cmd/ping", "payload": f"{n}", "qos": 1} for n in range(10)]
     msgs.append({"topic": f"{PREFIX}/cmd/marker", "payload": "m", "qos": 0})
     await asyncio.to_thread(
