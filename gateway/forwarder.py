@@ -60,6 +60,10 @@ class _LaneState:
     buffer: deque[StoredMessage] = field(default_factory=deque)
     exhausted: bool = False
     paused_until: float = 0.0
+    # Rows of lanes 0/1 refused for good, set aside until a retry time (row -> monotonic),
+    # so the rows behind them (the next alarm) are not held up; with their own back-off.
+    held: dict[int, float] = field(default_factory=dict)
+    hold_retry: Backoff | None = None
     generation: int = 0  # bumped by every rewind: a read begun before it is stale
     commits: int = 0  # bumped by every commit in this lane: an empty read may be stale
 
@@ -251,28 +255,31 @@ class Forwarder(UplinkListener):
             refused = self.stats.refused_lanes.get(int(stored.lane))
             if refused is not None and refused.row == stored.row:  # the refused row itself
                 del self.stats.refused_lanes[int(stored.lane)]
+                if lane.hold_retry is not None:
+                    lane.hold_retry.reset()
                 _LOGGER.warning("lane %d row %d is accepted now", stored.lane, stored.row)
         self._settled.set()
         self._wake.set()
 
     def _hold_refused(self, lane: _LaneState, stored: StoredMessage, code: int) -> None:
-        """A life-safety or audit row refused for good: keep it, pause its lane, alert once."""
+        """A life-safety or audit row refused for good: keep it and retry it with back-off,
+        set aside so that the rows behind it still go; alert once per episode."""
         topic = self._topic_of(stored)
         known = self.stats.refused_lanes.get(int(stored.lane))
         refusal = Refusal(int(stored.lane), stored.row, topic, code, time.time())
         if known is not None:
             refusal.since, refusal.refusals = known.since, known.refusals + 1
         self.stats.refused_lanes[refusal.lane] = refusal
-        delay = lane.retry.next()
-        lane.paused_until = time.monotonic() + delay
-        lane.rewind(before_row=stored.row)
+        if lane.hold_retry is None:
+            lane.hold_retry = Backoff(self.settings.retry_min_s, self.settings.retry_max_s)
+        lane.held[stored.row] = time.monotonic() + lane.hold_retry.next()
         if known is not None and known.code == code:
             _LOGGER.debug("lane %d row %d still refused (0x%02X)", stored.lane, stored.row, code)
             return
         _LOGGER.error(
             "the broker refuses lane %d row %d on %s for good (reason 0x%02X); lanes 0 and 1 "
-            "are never dead-lettered: the row is kept and the lane retries with back-off "
-            "(fix the broker's ACL or topic limits)",
+            "are never dead-lettered: the row is kept and retried with back-off, later rows "
+            "still go (fix the broker's ACL or topic limits)",
             stored.lane,
             stored.row,
             topic,
@@ -362,10 +369,17 @@ class Forwarder(UplinkListener):
         for state in self._lanes:
             if state.paused_until > time.monotonic():
                 next_wake = min(next_wake, state.paused_until - time.monotonic())
+            for until in state.held.values():
+                next_wake = min(next_wake, until - time.monotonic())
         return max(0.001, next_wake)
 
     async def _next_lane(self, now: float, limit_others: int) -> _LaneState | None:
         for state in self._lanes:
+            if state.held:
+                due = [row for row, until in state.held.items() if until <= now]
+                for row in due:  # its retry time: read the lane again from that row
+                    del state.held[row]
+                    state.rewind(before_row=row)
             if state.paused_until > now:
                 continue
             if state.lane != Lane.LIFE_SAFETY and len(self._inflight) >= limit_others:
@@ -386,9 +400,11 @@ class Forwarder(UplinkListener):
             state.exhausted = state.commits == commits
             return
         state.cursor = rows[-1].row
-        state.buffer.extend(r for r in rows if r.row not in self._inflight_rows)
+        state.buffer.extend(
+            r for r in rows if r.row not in self._inflight_rows and r.row not in state.held
+        )
         if not state.buffer:
-            state.exhausted = False  # all in flight; there may be more after them
+            state.exhausted = False  # all in flight (or held); there may be more after them
 
     def _check_ack_timeouts(self) -> None:
         if not self._inflight:

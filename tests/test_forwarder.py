@@ -492,3 +492,25 @@ async def test_slashed_topic_style_spells_events_without_dots(
         f"{PREFIX}/event/device/heartbeat",
     }
     assert pipe.uplink.topic("health") == f"{PREFIX}/health"
+
+
+async def test_a_refused_alarm_does_not_hold_up_the_alarms_behind_it(
+    pipeline: PipelineFactory, subscriber: Any
+) -> None:
+    """The refused row is set aside with its own back-off (here 30 s); the lane is not
+    paused, so the next alarm goes at once."""
+    sub: Subscriber = subscriber(f"{PREFIX}/event/#")
+    pipe: Pipeline = await pipeline(retry_min_s=30.0, retry_max_s=30.0)
+    await pipe.wait_state(UplinkState.CONNECTED)
+    pipe.forwarder._conn = None  # hold publishing while we stage the broker's answer
+    refused = await pipe.append(0, 1)
+    row = await stage_puback(pipe, Lane.LIFE_SAFETY, 0x90)
+    assert pipe.uplink.connection is not None
+    pipe.forwarder.connected(pipe.uplink.connection)
+    later = await pipe.append(0, 2, device="t-00000002")
+    received = await sub.wait_for_async(has_ids({later}), timeout=10)
+    assert refused not in {e["id"] for e in events_of(received)}
+    assert pipe.forwarder.stats.refused_lanes[0].row == row
+    waiting = await pipe.outbox.fetch(Lane.LIFE_SAFETY, 0, 10)
+    assert [r.row for r in waiting][:1] == [row]
+    assert pipe.outbox.stats().dead_letters == 0
