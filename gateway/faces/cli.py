@@ -4,7 +4,9 @@ Works while the daemon runs (SQLite WAL; writes wait for the daemon's, briefly).
 writes templates and audit rows but never appends to the outbox (the daemon keeps the outbox
 counters in memory): the daemon notices the change of `face_state.version`, reloads its
 gallery and forwards the pending audit records. Refusals print the reason and exit 65.
-Nothing printed here is an embedding.
+Nothing printed here is an embedding. The photo is decoded and encoded in a face worker
+process with the daemon's decoder and memory limits (`gateway.vision.workers`), never in the
+CLI's own process: a decompression bomb is refused as `too_large`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from gateway.faces.enrolment import (
 )
 from gateway.faces.store import FaceStore
 from gateway.store import Database, StoreOptions
-from gateway.vision.models_check import FaceStackError
+from gateway.vision.engine import EngineSettings
+from gateway.vision.models_check import FaceStackError, ensure_face_models
+from gateway.vision.workers import FaceWorkerPool
 
 EX_DATAERR = 65  # sysexits.h: the input data was incorrect (a refused enrolment)
 EX_NOINPUT = 66  # sysexits.h: the photo file cannot be read
@@ -100,11 +104,20 @@ async def _run(args: argparse.Namespace, cfg: Config, key_file: Path, out: TextI
         cipher = TemplateCipher.load_or_create(key_file)
         audit = AuditLog(db, outbox=None)  # the daemon forwards what the CLI records
         store = FaceStore(db, cipher, audit, max_templates=max_templates(cfg))
-        enrolment = FaceEnrolment(
-            store, EventFactory(cfg.gateway.id, ClockSync()), None, enrolment_settings(cfg), None
-        )
+        events = EventFactory(cfg.gateway.id, ClockSync())
         if command == "enroll":
-            return await _enroll(enrolment, args, photo, out)
+            try:
+                await asyncio.to_thread(ensure_face_models)
+            except FaceStackError as exc:
+                print(f"eldergate: {exc}", file=sys.stderr)
+                return EX_UNAVAILABLE
+            workers = FaceWorkerPool(EngineSettings(), workers=1)  # started by the first photo
+            try:
+                enrolment = FaceEnrolment(store, events, None, enrolment_settings(cfg), workers)
+                return await _enroll(enrolment, args, photo, out)
+            finally:
+                await asyncio.to_thread(workers.shutdown)
+        enrolment = FaceEnrolment(store, events, None, enrolment_settings(cfg), None)
         if command == "remove":
             return await _remove(enrolment, args, out)
         if command == "list":

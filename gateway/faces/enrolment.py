@@ -7,6 +7,14 @@ with the same models as the door (small landmarks), so distances compare with th
 in `gateway.vision.decision`. The photo is never stored: its bytes and pixels are dropped as
 soon as the encoding exists.
 
+Photos are untrusted input: a few hundred bytes can claim 30000x30000 pixels (2.7 GB decoded).
+`image_size()` reads the frame header first for a cheap early refusal, but the limit that
+holds is the decoder's own: the photo is decoded in a `FaceWorkerPool` worker whose OpenCV
+refuses frame headers above `max_pixels` and whose address space is capped
+(`gateway.vision.workers.WorkerLimits`). Whatever gets past the header check, the decoder's
+refusal or a failed allocation ends as `too_large`, and a worker that dies as `worker_failed`:
+one refused enrolment, never the daemon.
+
 `FaceEnrolment` ties encoding to the `FaceStore` and makes the `face.enrolled` /
 `face.removed` events; `register_commands()` adds the signed `face.enroll` (base64 JPEG in the
 args) and `face.remove` commands. No event, result or log line carries an embedding.
@@ -22,6 +30,7 @@ import importlib
 import logging
 import warnings
 from collections.abc import Mapping
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +50,7 @@ from gateway.faces.store import (
     check_person_id,
 )
 from gateway.vision.models_check import FaceStackError, ensure_face_models
+from gateway.vision.workers import DEFAULT_MAX_IMAGE_PIXELS
 
 __all__ = [
     "EnrolmentRefused",
@@ -59,7 +69,9 @@ _MAX_REASON = 200
 @dataclass(frozen=True, slots=True)
 class EnrolmentSettings:
     max_bytes: int = 8 * 1024 * 1024
-    max_pixels: int = 50_000_000  # refused before decoding (a 50 MP photo is 150 MB of BGR)
+    # Refused from the header before decoding; the workers' decoder holds the same limit
+    # (WorkerLimits.max_image_pixels) whatever the header parsing made of the file.
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_side: int = 1600  # longest side after downscaling, in pixels
     upsample: int = 1  # HOG upsampling: 1 also finds smaller faces in the background
     jitters: int = 1
@@ -83,10 +95,20 @@ def max_templates(cfg: Config) -> int:
 def encode_photo(data: bytes, settings: EnrolmentSettings) -> npt.NDArray[np.float32]:
     """The float32 (128,) encoding of the one face in a JPEG or PNG photo.
 
-    Blocking (0.1-1 s on x86, several on a Pi): run it in an executor. Raises
-    EnrolmentRefused (not_an_image, too_large, no_face, multiple_faces, face_too_small) or
-    FaceStackError when the face-recognition stack is not installed.
+    Blocking (0.1-1 s on x86, several on a Pi): run it in an executor, a `FaceWorkerPool`
+    for untrusted photos (its decoder limits). Raises EnrolmentRefused (not_an_image,
+    too_large, no_face, multiple_faces, face_too_small) or FaceStackError when the
+    face-recognition stack is not installed.
     """
+    try:
+        return _encode(data, settings)
+    except MemoryError as exc:  # the worker's address-space limit, anywhere on the way
+        raise EnrolmentRefused(
+            "too_large", "encoding the photo needs more memory than a face worker may use"
+        ) from exc
+
+
+def _encode(data: bytes, settings: EnrolmentSettings) -> npt.NDArray[np.float32]:
     import cv2
 
     if len(data) > settings.max_bytes:
@@ -112,7 +134,7 @@ def encode_photo(data: bytes, settings: EnrolmentSettings) -> npt.NDArray[np.flo
         else:
             if longest // 2 >= settings.max_side:
                 flags = cv2.IMREAD_REDUCED_COLOR_2
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    image = _decode(data, flags)
     if image is None or image.ndim != 3 or image.size == 0:
         raise EnrolmentRefused("not_an_image", "the photo cannot be decoded")
     original_longest = max(size) if size is not None else max(image.shape[:2])
@@ -153,6 +175,26 @@ def encode_photo(data: bytes, settings: EnrolmentSettings) -> npt.NDArray[np.flo
     return encoding
 
 
+def _decode(data: bytes, flags: int) -> Any:
+    """cv2.imdecode, its refusals translated: the decoder's pixel limit and a failed
+    allocation are `too_large`, any other decoder error `not_an_image`."""
+    import cv2
+
+    try:
+        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except cv2.error as exc:
+        text = str(exc)
+        if "CV_IO_MAX_IMAGE" in text:
+            raise EnrolmentRefused(
+                "too_large", "the photo has more pixels than the face worker's decoder accepts"
+            ) from exc
+        if "Insufficient memory" in text or "Failed to allocate" in text:
+            raise EnrolmentRefused(
+                "too_large", "decoding the photo needs more memory than the decoder may use"
+            ) from exc
+        raise EnrolmentRefused("not_an_image", "the photo cannot be decoded") from exc
+
+
 def _face_recognition() -> Any:
     """Import face_recognition only after checking its models (it calls quit() otherwise)."""
     ensure_face_models()
@@ -162,7 +204,11 @@ def _face_recognition() -> Any:
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG or PNG header, without decoding; None if not found."""
+    """(width, height) from a JPEG or PNG header, without decoding; None if not found.
+
+    An early, cheap refusal only (the decoder enforces the limit). Markers are found as
+    libjpeg finds them: bytes before a marker that are not 0xFF are skipped, as are 0xFF fill
+    bytes, so a stray byte before the frame header does not hide it."""
     if data.startswith(_PNG_MAGIC):
         if len(data) >= 24 and data[12:16] == b"IHDR":
             return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
@@ -171,11 +217,17 @@ def image_size(data: bytes) -> tuple[int, int] | None:
         return None
     index = 2
     while index + 4 <= len(data):
-        if data[index] != 0xFF:
-            return None
+        if data[index] != 0xFF:  # extraneous bytes: libjpeg warns and skips to the next 0xFF
+            index = data.find(b"\xff", index)
+            if index < 0:
+                return None
+            continue
         marker = data[index + 1]
         if marker == 0xFF:  # fill byte
             index += 1
+            continue
+        if marker == 0x00:  # a stuffed 0xFF is no marker: libjpeg skips both bytes
+            index += 2
             continue
         if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
             index += 2
@@ -244,9 +296,17 @@ class FaceEnrolment:
         check_consent_ref(consent_ref)
         loop = asyncio.get_running_loop()
         async with self._encode_lock:
-            encoding = await loop.run_in_executor(
-                self._executor, encode_photo, photo, self._settings
-            )
+            try:
+                encoding = await loop.run_in_executor(
+                    self._executor, encode_photo, photo, self._settings
+                )
+            except BrokenProcessPool as exc:  # killed (out of memory?) or crashed in dlib
+                _LOGGER.error("a face worker died while encoding an enrolment photo")
+                raise EnrolmentRefused(
+                    "worker_failed",
+                    "the face worker stopped while encoding the photo; new workers are "
+                    "started, but this photo was not enrolled",
+                ) from exc
         del photo  # only the template is kept
         made: list[Event] = []
 
