@@ -149,6 +149,10 @@ class ButtonsSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     ack_deadline_s: float = 60.0
     escalation_repeat_s: float = 30.0
     dedup_window_s: float = 120.0
+    # Authenticated terminal frames (docs/protocols.md): "none", "optional" (verified when
+    # sent) or "required" (a plain frame that could silence or vouch is refused).
+    auth: Literal["none", "optional", "required"] = "none"
+    key_file: str = ""  # the device's 32-byte key as 64 hex digits, mode 0600
     unknown_report_interval_s: float = 600.0
     supervision_check_s: float = 5.0
     reopen_max_s: float = 30.0
@@ -157,12 +161,22 @@ class ButtonsSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 class CameraSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # How long after raising an alarm the resident's CANCEL may end it; unset: half the
+    # acknowledgement deadline, at most 30 s. 0: a CANCEL never ends an alarm.
+    cancel_window_s: float | None = None
     source: str = ""  # "0" (USB index), "/dev/video0", "rtsp://…", or a video file; "" = none
     width: int = 640
     height: int = 480
     fps: float = 10.0
     loop_file: bool = False
     reopen_max_s: float = 30.0
+    @property
+    def cancel_window(self) -> float:
+        """The resident's cancel window in seconds (see `cancel_window_s`)."""
+        if self.cancel_window_s is not None:
+            return self.cancel_window_s
+        return min(30.0, self.ack_deadline_s / 2)
+
     stall_s: float = 5.0
 
 
@@ -736,3 +750,20 @@ def config_from_mapping(data: Mapping[str, Any]) -> Config:
     if problems:
         raise ConfigError("\n".join(f"{key}: {msg}" for key, msg in problems))
     return config
+    need(
+        b.cancel_window_s is None or 0 <= b.cancel_window_s < b.ack_deadline_s,
+        "buttons.cancel_window_s",
+        "must be at least 0 and shorter than buttons.ack_deadline_s (a resident's CANCEL "
+        "never ends an escalated alarm)",
+    )
+        need(
+            d.auth == "none" or (d.id.startswith("t-") and bool(d.key_file)),
+            "buttons.devices.auth",
+            f"device {d.id!r}: auth = {d.auth!r} needs a terminal (t-xxxxxxxx; EV1527 "
+            "cannot authenticate) and its key_file",
+        )
+        need(
+            not d.key_file or d.auth != "none",
+            "buttons.devices.key_file",
+            f'device {d.id!r}: a key_file is used only with auth = "optional" or "required"',
+        )

@@ -39,6 +39,7 @@ KIND_LANES: Mapping[str, Lane] = {
     "alarm.escalated": Lane.LIFE_SAFETY,
     "alarm.cancelled": Lane.LIFE_SAFETY,
     "alarm.cleared": Lane.LIFE_SAFETY,
+    "alarm.cancel_requested": Lane.LIFE_SAFETY,  # a CANCEL too late to end the alarm
     "door.forced_open": Lane.LIFE_SAFETY,
     "door.held_open": Lane.LIFE_SAFETY,
     "device.supervision_lost": Lane.LIFE_SAFETY,
@@ -51,6 +52,7 @@ KIND_LANES: Mapping[str, Lane] = {
     "audit.record": Lane.ACCESS_AUDIT,
     "gateway.outbox_overflow": Lane.ACCESS_AUDIT,
     "gateway.settings_changed": Lane.ACCESS_AUDIT,
+    "device.auth_failed": Lane.ACCESS_AUDIT,  # a terminal frame refused (MAC, replay, plain)
     "device.supervision_restored": Lane.DEVICE_STATUS,
     "device.battery_low": Lane.DEVICE_STATUS,
     "device.tamper": Lane.DEVICE_STATUS,

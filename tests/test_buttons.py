@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from drivers.buttons import ev1527_codec
+from drivers.buttons import ev1527_codec, terminal_codec
 from drivers.buttons.simulator import SimulatedReceiver
 from drivers.buttons.terminal_codec import (
+    Cancel,
     Cleared,
     FrameType,
     HelpComing,
@@ -613,4 +614,101 @@ async def test_status_frames_and_other_alarm_causes(
     receiver.write(receiver.noise(64))  # line noise raises nothing
     await asyncio.sleep(0.3)
     assert len(events(sub, "alarm.raised")) == 2
+    assert await gw.finish() == 0
+
+
+async def test_one_cancel_cannot_end_escalated_alarms_or_silence_the_siren(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscriber: SubscriberFactory,
+    receiver: SimulatedReceiver,
+) -> None:
+    """Issue 8 item 6: one 11-byte CANCEL with a valid CRC cancelled three open alarms of a
+    device, one escalated, and switched the siren off. Now a CANCEL after escalation is only
+    recorded (alarm.cancel_requested): every alarm stays open and the siren stays on."""
+    sub = subscriber(f"{PREFIX}/#")
+    output = LoggingOutput()
+    cfg = _cfg(tmp_path, broker, receiver.path, ack_deadline_s=1, escalation_repeat_s=1)
+    gw = await start(cfg, output)
+    await wait_online(gw.gateway)
+    terminal = receiver.terminal(T1, repeat_s=0.5)
+    for _ in range(3):
+        await terminal.press(timeout_s=WAIT_S)
+    raised = await wait_events(sub, "alarm.raised", 3)
+    await wait_events(sub, "alarm.escalated", 3)
+    assert output.active
+    # The forged frame: 11 bytes, a valid CRC, anyone with a radio can send it.
+    cancel = receiver.cancel(T1)
+    assert len(terminal_codec.encode(cancel)) == 11
+    await terminal.send_until_received(cancel, timeout_s=WAIT_S)
+    requested = (await wait_events(sub, "alarm.cancel_requested"))[0]
+    assert requested["priority"] == 0
+    assert requested["data"]["alarm_id"] == raised[-1]["id"]
+    assert requested["data"]["reason"] == "escalated"
+    assert events(sub, "alarm.cancelled") == []
+    assert gw.gateway.buttons is not None
+    assert {a.id for a in gw.gateway.buttons.alarms.open_alarms()} == {e["id"] for e in raised}
+    assert output.active  # the siren is still on
+    assert terminal.cleared == []  # the terminal is not told the alarm is over
+    # Only staff end it: a signed alarm.clear of all three turns the siren off.
+    key = tmp_path / "command.key"
+    for event in raised:
+        result = await call(sub, "alarm.clear", {"alarm": event["id"], "by": "nurse"}, key)
+        assert result["ok"], result
+    assert not output.active
+    assert await gw.finish() == 0
+
+
+async def test_authenticated_terminal_over_the_air_forged_cancel_refused(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscriber: SubscriberFactory,
+    receiver: SimulatedReceiver,
+) -> None:
+    """A terminal with auth = "required": its plain (forged) CANCEL is refused and reported,
+    its authenticated CANCEL inside the window ends the alarm; a recorded CANCEL replayed
+    after a restart is refused."""
+    sub = subscriber(f"{PREFIX}/#")
+    key = secrets.token_bytes(32)
+    key_path = tmp_path / "t1.key"
+    key_path.write_text(key.hex() + "\n")
+    key_path.chmod(0o600)
+    devices = [
+        {"id": f"t-{T1:08x}", "resident": "Mrs Li", "auth": "required", "key_file": str(key_path)}
+    ]
+    cfg = _cfg(tmp_path, broker, receiver.path, devices=devices, cancel_window_s=50)
+    gw = await start(cfg)
+    await wait_online(gw.gateway)
+    assert gw.gateway.buttons is not None
+    buttons = gw.gateway.buttons
+    receiver.set_key(T1, key, counter=1000)
+    terminal = receiver.terminal(T1, repeat_s=0.5)
+    await terminal.press(timeout_s=WAIT_S)
+    raised = (await wait_events(sub, "alarm.raised"))[0]
+    assert raised["data"]["authenticated"] is True
+    forged = receiver.send(Cancel(T1, 200), plain=True)  # what a forger can send
+    assert forged.seq == 200
+    failed = (await wait_events(sub, "device.auth_failed"))[0]
+    assert failed["data"]["reason"] == "unauthenticated" and failed["priority"] == 1
+    assert [a.id for a in buttons.alarms.open_alarms()] == [raised["id"]]
+    assert not any(isinstance(f, Received) and f.ack_seq == 200 for f in terminal.downlink)
+    captured = receiver.seal(Cancel(T1, receiver.next_seq(T1)))
+    receiver.write(terminal_codec.encode(captured))
+    cancelled = (await wait_events(sub, "alarm.cancelled"))[0]
+    assert cancelled["data"]["alarm_id"] == raised["id"]
+    assert cancelled["data"]["authenticated"] is True
+    await terminal.wait_for(Cleared, timeout_s=WAIT_S)
+    assert await gw.finish() == 0
+
+    gw = await start(cfg)
+    await wait_online(gw.gateway)
+    assert gw.gateway.buttons is not None
+    await terminal.press(timeout_s=WAIT_S)
+    await wait_events(sub, "alarm.raised", 2)
+    receiver.write(terminal_codec.encode(captured))  # the recording, played back
+    async with asyncio.timeout(WAIT_S):
+        while gw.gateway.buttons.auth_counts.get("replayed", 0) < 1:
+            await asyncio.sleep(0.02)
+    assert len(gw.gateway.buttons.alarms.open_alarms()) == 1
+    assert len(events(sub, "alarm.cancelled")) == 1
     assert await gw.finish() == 0

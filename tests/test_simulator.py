@@ -20,6 +20,7 @@ from drivers.buttons.ev1527_codec import Ev1527Decoder, RfPress
 from drivers.buttons.simulate_cli import ControlServer
 from drivers.buttons.simulator import SimulatedReceiver
 from drivers.buttons.terminal_codec import (
+    Authenticated,
     BatteryLow,
     Cancel,
     Cleared,
@@ -35,6 +36,7 @@ from drivers.buttons.terminal_codec import (
     TerminalDecoder,
     TerminalFrame,
     encode,
+    verify,
 )
 from drivers.serial_port import SerialLink, SerialSettings
 
@@ -322,3 +324,47 @@ def test_link_dir_writable_by_others_is_refused(tmp_path: Path) -> None:
     shared.chmod(0o777)
     with pytest.raises(simulate_cli.RequestError, match="writable"):
         simulate_cli.prepare_link_dir(shared)
+
+
+async def test_authenticated_terminal_repeats_with_new_counters(sim: SimulatedReceiver) -> None:
+    key = bytes(range(32))
+    sim.set_key(DEVICE, key, counter=41)
+    async with gateway_on(sim.path) as (gw, link):
+        terminal = sim.terminal(DEVICE, repeat_s=0.05)
+        task = asyncio.create_task(terminal.press(timeout_s=LIMIT_S))
+        await gw.until(lambda: len(gw.of(Authenticated)) >= 2)  # repeating until RECEIVED
+        first, second = gw.of(Authenticated)[:2]
+        assert isinstance(first, Authenticated) and isinstance(second, Authenticated)
+        assert first.frame == second.frame  # the same press (same seq) ...
+        assert (first.counter, second.counter) == (42, 43)  # ... never the same counter
+        assert verify(first, key) and verify(second, key)
+        await link.write(encode(Received(DEVICE, 0, FrameType.PRESS, first.seq)))
+        await task
+        sim.send(Cancel(DEVICE, 9), plain=True)  # what a forger without the key sends
+        await gw.until(lambda: bool(gw.of(Cancel)))
+        assert gw.of(Cancel) == [Cancel(DEVICE, 9)]
+
+
+async def test_cli_sends_authenticated_frames_with_a_key_file(tmp_path: Path) -> None:
+    link_dir = tmp_path / "sim"
+    key = bytes(range(32))
+    key_file = tmp_path / "t.key"
+    key_file.write_text(key.hex() + "\n")
+    async with SimulatedReceiver(link_path=link_dir / simulate_cli.LINK_NAME) as sim:
+        server = ControlServer(sim, link_dir)
+        await server.start()
+        try:
+            async with gateway_on(sim.path) as (gw, _link):
+                d = str(link_dir)
+                args = ("--link", d, "cancel", "--device", "0x2000001a")
+                assert await cli(*args, "--key-file", str(key_file)) == 0
+                assert await cli(*args, "--key", key.hex()) == 0  # same key: counter goes on
+                assert await cli(*args, "--plain") == 0
+                assert await cli(*args, "--key", "abcd") == 1  # refused: not 32 bytes
+                await gw.until(lambda: len(gw.frames) >= 3)
+                first, second, plain = gw.frames
+                assert isinstance(first, Authenticated) and isinstance(second, Authenticated)
+                assert verify(first, key) and second.counter == first.counter + 1
+                assert isinstance(plain, Cancel)
+        finally:
+            await server.close()

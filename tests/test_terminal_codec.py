@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -15,6 +17,7 @@ from drivers.buttons.terminal_codec import (
     MAGIC,
     MAX_BUFFER,
     MAX_FRAME_LEN,
+    Authenticated,
     BatteryLow,
     Cancel,
     Cleared,
@@ -28,9 +31,13 @@ from drivers.buttons.terminal_codec import (
     Tamper,
     TerminalDecoder,
     TerminalFrame,
+    UplinkFrame,
     crc16,
     device_key,
     encode,
+    mac_input,
+    seal,
+    verify,
 )
 
 # Reproducible in CI: derandomized, no example database written into the repository.
@@ -69,15 +76,22 @@ def reference_frames(data: bytes) -> list[bytes]:
         if data[i : i + 2] == MAGIC and i + 4 <= len(data):
             length, ftype = data[i + 2], data[i + 3]
             total = length + 5
+            # 0x10 AUTHENTICATED: inner type at 9, counter 10-13, payload, 8-byte MAC.
+            inner = data[i + 9] if ftype == 0x10 and i + 10 <= len(data) else None
+            auth = inner is not None and 0x01 <= inner <= 0x07
             ok = (
-                ftype in SIZES
-                and length == 6 + SIZES[ftype]
-                and i + total <= len(data)
+                (ftype in SIZES and length == 6 + SIZES[ftype])
+                or (auth and inner is not None and length == 19 + SIZES[inner])
+            ) and (
+                i + total <= len(data)
                 and crc_reference(data[i + 2 : i + 3 + length])
                 == int.from_bytes(data[i + 3 + length : i + total], "big")
             )
-            if ok:
+            if ok and auth:
+                ftype, payload = data[i + 9], data[i + 14 : i + 3 + length - 8]
+            elif ok:
                 payload = data[i + 9 : i + 3 + length]
+            if ok:
                 ok = not (
                     (ftype == 0x01 and payload[1] > 2)
                     or (ftype == 0x05 and payload[0] > 1)
@@ -219,7 +233,7 @@ def test_worked_example_in_docs_matches_encoder() -> None:
     assert raw.hex(" ").upper() in text
     assert f"0x{crc16(raw[2:-2]):04X}" in text
     # Every AA 55 frame written out in the document must be a valid frame.
-    for match in re.finditer(r"AA 55(?: [0-9A-F]{2}){9,12}", text):
+    for match in re.finditer(r"AA 55(?: [0-9A-F]{2}){9,25}", text):
         blob = bytes.fromhex(match.group(0))
         assert reference_frames(blob) == [blob], match.group(0)
 
@@ -505,3 +519,149 @@ def test_fast_seeded_fuzz() -> None:
     assert all(f in sent_set for f in got)  # no frame that was never sent passed the CRC
     assert 0.5 * len(sent) < len(got) <= len(sent)
     assert dec.counters.crc_errors > 0
+
+
+# --- authenticated frames (type 0x10) ---
+
+DOC_KEY = bytes(range(32))  # the key of the worked example in docs/protocols.md
+keys = st.binary(min_size=32, max_size=32)
+counters = st.integers(0, 0xFFFFFFFF)
+uplink: st.SearchStrategy[UplinkFrame] = st.one_of(
+    st.builds(Press, ids, seqs, u8, st.sampled_from(PressKind)),
+    st.builds(Cancel, ids, seqs),
+    st.builds(Heartbeat, ids, seqs, u16, st.integers(-128, 127)),
+    st.builds(BatteryLow, ids, seqs, u16),
+    st.builds(Tamper, ids, seqs, st.booleans()),
+    st.builds(PullCord, ids, seqs),
+    st.builds(Fall, ids, seqs, st.integers(0, 100)),
+)
+sealed = st.builds(seal, uplink, counters, keys)
+
+
+@PROPS
+@given(uplink, counters, keys, keys)
+def test_authenticated_round_trip_and_verify(
+    frame: UplinkFrame, counter: int, key: bytes, other: bytes
+) -> None:
+    auth = seal(frame, counter, key)
+    raw = encode(auth)
+    assert len(raw) == len(encode(frame)) + 13  # inner type, counter, MAC
+    assert raw[3] == 0x10 and raw[9] == encode(frame)[3]
+    assert raw[2] == 19 + (len(encode(frame)) - 11)
+    assert TerminalDecoder().feed(raw) == [auth]
+    assert verify(auth, key)
+    assert verify(auth, other) == (key == other)
+    assert auth.mac == hmac.new(key, raw[2:-10], hashlib.sha256).digest()[:8]
+    assert reference_frames(raw) == [raw]
+
+
+def test_authenticated_frame_sizes_and_bounds() -> None:
+    assert MAX_FRAME_LEN == 27  # an authenticated HEARTBEAT
+    with pytest.raises(ValueError, match="16 bytes"):
+        seal(Cancel(1, 0), 1, b"short")
+    with pytest.raises(ValueError):
+        Authenticated(Cancel(1, 0), 1 << 32, bytes(8))
+    with pytest.raises(TypeError):
+        Authenticated(Received(1, 0, 1, 1), 1, bytes(8))  # type: ignore[arg-type]
+
+
+def test_authenticated_worked_example_in_docs() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    assert DOC_KEY.hex() in text
+    cancel = seal(Cancel(0x2000001A, 8), 1, DOC_KEY)
+    press = seal(Press(0x2000001A, 9, 1, PressKind.SHORT), 2, DOC_KEY)
+    for frame in (cancel, press):
+        raw = encode(frame)
+        assert raw.hex(" ").upper() in text
+        assert frame.mac.hex(" ").upper() in text
+        assert TerminalDecoder().feed(raw) == [frame] and verify(frame, DOC_KEY)
+    assert mac_input(cancel.frame, 1).hex(" ").upper() in text
+
+
+@PROPS
+@given(st.lists(st.one_of(sealed, frames), max_size=5), st.lists(st.integers(0, 10_000)))
+def test_authenticated_frames_mixed_with_plain_any_chunking(
+    sent: list[TerminalFrame], cuts: list[int]
+) -> None:
+    data = b"".join(encode(f) for f in sent)
+    assert decode_chunks(split(data, cuts)) == sent
+    assert reference_frames(data) == [encode(f) for f in sent]
+
+
+@PROPS
+@given(st.integers(0, 6), st.binary(max_size=20), st.one_of(frames, sealed))
+def test_false_authenticated_header_never_holds_back_a_real_frame(
+    inner: int, tail: bytes, frame: TerminalFrame
+) -> None:
+    """A false AA 55 claiming a 23-27 byte AUTHENTICATED frame just before a real 11-byte frame
+    would make it wait for bytes that come after it; the decoder looks inside instead."""
+    inner_type = inner + 1
+    header = MAGIC + bytes((19 + SIZES[inner_type], 0x10)) + RESIDENT.to_bytes(4, "big")
+    dec = TerminalDecoder()
+    dec.feed(header + b"\x00" + bytes((inner_type,)) + tail[:3])
+    assert dec.feed(encode(frame)) == [frame]
+    assert dec.buffered < MAX_FRAME_LEN
+
+
+@PROPS
+@given(nasty_garbage(), st.one_of(frames, sealed))
+def test_authenticated_frame_is_returned_by_the_feed_that_completes_it(
+    garbage: bytes, frame: TerminalFrame
+) -> None:
+    dec = TerminalDecoder()
+    dec.feed(garbage)
+    assert dec.feed(encode(frame)) == [frame]
+    assert dec.buffered == 0
+
+
+@pytest.mark.parametrize("inner", [Cancel(RESIDENT, 8), Press(RESIDENT, 9, 1, PressKind.SHORT)])
+def test_every_bit_flip_of_an_authenticated_frame_fails_crc_or_mac(inner: UplinkFrame) -> None:
+    """Line damage is caught by the CRC; a forger who fixes up the CRC after changing any bit
+    (the CRC is no secret) is caught by the MAC."""
+    raw = encode(seal(inner, 77, DOC_KEY))
+    for bit in range(len(raw) * 8):
+        damaged = flips(raw, bit)
+        assert TerminalDecoder().feed(damaged) == [], bit
+        body = damaged[2:-2]
+        forged = damaged[:2] + body + crc16(body).to_bytes(2, "big")
+        if forged == raw:  # a flipped CRC bit, "fixed up": the genuine frame again
+            continue
+        for got in TerminalDecoder().feed(forged):
+            assert not (isinstance(got, Authenticated) and verify(got, DOC_KEY)), bit
+
+
+def test_fuzz_never_yields_a_valid_authenticated_frame() -> None:
+    """Random bytes, bit-flipped authenticated traffic, and bit-flipped traffic with the CRC
+    fixed up: nothing decodes to an authenticated frame that verifies, except those sent."""
+    rng = random.Random(20261202)
+    sent = [
+        seal(Cancel(RESIDENT, n & 0xFF), n, DOC_KEY)
+        if n % 2
+        else seal(Press(RESIDENT, n & 0xFF, 1, PressKind.SHORT), n, DOC_KEY)
+        for n in range(1, 3001)
+    ]
+    genuine = set(sent)
+
+    def forged_count(data: bytes) -> int:
+        got = decode_chunks(_chunks(data, rng))
+        return sum(
+            1
+            for f in got
+            if isinstance(f, Authenticated) and verify(f, DOC_KEY) and f not in genuine
+        )
+
+    assert forged_count(rng.randbytes(200_000)) == 0
+    clean = b"".join(encode(f) + rng.randbytes(rng.randint(0, 4)) for f in sent)
+    assert forged_count(_flip_bits(clean, rng, 1e-3)) == 0
+    refixed = bytearray()
+    for frame in sent:
+        raw = bytearray(encode(frame))
+        for _ in range(rng.randint(1, 3)):
+            raw[rng.randrange(2, len(raw) - 2)] ^= 1 << rng.randrange(8)
+        raw[-2:] = crc16(raw[2:-2]).to_bytes(2, "big")
+        refixed += raw
+    dec = TerminalDecoder()
+    got = decode_chunks(_chunks(bytes(refixed), rng), dec)
+    forged = [f for f in got if f not in genuine]
+    assert len(forged) > 1000  # the CRC no longer stops them...
+    assert not any(isinstance(f, Authenticated) and verify(f, DOC_KEY) for f in forged)  # MAC

@@ -7,6 +7,7 @@ One process serves (``simulate --link DIR serve``, or ``eldergate demo`` through
     simulate --link /tmp/eldergate-sim press --device 0x2000001a
     simulate --link /tmp/eldergate-sim rf --address 0x12345 --key 0xa
     simulate --link /tmp/eldergate-sim unplug | replug | status
+    simulate --link /tmp/eldergate-sim cancel --device 0x2000001a --key-file t-2000001a.key
 
 The link directory ``DIR`` holds two entries:
 
@@ -26,6 +27,12 @@ and validated; they can only drive the simulator.
 A ``press`` behaves like terminal firmware by default: the server repeats it every
 ``--repeat`` seconds until the gateway answers RECEIVED (for at most ``--give-up`` seconds); the
 reply comes at once with the ``seq``. ``--once`` sends a single frame.
+
+``--key HEX`` or ``--key-file PATH`` (the device's 32-byte key, 64 hex digits, as in the
+gateway's ``key_file``) makes that device an authenticated terminal from then on: the server
+sends its frames as AUTHENTICATED frames with a counter that only goes up (it starts at the
+wall clock in seconds). ``--plain`` sends one frame without authentication (what a forger
+without the key can send).
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from drivers.buttons.simulator import SimulatedReceiver, SimulatedTerminal
-from drivers.buttons.terminal_codec import Press, PressKind, UplinkFrame
+from drivers.buttons.terminal_codec import Cancel, Heartbeat, Press, PressKind, UplinkFrame
 
 __all__ = ["ControlServer", "main", "request", "serve"]
 
@@ -153,6 +160,18 @@ class ControlServer:
             self._spawn(rx.ev1527_press(address, key, repeats=repeats))
             return {"groups": repeats}
         device = _int(message, "device", None, 0, 0xFFFFFFFF)
+        device_key = message.get("key")
+        if device_key is not None:
+            try:
+                raw_key = bytes.fromhex(str(device_key))
+            except ValueError:
+                raw_key = b""
+            if len(raw_key) != 32:
+                raise RequestError("key must be 32 bytes as 64 hex digits")
+            if rx.key_of(device) != raw_key:
+                rx.set_key(device, raw_key)
+        if message.get("plain"):
+            return {"seq": rx.send(_plain_frame(cmd, device, rx.next_seq(device)), plain=True).seq}
         if cmd == "press":
             kind = _KINDS.get(str(message.get("kind", "short")))
             if kind is None:
@@ -204,6 +223,16 @@ async def _press_until_received(
         _LOGGER.warning(
             "press t-%08x seq %d: no RECEIVED within %s s", terminal.device_id, seq, give_up_s
         )
+
+
+def _plain_frame(cmd: object, device: int, seq: int) -> UplinkFrame:
+    if cmd == "press":
+        return Press(device, seq, 1, PressKind.SHORT)
+    if cmd == "cancel":
+        return Cancel(device, seq)
+    if cmd == "heartbeat":
+        return Heartbeat(device, seq, 2950, -71)
+    raise RequestError("plain: only press, cancel or heartbeat")
 
 
 def _parse_request(line: bytes) -> dict[str, Any]:
@@ -306,6 +335,12 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument(
             "--device", required=True, type=lambda v: int(v, 0), help="e.g. 0x2000001a"
         )
+        keys = cmd.add_mutually_exclusive_group()
+        keys.add_argument("--key", help="the device key (64 hex digits): send authenticated")
+        keys.add_argument("--key-file", dest="key_file", help="file holding the device key")
+        cmd.add_argument(
+            "--plain", action="store_true", help="send this frame unauthenticated (a forgery)"
+        )
         return cmd
 
     press = device_command("press", "SOS press, repeated until RECEIVED")
@@ -339,6 +374,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return 0
     message = {k: v for k, v in vars(args).items() if k != "link" and v is not None}
+    if "key_file" in message:
+        try:
+            message["key"] = Path(message.pop("key_file")).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"simulate: cannot read the key file: {exc}", file=sys.stderr)
+            return 2
+    if not message.get("plain"):
+        message.pop("plain", None)
     if "closed" in message:
         message["opened"] = not message.pop("closed")
     try:

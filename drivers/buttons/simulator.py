@@ -13,6 +13,11 @@ and points the stable symlink at it, so the gateway's configured path stays the 
 :class:`SimulatedTerminal` is a smart terminal's firmware behaviour: it repeats a PRESS (same
 ``seq``) every ``repeat_s`` until RECEIVED for it comes back, and records the downlink it got.
 
+Authenticated terminals: after :meth:`SimulatedReceiver.set_key`, every frame of that device is
+sent as an AUTHENTICATED frame (docs/protocols.md) with the next counter, repeats included (a
+repeat keeps its ``seq`` and takes a new counter, as firmware must). ``send(frame, plain=True)``
+sends the plain frame anyway, which is what a forger without the key can do.
+
 Threading: asyncio-based. Create and use these objects on the event loop's thread (the downlink
 is read with ``loop.add_reader``). Writes never block and never raise: bytes the pty cannot take
 now, or sent while unplugged, are dropped and counted (a radio frame nobody heard).
@@ -25,6 +30,7 @@ import contextlib
 import logging
 import os
 import random
+import time
 import tty
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +40,7 @@ from typing import Final, Self, TypeVar
 
 from drivers.buttons import ev1527_codec
 from drivers.buttons.terminal_codec import (
+    Authenticated,
     BatteryLow,
     Cancel,
     Cleared,
@@ -50,6 +57,7 @@ from drivers.buttons.terminal_codec import (
     TerminalDecoder,
     UplinkFrame,
     encode,
+    seal,
 )
 
 __all__ = [
@@ -105,6 +113,8 @@ class SimulatedReceiver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._decoder = TerminalDecoder()
         self._seq: dict[int, int] = {}
+        self._keys: dict[int, bytes] = {}
+        self._counters: dict[int, int] = {}
         self._terminals: dict[int, SimulatedTerminal] = {}
         self._downlink_changed = asyncio.Event()
         self.downlink: deque[DownlinkFrame] = deque(maxlen=_DOWNLINK_HISTORY)
@@ -232,9 +242,31 @@ class SimulatedReceiver:
         self._seq[device_id] = (seq + 1) & 0xFF
         return seq
 
-    def send(self, frame: UplinkFrame) -> UplinkFrame:
-        """Encode and write one terminal frame (no new seq: use it to repeat a frame)."""
-        self.write(encode(frame))
+    def set_key(self, device_id: int, key: bytes, *, counter: int | None = None) -> None:
+        """From now on send ``device_id``'s frames authenticated with ``key``. ``counter``: the
+        last counter used (default: the wall clock in seconds, so a restarted simulator keeps
+        counting upwards as a terminal keeps its counter in flash)."""
+        self._keys[device_id] = bytes(key)
+        self._counters[device_id] = int(time.time()) if counter is None else counter
+
+    def key_of(self, device_id: int) -> bytes | None:
+        """The key set for ``device_id`` (None: it sends plain frames)."""
+        return self._keys.get(device_id)
+
+    def seal(self, frame: UplinkFrame) -> Authenticated:
+        """``frame`` authenticated with the device's key and its next counter."""
+        key = self._keys.get(frame.device_id)
+        if key is None:
+            raise KeyError(f"no key set for terminal {frame.device_id:08x}")
+        counter = self._counters[frame.device_id] + 1
+        self._counters[frame.device_id] = counter
+        return seal(frame, counter, key)
+
+    def send(self, frame: UplinkFrame, *, plain: bool = False) -> UplinkFrame:
+        """Encode and write one terminal frame (no new seq: use it to repeat a frame);
+        authenticated with a new counter if the device has a key and not ``plain``."""
+        keyed = not plain and frame.device_id in self._keys
+        self.write(encode(self.seal(frame) if keyed else frame))
         return frame
 
     def press(self, device_id: int, button: int = 1, kind: PressKind = PressKind.SHORT) -> Press:
@@ -298,7 +330,7 @@ class SimulatedReceiver:
         return data
 
     def _emit(self, frame: _F) -> _F:
-        self.write(encode(frame))
+        self.send(frame)
         return frame
 
     # -- downlink -----------------------------------------------------------------------------

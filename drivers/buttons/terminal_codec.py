@@ -30,11 +30,35 @@ Decoder rules (why a damaged frame never becomes an alarm, and garbage never hid
   last byte, whatever garbage came before it (see docs/protocols.md for the argument).
 * Between calls the decoder keeps at most one partial frame (< :data:`MAX_FRAME_LEN` bytes); input
   is processed in chunks so the buffer never exceeds :data:`MAX_BUFFER` bytes.
+* An authenticated frame (type 0x10, below) is up to 27 bytes, so a false candidate that claims
+  that much could make a real plain frame inside it wait. It does not: while a candidate is
+  incomplete, the decoder looks for a complete valid frame starting inside it, and if it finds
+  one the candidate is abandoned (counted in ``abandoned``) and that frame is returned.
+
+Authenticated frames (type 0x10 AUTHENTICATED) wrap one uplink frame with a per-device 32-bit
+counter and a truncated MAC::
+
+    offset  size  field
+    0       2     magic 0xAA 0x55
+    2       1     len = 19 + n
+    3       1     0x10
+    4       4     device id, big-endian
+    8       1     seq (the inner frame's)
+    9       1     inner type (0x01-0x07)
+    10      4     counter, big-endian: strictly increasing per device, every transmission
+    14      n     inner payload (its size from the table)
+    14+n    8     MAC: HMAC-SHA256(device key, bytes 2 .. 13+n), first 8 bytes
+    22+n    2     CRC-16/CCITT-FALSE over bytes 2 .. 21+n
+
+The codec only parses and builds them (:func:`seal`, :func:`verify`); whether a counter is new
+and a key is the device's is the gateway's business (gateway/buttons/auth.py).
 """
 
 from __future__ import annotations
 
 import binascii
+import hashlib
+import hmac
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, assert_never
@@ -44,8 +68,11 @@ __all__ = [
     "MAGIC",
     "MAX_BUFFER",
     "MAX_FRAME_LEN",
+    "MAC_LEN",
     "MIN_FRAME_LEN",
+    "MIN_KEY_LEN",
     "PAYLOAD_SIZE",
+    "Authenticated",
     "BatteryLow",
     "Cancel",
     "Cleared",
@@ -66,6 +93,9 @@ __all__ = [
     "crc16",
     "device_key",
     "encode",
+    "mac_input",
+    "seal",
+    "verify",
 ]
 
 MAGIC: Final = b"\xaa\x55"
@@ -85,6 +115,7 @@ class FrameType(IntEnum):
     TAMPER = 0x05
     PULL_CORD = 0x06
     FALL = 0x07
+    AUTHENTICATED = 0x10
     RECEIVED = 0x81
     HELP_COMING = 0x82
     CLEARED = 0x83
@@ -111,11 +142,20 @@ PAYLOAD_SIZE: Final[dict[int, int]] = {
     FrameType.HELP_COMING: 0,
     FrameType.CLEARED: 0,
 }
+#: Inner types an AUTHENTICATED frame may carry (the uplink types).
+_AUTH_INNER: Final = frozenset(range(FrameType.PRESS, FrameType.FALL + 1))
+_COUNTER_LEN: Final = 4
+#: Bytes of the truncated HMAC-SHA256 tag.
+MAC_LEN: Final = 8
+#: Shortest device key accepted (the gateway's key files hold 32 bytes).
+MIN_KEY_LEN: Final = 16
+_AUTH_EXTRA: Final = 1 + _COUNTER_LEN + MAC_LEN  # inner type, counter, MAC: len = 19 + n
+_AUTH_SIZES: Final = [_AUTH_EXTRA + PAYLOAD_SIZE[t] for t in _AUTH_INNER]
 _MIN_LEN_FIELD: Final = _LEN_BASE + min(PAYLOAD_SIZE.values())
-_MAX_LEN_FIELD: Final = _LEN_BASE + max(PAYLOAD_SIZE.values())
-#: Shortest and longest complete frames on the wire (CANCEL ... HEARTBEAT).
+_MAX_LEN_FIELD: Final = _LEN_BASE + max(*PAYLOAD_SIZE.values(), *_AUTH_SIZES)
+#: Shortest and longest complete frames on the wire (CANCEL ... AUTHENTICATED HEARTBEAT).
 MIN_FRAME_LEN: Final = _HEADER_LEN + min(PAYLOAD_SIZE.values()) + _CRC_LEN  # 11
-MAX_FRAME_LEN: Final = _HEADER_LEN + max(PAYLOAD_SIZE.values()) + _CRC_LEN  # 14
+MAX_FRAME_LEN: Final = _HEADER_LEN + _MAX_LEN_FIELD - _LEN_BASE + _CRC_LEN  # 27
 #: Hard cap on the decoder's buffer, including the chunk being decoded.
 MAX_BUFFER: Final = 512
 _CHUNK: Final = MAX_BUFFER - MAX_FRAME_LEN
@@ -280,10 +320,40 @@ class Cleared:
 
 UplinkFrame = Press | Cancel | Heartbeat | BatteryLow | Tamper | PullCord | Fall
 DownlinkFrame = Received | HelpComing | Cleared
-TerminalFrame = UplinkFrame | DownlinkFrame
+_UPLINK: Final = (Press, Cancel, Heartbeat, BatteryLow, Tamper, PullCord, Fall)
 
 
-def _type_and_payload(frame: TerminalFrame) -> tuple[FrameType, bytes]:
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """0x10 AUTHENTICATED (device -> gateway): ``frame`` with a per-device counter and a MAC.
+
+    Decoding proves only that the CRC is right: check the MAC with :func:`verify` and the
+    counter against the last one accepted from the device before believing it."""
+
+    frame: UplinkFrame
+    counter: int
+    mac: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.frame, _UPLINK):
+            raise TypeError(f"frame must be an uplink frame, got {self.frame!r}")
+        _check_range("counter", self.counter, 0, 0xFFFFFFFF)
+        if not isinstance(self.mac, bytes) or len(self.mac) != MAC_LEN:
+            raise ValueError(f"mac must be {MAC_LEN} bytes")
+
+    @property
+    def device_id(self) -> int:
+        return self.frame.device_id
+
+    @property
+    def seq(self) -> int:
+        return self.frame.seq
+
+
+TerminalFrame = UplinkFrame | DownlinkFrame | Authenticated
+
+
+def _type_and_payload(frame: UplinkFrame | DownlinkFrame) -> tuple[FrameType, bytes]:
     match frame:
         case Press():
             return FrameType.PRESS, bytes((frame.button, frame.kind))
@@ -312,14 +382,50 @@ def _type_and_payload(frame: TerminalFrame) -> tuple[FrameType, bytes]:
 
 def encode(frame: TerminalFrame) -> bytes:
     """Serialise ``frame`` to its complete wire bytes (magic to CRC)."""
-    frame_type, payload = _type_and_payload(frame)
-    body = (
-        bytes((_LEN_BASE + len(payload), frame_type))
-        + frame.device_id.to_bytes(4, "big")
-        + bytes((frame.seq,))
+    if isinstance(frame, Authenticated):
+        body = _auth_body(frame.frame, frame.counter) + frame.mac
+    else:
+        frame_type, payload = _type_and_payload(frame)
+        body = (
+            bytes((_LEN_BASE + len(payload), frame_type))
+            + frame.device_id.to_bytes(4, "big")
+            + bytes((frame.seq,))
+            + payload
+        )
+    return MAGIC + body + crc16(body).to_bytes(2, "big")
+
+
+def _auth_body(inner: UplinkFrame, counter: int) -> bytes:
+    inner_type, payload = _type_and_payload(inner)
+    return (
+        bytes((_LEN_BASE + _AUTH_EXTRA + len(payload), FrameType.AUTHENTICATED))
+        + inner.device_id.to_bytes(4, "big")
+        + bytes((inner.seq, inner_type))
+        + counter.to_bytes(_COUNTER_LEN, "big")
         + payload
     )
-    return MAGIC + body + crc16(body).to_bytes(2, "big")
+
+
+def mac_input(frame: UplinkFrame, counter: int) -> bytes:
+    """The bytes the MAC covers: wire bytes 2 .. 13+n (``len`` to the end of the payload)."""
+    _check_range("counter", counter, 0, 0xFFFFFFFF)
+    return _auth_body(frame, counter)
+
+
+def _mac(key: bytes, data: bytes) -> bytes:
+    if len(key) < MIN_KEY_LEN:
+        raise ValueError(f"a device key must be at least {MIN_KEY_LEN} bytes")
+    return hmac.new(key, data, hashlib.sha256).digest()[:MAC_LEN]
+
+
+def seal(frame: UplinkFrame, counter: int, key: bytes) -> Authenticated:
+    """``frame`` authenticated with ``key`` under ``counter`` (what terminal firmware sends)."""
+    return Authenticated(frame, counter, _mac(key, mac_input(frame, counter)))
+
+
+def verify(frame: Authenticated, key: bytes) -> bool:
+    """True if ``frame``'s MAC was made with ``key`` (constant-time comparison)."""
+    return hmac.compare_digest(frame.mac, _mac(key, mac_input(frame.frame, frame.counter)))
 
 
 def _parse(frame_type: int, device_id: int, seq: int, p: bytes) -> TerminalFrame | None:
@@ -360,9 +466,11 @@ class TerminalCounters:
 
     ``frames_ok`` frames returned; ``crc_errors`` complete candidates with a wrong CRC;
     ``bad_length`` ``len`` not 6 + the payload size of its type (includes out-of-range ``len``);
-    ``unknown_type`` ``type`` not in the table; ``bad_payload`` good CRC but a value outside the
-    table; ``bytes_discarded`` bytes not part of any returned frame; ``overflows`` times the
-    buffer cap forced bytes out (0 by construction; kept as a guard).
+    ``unknown_type`` ``type`` not in the table (or an AUTHENTICATED frame's inner type not an
+    uplink type); ``bad_payload`` good CRC but a value outside the table; ``abandoned``
+    incomplete candidates given up because a complete valid frame starts inside them;
+    ``bytes_discarded`` bytes not part of any returned frame; ``overflows`` times the buffer cap
+    forced bytes out (0 by construction; kept as a guard).
     """
 
     frames_ok: int = 0
@@ -372,6 +480,7 @@ class TerminalCounters:
     bad_payload: int = 0
     bytes_discarded: int = 0
     overflows: int = 0
+    abandoned: int = 0
 
 
 class TerminalDecoder:
@@ -385,6 +494,7 @@ class TerminalDecoder:
     """
 
     __slots__ = (
+        "_abandoned",
         "_bad_length",
         "_bad_payload",
         "_buf",
@@ -406,6 +516,7 @@ class TerminalDecoder:
         self._bad_payload = 0
         self._bytes_discarded = 0
         self._overflows = 0
+        self._abandoned = 0
 
     @property
     def counters(self) -> TerminalCounters:
@@ -417,6 +528,7 @@ class TerminalDecoder:
             bad_payload=self._bad_payload,
             bytes_discarded=self._bytes_discarded,
             overflows=self._overflows,
+            abandoned=self._abandoned,
         )
 
     @property
@@ -465,49 +577,92 @@ class TerminalDecoder:
                 break
             self._bytes_discarded += start - pos
             pos = start
-            if n - start < 3:
-                break
-            length = buf[start + 2]
-            if not _MIN_LEN_FIELD <= length <= _MAX_LEN_FIELD:
-                self._bad_length += 1
+            verdict = self._judge(start, n)
+            if verdict is None:  # incomplete: wait, unless a whole frame starts inside it
+                later = self._complete_inside(start, n)
+                if later is None:
+                    break
+                self._abandoned += 1
+                self._bytes_discarded += later - start
+                pos = later
+                continue
+            if isinstance(verdict, str):
+                self._count(verdict)
                 self._bytes_discarded += 1
                 pos = start + 1
                 continue
-            if n - start < 4:
-                break
-            frame_type = buf[start + 3]
-            size = PAYLOAD_SIZE.get(frame_type)
-            if size is None:
-                self._unknown_type += 1
-                self._bytes_discarded += 1
-                pos = start + 1
-                continue
-            if length != _LEN_BASE + size:
-                self._bad_length += 1
-                self._bytes_discarded += 1
-                pos = start + 1
-                continue
-            crc_at = start + 3 + length
-            total = crc_at + _CRC_LEN - start
-            if n - start < total:
-                break
-            if crc16(buf[start + 2 : crc_at]) != (buf[crc_at] << 8) | buf[crc_at + 1]:
-                self._crc_errors += 1
-                self._bytes_discarded += 1
-                pos = start + 1
-                continue
-            frame = _parse(
-                frame_type,
-                int.from_bytes(buf[start + 4 : start + 8], "big"),
-                buf[start + 8],
-                bytes(buf[start + _HEADER_LEN : crc_at]),
-            )
-            if frame is None:
-                self._bad_payload += 1
-                self._bytes_discarded += 1
-                pos = start + 1
-                continue
+            frame, total = verdict
             self._frames_ok += 1
             out.append(frame)
             pos = start + total
         del buf[:pos]
+
+    def _count(self, reason: str) -> None:
+        if reason == "bad_length":
+            self._bad_length += 1
+        elif reason == "unknown_type":
+            self._unknown_type += 1
+        elif reason == "crc_errors":
+            self._crc_errors += 1
+        else:
+            self._bad_payload += 1
+
+    def _complete_inside(self, start: int, n: int) -> int | None:
+        """Where a complete valid frame starts inside the incomplete candidate at ``start``."""
+        buf = self._buf
+        at = buf.find(MAGIC, start + 1)
+        while 0 <= at < n:
+            if isinstance(self._judge(at, n), tuple):
+                return at
+            at = buf.find(MAGIC, at + 1)
+        return None
+
+    def _judge(self, start: int, n: int) -> tuple[TerminalFrame, int] | str | None:
+        """The candidate at ``start`` (``AA 55`` there): (frame, its length), the counter to
+        charge its rejection to, or None while more bytes are needed. No side effects."""
+        buf = self._buf
+        if n - start < 3:
+            return None
+        length = buf[start + 2]
+        if not _MIN_LEN_FIELD <= length <= _MAX_LEN_FIELD:
+            return "bad_length"
+        if n - start < 4:
+            return None
+        frame_type = buf[start + 3]
+        inner_type = 0
+        if frame_type == FrameType.AUTHENTICATED:
+            if n - start < _HEADER_LEN + 1:
+                return None
+            inner_type = buf[start + _HEADER_LEN]
+            if inner_type not in _AUTH_INNER:
+                return "unknown_type"
+            expected = _LEN_BASE + _AUTH_EXTRA + PAYLOAD_SIZE[inner_type]
+        else:
+            size = PAYLOAD_SIZE.get(frame_type)
+            if size is None:
+                return "unknown_type"
+            expected = _LEN_BASE + size
+        if length != expected:
+            return "bad_length"
+        crc_at = start + 3 + length
+        total = crc_at + _CRC_LEN - start
+        if n - start < total:
+            return None
+        if crc16(buf[start + 2 : crc_at]) != (buf[crc_at] << 8) | buf[crc_at + 1]:
+            return "crc_errors"
+        device_id = int.from_bytes(buf[start + 4 : start + 8], "big")
+        seq = buf[start + 8]
+        frame: TerminalFrame | None
+        if inner_type:
+            body = start + _HEADER_LEN + 1 + _COUNTER_LEN
+            inner = _parse(inner_type, device_id, seq, bytes(buf[body : crc_at - MAC_LEN]))
+            if inner is None:
+                return "bad_payload"
+            assert isinstance(inner, _UPLINK)
+            counter = int.from_bytes(buf[start + _HEADER_LEN + 1 : body], "big")
+            frame = Authenticated(inner, counter, bytes(buf[crc_at - MAC_LEN : crc_at]))
+        else:
+            frame = _parse(frame_type, device_id, seq, bytes(buf[start + _HEADER_LEN : crc_at]))
+            if frame is None:
+                return "bad_payload"
+        return frame, total

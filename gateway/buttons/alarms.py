@@ -20,6 +20,17 @@ sends HELP_COMING to the terminal; `busy` is reported (alarm.acknowledged with s
 the local escalation keeps going until someone answers `ok`. `alarm.clear` {alarm | device, by}
 ends the alarm (alarm.cleared, CLEARED to the terminal). Escalation uses only local timers and
 the local outbox: it works the same while the uplink is down.
+
+A resident's CANCEL (`resident_cancel`) is not a clear: a CANCEL frame can be forged by anyone
+with a radio (and a plain terminal frame carries no authentication), so it may end only ONE
+alarm: the most recent open alarm of the device that sent it, and only while that alarm is
+within the cancel window (`buttons.cancel_window_s`, shorter than the acknowledgement deadline)
+of being raised in this run of the gateway, not escalated (now or before a restart) and not
+acknowledged. Otherwise the CANCEL is recorded as `alarm.cancel_requested` (lane 0, naming the
+alarm and why) and the alarm stays open, siren included, until staff clear it. Alarms reloaded
+after a restart are never inside the window: a Pi has no real-time clock, so their age is not
+trusted for anything that silences. The siren is never switched off while an escalated alarm is
+open and not acknowledged `ok`.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ class OpenAlarm:
     cause: str
     raised_ms: int
     deadline: float  # monotonic
+    cancellable_until: float  # monotonic; -inf: a resident's CANCEL never ends it
     ack_status: str | None = None
     acked_by: str | None = None
     escalated: bool = False
@@ -90,6 +102,8 @@ class AlarmBook:
         events: EventFactory,
         output: Output,
         settings: AlarmSettings,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
         self._outbox = outbox
@@ -101,7 +115,10 @@ class AlarmBook:
         self.raised = 0
         self.duplicates = 0
         self.escalations = 0
-        self.last_progress = time.monotonic()
+        self.cancels = 0
+        self.cancel_requests = 0
+        self._monotonic = monotonic
+        self.last_progress = monotonic()
 
     def set_downlink(self, downlink: Downlink) -> None:
         self._downlink = downlink
@@ -113,7 +130,7 @@ class AlarmBook:
 
     async def load(self) -> None:
         """Reload the open alarms (reads only: the outbox writer need not run yet)."""
-        now_ms, now = int(time.time() * 1000), time.monotonic()
+        now_ms, now = int(time.time() * 1000), self._monotonic()
         async with self._db.reader.execute(
             "SELECT id, device, cause, raised_ms, ack_status, acked_by, escalated "
             "FROM button_alarms ORDER BY raised_ms"
@@ -130,6 +147,7 @@ class AlarmBook:
                 cause,
                 raised_ms,
                 now + remaining,
+                float("-inf"),  # its age is not trusted across a restart (no RTC)
                 status,
                 by,
                 # Re-escalate after a restart (the output lost its state with the process),
@@ -161,10 +179,12 @@ class AlarmBook:
         data: Mapping[str, Any],
         *,
         key: tuple[int, int] | None = None,
+        cancel_window_s: float = 0.0,
     ) -> tuple[str, bool]:
         """Commit `alarm.raised` for `device` (see the module doc); return (alarm id, new).
 
         `key` is (frame type, seq) for framed terminals, None for EV1527 (already debounced).
+        `cancel_window_s`: how long the resident's CANCEL may end it (0: never).
         Raises StorageError when the event could not be made durable (send no RECEIVED then).
         """
         now_ms = int(time.time() * 1000)
@@ -202,12 +222,14 @@ class AlarmBook:
                 assert key is not None
                 await self._mark_committed(device.id, key[0], key[1])
             return stored.id, False
+        now = self._monotonic()
         self._open[event.id] = OpenAlarm(
             event.id,
             device,
             cause,
             now_ms,
-            time.monotonic() + self.settings.ack_deadline_s,
+            now + self.settings.ack_deadline_s,
+            now + cancel_window_s if cancel_window_s > 0 else float("-inf"),
         )
         await self._outbox.append(event)
         if key is not None:
@@ -291,6 +313,67 @@ class AlarmBook:
         await self._quiet_output_if_done()
         return [a.id for a in targets]
 
+    async def resident_cancel(
+        self, device_id: str, data: Mapping[str, Any], now: float | None = None
+    ) -> tuple[str, str] | None:
+        """A CANCEL frame from `device_id` (see the module doc): end its most recent open alarm
+        if that alarm may still be cancelled, else record `alarm.cancel_requested`. Returns
+        ("alarm.cancelled" | "alarm.cancel_requested", alarm id), or None if the device has no
+        open alarm. Raises StorageError when nothing could be recorded (the terminal repeats)."""
+        now = self._monotonic() if now is None else now
+        mine = [a for a in self._open.values() if a.device.id == device_id]
+        if not mine:
+            return None
+        alarm = max(mine, key=lambda a: (a.raised_ms, a.deadline))
+        reason = _why_not_cancellable(alarm, now)
+        if reason is None:
+            # Out of the open set before the first await: the escalation timer cannot fire
+            # for it in between; put back if the end cannot be stored.
+            self._open.pop(alarm.id)
+            try:
+                async with self._db.transaction("recording a resident's cancel") as conn:
+                    await conn.execute("DELETE FROM button_alarms WHERE id = ?", (alarm.id,))
+            except BaseException:
+                self._open[alarm.id] = alarm
+                raise
+            self.cancels += 1
+            _LOGGER.warning("alarm %s cancelled by the resident at %s", alarm.id, device_id)
+            await self._outbox.append(
+                self._events.make(
+                    "alarm.cancelled",
+                    device=alarm.device,
+                    data={"alarm_id": alarm.id, "by": "resident", **data},
+                )
+            )
+            if not any(a.device.id == device_id for a in self._open.values()):
+                await self._send_downlink(device_id, "cleared")
+            await self._quiet_output_if_done()
+            return "alarm.cancelled", alarm.id
+        self.cancel_requests += 1
+        _LOGGER.warning(
+            "CANCEL from %s for alarm %s not honoured (%s): the alarm stays open until staff "
+            "clear it",
+            device_id,
+            alarm.id,
+            reason,
+        )
+        await self._outbox.append(
+            self._events.make(
+                "alarm.cancel_requested",
+                device=alarm.device,
+                data={
+                    "alarm_id": alarm.id,
+                    "by": "resident",
+                    "reason": reason,
+                    "escalated": alarm.escalated or alarm.escalation_reported,
+                    "ack_status": alarm.ack_status,
+                    "open_alarms": len(mine),
+                    **data,
+                },
+            )
+        )
+        return "alarm.cancel_requested", alarm.id
+
     async def _send_downlink(self, device_id: str, kind: DownlinkKind) -> None:
         if self._downlink is None:
             return
@@ -312,11 +395,11 @@ class AlarmBook:
         """Local timers: escalate unacknowledged alarms, repeat the output until answered."""
         while True:
             await asyncio.sleep(_TICK_S)
-            self.last_progress = time.monotonic()
+            self.last_progress = self._monotonic()
             await self.tick()
 
     async def tick(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+        now = self._monotonic() if now is None else now
         for alarm in list(self._open.values()):
             if alarm.ack_status == "ok":
                 continue
@@ -393,3 +476,14 @@ class AlarmBook:
             CommandSpec("alarm.ack", ack, signed=True, description="acknowledge an alarm")
         )
         service.register(CommandSpec("alarm.clear", clear, signed=True, description="end an alarm"))
+
+
+def _why_not_cancellable(alarm: OpenAlarm, now: float) -> str | None:
+    """None if a resident's CANCEL may end `alarm` now, else why not."""
+    if alarm.escalated or alarm.escalation_reported:
+        return "escalated"
+    if alarm.ack_status is not None:
+        return "acknowledged"
+    if now >= alarm.cancellable_until:
+        return "after_cancel_window"
+    return None

@@ -29,6 +29,25 @@ survives restarts in `button_supervision` (device_id, last_heard_ms, lost):
 - Rows of devices no longer registered (or no longer supervised) are deleted at start and at
   the next check after a `device.remove`; a device registered while running gets a full
   interval from the first check that sees it.
+
+Authentication (docs/protocols.md, gateway/buttons/auth.py). An AUTHENTICATED frame is
+unwrapped and believed only with a good MAC and a new counter. What is done with a frame that
+is not authenticated (plain, or failing its check) depends on what it would do, because a false
+alarm costs a visit and a missed alarm can cost a life:
+
+- alarm frames (PRESS, PULL_CORD, FALL) always raise the alarm, whatever the device's `auth`
+  setting; `alarm.raised` says `authenticated: false` and a failed check is reported;
+- CANCEL never silences anything but the device's own most recent alarm inside its cancel
+  window (AlarmBook.resident_cancel), authenticated or not; from a device with
+  `auth = "required"` a CANCEL that is not authenticated is refused outright;
+- status frames (HEARTBEAT, BATTERY_LOW, TAMPER) from a device with `auth = "required"` are
+  refused unless authenticated: a forged heartbeat would hide a dead terminal from
+  supervision. With `"optional"`, plain frames are taken as before, but an AUTHENTICATED frame
+  that fails its check is refused like a forged one.
+
+A refused frame gets no RECEIVED and no supervision credit; it is counted in health and
+reported as `device.auth_failed` (lane 1) at most once per device per
+`unknown_report_interval_s`, logged as a warning the first time and at debug level after.
 """
 
 from __future__ import annotations
@@ -45,6 +64,7 @@ from typing import Any
 
 from drivers.buttons import ev1527_codec
 from drivers.buttons.terminal_codec import (
+    Authenticated,
     BatteryLow,
     Cancel,
     Cleared,
@@ -63,6 +83,7 @@ from drivers.buttons.terminal_codec import (
 )
 from drivers.serial_port import SerialLink, SerialSettings
 from gateway.buttons.alarms import AlarmBook, DownlinkKind
+from gateway.buttons.auth import DeviceAuth, DeviceAuthSetting, Verdict
 from gateway.buttons.registry import Device, DeviceRegistry
 from gateway.config import ButtonsSection, ReceiverSection
 from gateway.errors import StorageError, TransientError
@@ -144,6 +165,7 @@ class ButtonService:
         *,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        auth: DeviceAuth | None = None,
     ) -> None:
         self.cfg = cfg
         self.registry = registry
@@ -174,6 +196,14 @@ class ButtonService:
         self.dropped_frames = 0
         self.failed_frames = 0
         self.dropped_heartbeats = 0
+        self.auth = auth or DeviceAuth(
+            registry.db,
+            (DeviceAuthSetting(d.id, d.auth, d.key_file) for d in cfg.devices),
+        )
+        self._auth_loaded = False
+        self.auth_counts: dict[str, int] = {}  # verdicts and refusals, for health
+        self._auth_reported: dict[str, tuple[float, int]] = {}  # last report, failures since
+        self._auth_warned: set[str] = set()
         alarms.set_downlink(self.send_downlink)
 
     # -- intake (loop thread, synchronous) ----------------------------------------------------
@@ -219,6 +249,11 @@ class ButtonService:
             await self.alarms.recover()  # needs the outbox writer running
         except StorageError as exc:  # the terminals' repeats retry it; keep listening
             _LOGGER.error("cannot re-commit interrupted alarms yet: %s", exc)
+        if not self._auth_loaded:
+            try:
+                await self.load_auth()
+            except StorageError as exc:  # counters unknown: replays possible, say so
+                _LOGGER.error("cannot load the terminal counters: %s", exc)
         if not self._supervision_loaded:
             try:
                 await self.load_supervision()
@@ -256,29 +291,64 @@ class ButtonService:
                 self.failed_frames += 1
                 _LOGGER.exception("handling a frame from %s failed", heard.receiver)
 
+    async def load_auth(self) -> None:
+        """Read the device keys and the stored counters; `run()` does it when nobody has."""
+        await self.auth.load()
+        self._auth_loaded = True
+
     async def handle(self, heard: _Heard) -> None:
-        frame = heard.frame
-        if isinstance(frame, ev1527_codec.RfPress):
-            await self._rf_press(frame)
+        wrapped = heard.frame
+        if isinstance(wrapped, ev1527_codec.RfPress):
+            await self._rf_press(wrapped)
             return
-        if isinstance(frame, Received | HelpComing | Cleared):
+        if isinstance(wrapped, Received | HelpComing | Cleared):
             return  # our own downlink echoed by a receiver: ignore
+        frame = wrapped.frame if isinstance(wrapped, Authenticated) else wrapped
         device_id = device_key(frame.device_id)
         self._route[device_id] = heard.receiver
         frame_type = _FRAME_TYPES[type(frame)]
         device = self.registry.get(device_id)
         now = self._monotonic()
+        policy = self.auth.policy(device_id)
+        verdict: Verdict | None = None
+        if isinstance(wrapped, Authenticated) and policy != "none":
+            verdict = self.auth.check(device_id, wrapped)
+            self._count_auth(verdict)
+        authenticated = verdict == "ok"
         if isinstance(frame, Press | PullCord | Fall):
+            # Never refused (a missed alarm can cost a life): raised, flagged if not genuine.
+            if verdict is not None and verdict != "ok":
+                await self._auth_failed(device_id, frame, verdict, now, wrapped)
+            if authenticated:
+                assert isinstance(wrapped, Authenticated)
+                await self.auth.accept(device_id, wrapped.counter, durable=True)
             # Alarms first, committed before anything else; dedup is persistent (AlarmBook).
             await self.alarms.raise_alarm(
                 self.registry.ref(device_id),
                 _CAUSE[frame_type],
-                _alarm_data(frame, device.resident if device else None, device is None),
+                {
+                    **_alarm_data(frame, device.resident if device else None, device is None),
+                    "authenticated": authenticated,
+                },
                 key=(int(frame_type), frame.seq),
+                cancel_window_s=self.cfg.cancel_window,
             )
             await self._received(heard.receiver, frame.device_id, frame_type, frame.seq)
-            await self._heard(device_id, known=device is not None, now=now)
+            if authenticated or policy != "required":
+                await self._heard(device_id, known=device is not None, now=now)
             return
+        if verdict is not None and verdict != "ok":
+            # A frame that claims authentication and fails it is refused, whatever the policy.
+            await self._auth_failed(device_id, frame, verdict, now, wrapped)
+            return
+        if policy == "required" and not authenticated:
+            self._count_auth("plain_refused")
+            await self._auth_failed(device_id, frame, "unauthenticated", now, wrapped)
+            return
+        if authenticated:
+            assert isinstance(wrapped, Authenticated)
+            # What silences is durable before it acts; status counters ride on the next flush.
+            await self.auth.accept(device_id, wrapped.counter, durable=isinstance(frame, Cancel))
         await self._heard(device_id, known=device is not None, now=now)
         key = (device_id, int(frame_type), frame.seq)
         seen = self._recent.get(key)
@@ -293,7 +363,11 @@ class ButtonService:
             return  # status of an unregistered device: reported as device.unknown only
         ref = self.registry.ref(device_id)
         if isinstance(frame, Cancel):
-            await self.alarms.end("alarm.cancelled", "", device_id, {"by": "resident"})
+            # At most this device's latest alarm, inside its cancel window; otherwise recorded
+            # as alarm.cancel_requested and the alarm (and the siren) stays on.
+            await self.alarms.resident_cancel(
+                device_id, {"seq": frame.seq, "authenticated": authenticated}, now
+            )
         elif isinstance(frame, Heartbeat):
             # Telemetry: stored in the background (it may wait for company in the outbox, see
             # `outbox.telemetry_commit_window_ms`); the frame worker goes on with the next frame.
@@ -318,6 +392,54 @@ class ButtonService:
             )
         await self._received(heard.receiver, frame.device_id, frame_type, frame.seq)
 
+    def _count_auth(self, what: str) -> None:
+        self.auth_counts[what] = self.auth_counts.get(what, 0) + 1
+
+    async def _auth_failed(
+        self,
+        device_id: str,
+        frame: TerminalFrame,
+        reason: str,
+        now: float,
+        wrapped: TerminalFrame,
+    ) -> None:
+        """Report a refused or unverified frame: rate-limited per device, logged once."""
+        name = type(frame).__name__.lower()
+        counter = wrapped.counter if isinstance(wrapped, Authenticated) else None
+        if device_id not in self._auth_warned:
+            self._auth_warned.add(device_id)
+            _LOGGER.warning(
+                "device %s: %s frame not authenticated (%s, counter %s, last accepted %s); "
+                "further failures of this device are logged at debug level",
+                device_id,
+                name,
+                reason,
+                counter,
+                self.auth.last_counter(device_id),
+            )
+        else:
+            _LOGGER.debug("device %s: %s frame not authenticated (%s)", device_id, name, reason)
+        last, failures = self._auth_reported.get(device_id, (float("-inf"), 0))
+        failures += 1
+        if now - last < self.cfg.unknown_report_interval_s:
+            self._auth_reported[device_id] = (last, failures)
+            return
+        self._auth_reported[device_id] = (now, 0)
+        event = self._events.make(
+            "device.auth_failed",
+            device=self.registry.ref(device_id),
+            data={
+                "reason": reason,
+                "frame": name,
+                "seq": frame.seq,
+                "counter": counter,
+                "last_counter": self.auth.last_counter(device_id),
+                "policy": self.auth.policy(device_id),
+                "failures": failures,
+            },
+        )
+        self._store_in_background(event)
+
     async def _rf_press(self, press: ev1527_codec.RfPress) -> None:
         device_id = ev1527_codec.device_key(press.address)
         device = self.registry.get(device_id)
@@ -330,6 +452,7 @@ class ButtonService:
                 "repeats": press.repeats,
                 "resident": device.resident if device else None,
                 "unregistered": device is None,
+                "authenticated": False,  # EV1527 cannot authenticate (docs/protocols.md)
             },
         )
         await self._heard(device_id, known=device is not None, now=now)
@@ -498,7 +621,12 @@ class ButtonService:
 
     async def flush_supervision(self, now: float | None = None) -> bool:
         """Write the due supervision rows (and drop removed devices' rows) in one transaction.
-        False (rows kept for the next try) when the database refuses; never raises for that."""
+        False (rows kept for the next try) when the database refuses; never raises for that.
+        The terminal counters moved by status frames are stored first (gateway/buttons/auth)."""
+        try:
+            await self.auth.flush()
+        except StorageError as exc:
+            _LOGGER.warning("cannot store the terminal counters (will retry): %s", exc)
         if not self._dirty and not self._forget:
             return True
         now = self._monotonic() if now is None else now
@@ -562,6 +690,10 @@ class ButtonService:
             "heartbeats_dropped": self.dropped_heartbeats,
             "unknown_heard": self.registry.unknown_heard,
             "alarm_duplicates": self.alarms.duplicates,
+            "cancels": self.alarms.cancels,
+            "cancel_requests": self.alarms.cancel_requests,
+            "auth": dict(sorted(self.auth_counts.items())),
+            "auth_key_problems": sorted(self.auth.key_problems),
             "uptime_s": round(now - self._started, 1),
         }
 
