@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.clock import iso_utc, utc_now
-from gateway.config import Config, load_config
+from gateway.config import Config, config_warnings, load_config
 from gateway.errors import ConfigError, StorageError
 from gateway.signing import canonical_bytes, load_key, sign
 from gateway.vision.models_check import FaceStackError
@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
 
     faces_cli.add_parsers(sub)
 
+    from gateway.access import cards_cli
+
+    cards_cli.add_parsers(sub)
+
     signer = sub.add_parser("sign-command", help="print a signed command for testing a platform")
     signer.add_argument("--key-file", type=Path, required=True)
     signer.add_argument("--gateway", required=True)
@@ -110,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = load_config(args.config)
             setup_logging(cfg.logging.level)
             return faces_cli.run(args, cfg, cfg.faces_key_path)
+        if args.command == "cards":
+            from gateway.access import cards_cli
+
+            return cards_cli.run(args)
     except ConfigError as exc:
         print(f"eldergate: configuration error:\n{exc}", file=sys.stderr)
         return EX_CONFIG
@@ -133,6 +141,8 @@ def _run(path: Path) -> int:
 
 def _check_config(path: Path) -> int:
     cfg = load_config(path)
+    for warning in config_warnings(cfg):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     print(
         f"{path}: OK (gateway {cfg.gateway.id}, broker {cfg.uplink.host}:{cfg.uplink.port}, "
         f"state in {cfg.state_dir})"

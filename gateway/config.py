@@ -8,6 +8,7 @@ passwords and keys are read from files named here, and `redacted()` is what gets
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -141,10 +142,6 @@ class DeviceSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     resident: str = ""
     location: str = ""
     supervision_s: float = 0.0  # 0: not supervised
-    # Authenticated terminal frames (docs/protocols.md): "none", "optional" (verified when
-    # sent) or "required" (a plain frame that could silence or vouch is refused).
-    auth: Literal["none", "optional", "required"] = "none"
-    key_file: str = ""  # the device's 32-byte key as 64 hex digits, mode 0600
 
 
 class ButtonsSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -153,21 +150,11 @@ class ButtonsSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     ack_deadline_s: float = 60.0
     escalation_repeat_s: float = 30.0
     dedup_window_s: float = 120.0
-    # How long after raising an alarm the resident's CANCEL may end it; unset: half the
-    # acknowledgement deadline, at most 30 s. 0: a CANCEL never ends an alarm.
-    cancel_window_s: float | None = None
     unknown_report_interval_s: float = 600.0
     supervision_check_s: float = 5.0
     reopen_max_s: float = 30.0
     output: OutputSection = msgspec.field(default_factory=OutputSection)
     devices: list[DeviceSection] = msgspec.field(default_factory=list)
-
-    @property
-    def cancel_window(self) -> float:
-        """The resident's cancel window in seconds (see `cancel_window_s`)."""
-        if self.cancel_window_s is not None:
-            return self.cancel_window_s
-        return min(30.0, self.ack_deadline_s / 2)
 
 
 class CameraSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -247,12 +234,17 @@ class CardReaderSection(_Section, frozen=True, forbid_unknown_fields=True, kw_on
 
 
 class CardSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    card: str
+    # card_hash = "hmac-sha256:<64 hex>" from `eldergate cards hash`; a clear `card` is
+    # accepted for migration only (warned about at start and by check-config).
+    card_hash: str = ""
+    card: str = ""
     person: str
 
 
 class AccessSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     key_file: str = ""  # AES-256 key of the face templates; default {state_dir}/faces.key
+    cards_key_file: str = ""  # HMAC key of the card hashes; default {state_dir}/cards.key
+    snapshots_key_file: str = ""  # AES-256 key of queued snapshots; default .../snapshots.key
     camera: CameraSection = msgspec.field(default_factory=CameraSection)
     motion: MotionSection = msgspec.field(default_factory=MotionSection)
     recognition: RecognitionSection = msgspec.field(default_factory=RecognitionSection)
@@ -293,7 +285,22 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     @property
     def faces_key_path(self) -> Path:
         key = self.access.key_file if self.access is not None else ""
-        return Path(key) if key else self.state_dir / "faces.key"
+        return credential_path(Path(key) if key else self.state_dir / "faces.key")
+
+    @property
+    def cards_key_path(self) -> Path:
+        key = self.access.cards_key_file if self.access is not None else ""
+        return credential_path(Path(key) if key else self.state_dir / "cards.key")
+
+    @property
+    def snapshots_key_path(self) -> Path:
+        key = self.access.snapshots_key_file if self.access is not None else ""
+        return credential_path(Path(key) if key else self.state_dir / "snapshots.key")
+
+    @property
+    def command_key_path(self) -> Path | None:
+        key = self.commands.hmac_key_file
+        return credential_path(Path(key)) if key else None
 
     @property
     def topic_prefix(self) -> str:
@@ -317,7 +324,41 @@ _SECRET_KEYS = (
     ("uplink", "password_file"),
     ("commands", "hmac_key_file"),
     ("access", "key_file"),
+    ("access", "cards_key_file"),
+    ("access", "snapshots_key_file"),
 )
+
+
+def credential_path(configured: Path) -> Path:
+    """Where a key file is read: under systemd (`LoadCredential=`, which sets
+    `$CREDENTIALS_DIRECTORY`) the credential of the same file name when the unit passes one,
+    else the configured (or default) path. So one config names
+    `/etc/eldergate/credentials/faces.key`: the service reads systemd's private copy, and an
+    operator's CLI run as root reads the file itself."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if directory:
+        candidate = Path(directory) / configured.name
+        if candidate.is_file():
+            return candidate
+    return configured
+
+
+def clear_cards_warning(count: int) -> str:
+    return (
+        f"access.cards: {count} card number(s) are written in clear; a stolen SD card or config "
+        "backup gives them away. Convert each with `eldergate cards hash --config <this file> "
+        '--card <number>` and replace its `card = "..."` line with the printed '
+        '`card_hash = "hmac-sha256:..."` line'
+    )
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """What is valid but should be changed (check-config prints these, the daemon logs them)."""
+    warnings: list[str] = []
+    clear = sum(1 for c in cfg.access.cards if c.card) if cfg.access is not None else 0
+    if clear:
+        warnings.append(clear_cards_warning(clear))
+    return warnings
 
 
 def load_config(path: Path) -> Config:
@@ -557,13 +598,27 @@ def _access_checks(a: AccessSection) -> list[tuple[str, str]]:
         "access.card_reader.repeat_suppress_s",
         "must be 0-60 s",
     )
-    cards = [c.card.lower() for c in a.cards]
+    cards = [c.card.lower() for c in a.cards if c.card]
     need(len(cards) == len(set(cards)), "access.cards.card", "a card is listed twice")
+    hashes = [c.card_hash.lower() for c in a.cards if c.card_hash]
+    need(len(hashes) == len(set(hashes)), "access.cards.card_hash", "a card is listed twice")
     for c in a.cards:
         need(
-            bool(re.match(r"^[0-9A-Fa-f]{4,20}$", c.card)),
+            bool(c.card) != bool(c.card_hash),
+            "access.cards.card_hash",
+            f"card of {c.person!r}: give card_hash (from `eldergate cards hash`), not both "
+            "nor neither",
+        )
+        need(
+            not c.card or bool(re.match(r"^[0-9A-Fa-f]{4,20}$", c.card)),
             "access.cards.card",
-            f"{c.card!r}: 4-20 hex digits or decimal digits",
+            "4-20 hex digits or decimal digits",
+        )
+        need(
+            not c.card_hash or bool(re.match(r"^hmac-sha256:[0-9a-fA-F]{64}$", c.card_hash)),
+            "access.cards.card_hash",
+            f"card of {c.person!r}: must be hmac-sha256: and 64 hex digits, as printed by "
+            "`eldergate cards hash`",
         )
         need(
             bool(re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", c.person)),
@@ -618,12 +673,6 @@ def _button_checks(b: ButtonsSection) -> list[tuple[str, str]]:
     need(1 <= b.ack_deadline_s <= 3600, "buttons.ack_deadline_s", "must be 1-3600 s")
     need(1 <= b.escalation_repeat_s <= 3600, "buttons.escalation_repeat_s", "must be 1-3600 s")
     need(1 <= b.dedup_window_s <= 3600, "buttons.dedup_window_s", "must be 1-3600 s")
-    need(
-        b.cancel_window_s is None or 0 <= b.cancel_window_s < b.ack_deadline_s,
-        "buttons.cancel_window_s",
-        "must be at least 0 and shorter than buttons.ack_deadline_s (a resident's CANCEL "
-        "never ends an escalated alarm)",
-    )
     need(
         1 <= b.unknown_report_interval_s <= 86400,
         "buttons.unknown_report_interval_s",
@@ -682,17 +731,6 @@ def _button_checks(b: ButtonsSection) -> list[tuple[str, str]]:
             d.supervision_s == 0 or 1 <= d.supervision_s <= 7 * 86400,
             "buttons.devices.supervision_s",
             f"device {d.id!r}: 0 (not supervised) or 1 s to 7 days",
-        )
-        need(
-            d.auth == "none" or (d.id.startswith("t-") and bool(d.key_file)),
-            "buttons.devices.auth",
-            f"device {d.id!r}: auth = {d.auth!r} needs a terminal (t-xxxxxxxx; EV1527 "
-            "cannot authenticate) and its key_file",
-        )
-        need(
-            not d.key_file or d.auth != "none",
-            "buttons.devices.key_file",
-            f'device {d.id!r}: a key_file is used only with auth = "optional" or "required"',
         )
     return problems
 

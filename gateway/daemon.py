@@ -135,7 +135,7 @@ class Gateway:
                 fetch_batch=fwd.fetch_batch,
             ),
         )
-        key = load_key(Path(cfg.commands.hmac_key_file)) if cfg.commands.hmac_key_file else None
+        key = load_key(cfg.command_key_path) if cfg.command_key_path else None
         cmd = cfg.commands
         self.commands = CommandService(
             db,
@@ -233,6 +233,7 @@ class Gateway:
                 await gateway.buttons.alarms.load()
             if gateway.access is not None:
                 await gateway.access.start(gateway.commands)
+                gateway.forwarder.sealed.add(gateway.access.snapshot_cipher)
         except BaseException:
             if gateway is not None and gateway.access is not None:
                 await gateway.access.close()

@@ -31,6 +31,7 @@ from gateway.errors import StorageError, TransientError
 from gateway.events import LANES, NEVER_DROPPED, Lane
 from gateway.mqtt import Connection, Uplink, UplinkListener
 from gateway.outbox import Outbox, StoredMessage
+from gateway.sealing import UNOPENABLE_REASON, SealedPayloads
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ class Forwarder(UplinkListener):
         self._bucket = _TokenBucket(settings.replay_rate)
         self._replay_mark = 0
         self._dead: list[tuple[int, int]] = []
+        self.sealed = SealedPayloads()  # keys for rows sealed at rest (snapshots)
         self._refusal_listeners: list[RefusalListener] = []
         self.stats = ForwarderStats()
         self.last_progress = time.monotonic()
@@ -352,14 +354,19 @@ class Forwarder(UplinkListener):
             ):
                 next_wake = self._bucket.wait_s()
                 break
+            message = self.sealed.open(stored.message)  # sealed at rest: gateway/sealing.py
+            if message is None:  # no key opens it: it is never published, least of all sealed
+                state.buffer.popleft()
+                self._dead.append((stored.row, UNOPENABLE_REASON))
+                continue
             topic = self._topic_of(stored)
             try:
                 mid = conn.publish(
                     topic,
-                    stored.message.payload,
-                    retain=stored.message.retain,
-                    content_type=stored.message.content_type,
-                    correlation_data=stored.message.correlation_data,
+                    message.payload,
+                    retain=message.retain,
+                    content_type=message.content_type,
+                    correlation_data=message.correlation_data,
                 )
             except TransientError:
                 break

@@ -170,6 +170,27 @@ MIGRATIONS: Sequence[str] = (
         high_water_ms INTEGER NOT NULL
     );
     """,
+    # 7: cards are stored as keyed hashes (hmac-sha256:<hex>), never as numbers. SQL has no
+    # key: the clear rows are set aside, and CardAdmin.load() hashes them with the card key,
+    # deletes them with secure_delete and drops the table (gateway/access/card_admin.py).
+    """
+    ALTER TABLE access_cards RENAME TO access_cards_clear;
+    CREATE TABLE access_cards (
+        card_hash TEXT PRIMARY KEY,
+        person TEXT NOT NULL,
+        removed INTEGER NOT NULL DEFAULT 0,
+        changed_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
+    # 8: the highest counter accepted from each authenticated terminal: a recorded frame sent
+    # again is refused, across restarts too (gateway/buttons/auth.py).
+    """
+    CREATE TABLE button_auth (
+        device_id TEXT PRIMARY KEY,
+        counter INTEGER NOT NULL,
+        changed_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

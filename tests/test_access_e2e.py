@@ -118,7 +118,9 @@ async def test_door_opens_only_for_enrolled_residents(
         for decision in decisions:
             topic = f"{PREFIX}/snapshot/{decision['id']}"
             msgs = await sub.wait_for_async(lambda m, t=topic: any(x.topic == t for x in m), WAIT_S)
-            jpeg = next(m for m in msgs if m.topic == topic).payload
+            received = next(m for m in msgs if m.topic == topic)
+            jpeg = received.payload
+            assert received.content_type == "image/jpeg"  # the contract: opened before publishing
             image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
             assert image is not None and len(jpeg) <= 100_000
             assert decision["data"]["snapshot"] == f"snapshot/{decision['id']}"
@@ -137,6 +139,11 @@ async def test_door_opens_only_for_enrolled_residents(
                 assert message.payload.count(b",") < 60
     finally:
         assert await running.finish() == 0
+
+    # The snapshots waited in the outbox sealed: no JPEG (SOI, APP0, "JFIF") anywhere in the
+    # database or its WAL, though the platform received each one as a valid JPEG.
+    at_rest = b"".join(p.read_bytes() for p in cfg.state_dir.rglob("*") if p.is_file())
+    assert b"\xff\xd8\xff\xe0\x00\x10JFIF" not in at_rest
 
     # The audit log holds every enrolment and decision, append-only.
     conn = sqlite3.connect(cfg.outbox_path)

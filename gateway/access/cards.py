@@ -15,8 +15,17 @@ presents it again) and one worker handles them in order:
   queued on the door controller (recorded in order as soon as storage works again) and the door
   still opens: a broken SD card must not lock residents out, and the event is not lost.
 
-Card numbers are personal data: events and logs carry only the last 4 characters
-(``"****a1b2"``; for ids of 7 characters or fewer, only half of them). A reader that goes away is
+Card numbers are personal data and, for a door, a credential: they are never stored or
+configured in clear. The register holds keyed hashes, ``hmac-sha256:`` and
+HMAC-SHA256(card key, normalised number) in hex; a read is hashed and looked up. The card key is
+its own 32-byte key file (``access.cards_key_file``, ``cards.key``; a credential under
+systemd), not derived from the face key: replacing the face key (re-enrolling everyone) then
+leaves the cards alone, and the card key can be shared with the platform's provisioning tool
+(``eldergate cards hash``) without giving it the templates. Without the key a stolen SD card
+holds hashes that cannot be turned back into card numbers nor checked against guesses (an
+unkeyed hash of a 10-digit number is broken by trying them all). Events and logs carry only
+the last 4 characters (``"****a1b2"``; for ids of 7 characters or fewer, only half of them).
+A reader that goes away is
 reported as ``receiver.offline`` (lane 0) once, and ``receiver.online`` when it is back, with the
 reader as the event's device.
 """
@@ -24,24 +33,35 @@ reader as the event's device.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import os
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from drivers.card_reader import CardDecoder, CardRead, make_decoder
 from drivers.serial_port import SerialLink, SerialSettings
 from gateway.access.door import DoorController, Record
+from gateway.config import clear_cards_warning
 from gateway.errors import ConfigError
 from gateway.events import DeviceRef, Event, EventFactory
+from gateway.keyfiles import KeyKind, load_or_create_key
 
 __all__ = [
+    "CARDS_KEY",
+    "CARD_HASH_PREFIX",
     "QUEUE_SIZE",
     "CardAccess",
+    "CardKey",
     "CardRegister",
     "CardStats",
+    "is_card_hash",
     "mask_card",
     "normalise_card",
 ]
@@ -53,9 +73,54 @@ _RECENT_MAX: Final = 64
 _CARD_MAX: Final = 64
 
 
+CARD_HASH_PREFIX: Final = "hmac-sha256:"
+_CARD_HASH_RE = re.compile(r"^hmac-sha256:[0-9a-f]{64}$")
+
+CARDS_KEY: Final = KeyKind(
+    "card key",
+    "no configured or stored card opens the door",
+    "every card must then be hashed again (`eldergate cards hash`) and added again",
+)
+
+
 def normalise_card(card: str) -> str:
-    """The register's key for a card id: stripped, lower-case."""
+    """A card id as it is hashed and compared: stripped, lower-case."""
     return card.strip().lower()
+
+
+def is_card_hash(text: str) -> bool:
+    """True for ``hmac-sha256:`` and 64 hex digits (any case)."""
+    return bool(_CARD_HASH_RE.match(text.strip().lower()))
+
+
+class CardKey:
+    """The HMAC-SHA256 key card numbers are hashed with. Build with `load_or_create()`."""
+
+    __slots__ = ("_key", "key_id")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("a card key needs at least 16 bytes")
+        self._key = key
+        self.key_id = hashlib.sha256(b"eldergate/card-key\x00" + key).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"CardKey(key_id={self.key_id!r})"
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> CardKey:
+        """Read the 32-byte key file, or create it (0600) if missing; ConfigError if unsafe."""
+        return cls(load_or_create_key(path, CARDS_KEY))
+
+    @classmethod
+    def ephemeral(cls) -> CardKey:
+        """A random key for a register that is never stored (tests, a bare CardRegister)."""
+        return cls(os.urandom(32))
+
+    def hash(self, card: str) -> str:
+        """``hmac-sha256:<hex>`` of the normalised card id."""
+        digest = hmac.new(self._key, normalise_card(card).encode(), hashlib.sha256).hexdigest()
+        return CARD_HASH_PREFIX + digest
 
 
 def mask_card(card: str) -> str:
@@ -65,35 +130,77 @@ def mask_card(card: str) -> str:
 
 
 class CardRegister:
-    """Card id -> person id. Ids are compared normalised (see :func:`normalise_card`)."""
+    """Card hash -> person id. Clear ids given to it are hashed at once and not kept.
 
-    def __init__(self, entries: Iterable[tuple[str, str]] = ()) -> None:
+    ``entries`` are (card id or ``hmac-sha256:`` hash, person). Without a ``key`` (tests) the
+    register hashes with a random key of its own; the daemon passes the card key in
+    :meth:`reset` once it has read it."""
+
+    def __init__(self, entries: Iterable[tuple[str, str]] = (), key: CardKey | None = None) -> None:
+        self._key = key or CardKey.ephemeral()
         self._cards: dict[str, str] = {}
+        self.reset(self._key, entries)
+
+    @property
+    def key(self) -> CardKey:
+        return self._key
+
+    def reset(self, key: CardKey, entries: Iterable[tuple[str, str]]) -> None:
+        """Start again from ``entries`` hashed with ``key`` (ConfigError for a card listed
+        twice, however written). Clear entries are warned about: they belong hashed."""
+        cards: dict[str, str] = {}
+        clear = 0
         for card, person in entries:
-            if normalise_card(card) in self._cards:
-                raise ConfigError(f"card {mask_card(normalise_card(card))} is registered twice")
-            self.add(card, person)
+            clear += not is_card_hash(card)
+            digest = self._digest(card, key)
+            if digest in cards:
+                raise ConfigError(f"card {self._shown(card)} is registered twice")
+            cards[digest] = self._person(person)
+        self._key, self._cards = key, cards
+        if clear:
+            _LOGGER.warning("%s", clear_cards_warning(clear))
+
+    def hash(self, card: str) -> str:
+        """The stored form of a card id (a hash is returned as it is, lower-case)."""
+        return self._digest(card, self._key)
 
     def add(self, card: str, person: str) -> None:
-        """Register (or re-assign) a card. ConfigError for an empty or oversized id."""
-        key = normalise_card(card)
-        if not key or len(key) > _CARD_MAX or not person.strip():
-            raise ConfigError("a card entry needs a card id (1-64 chars) and a person id")
-        self._cards[key] = person.strip()
+        """Register (or re-assign) a card, given clear or hashed. ConfigError for an empty or
+        oversized id."""
+        self._cards[self.hash(card)] = self._person(person)
 
     def remove(self, card: str) -> bool:
-        """Forget a card; True if it was registered."""
-        return self._cards.pop(normalise_card(card), None) is not None
+        """Forget a card (clear or hashed); True if it was registered."""
+        return self._cards.pop(self.hash(card), None) is not None
 
     def get(self, card: str) -> str | None:
-        """The person holding ``card``, or None."""
-        return self._cards.get(normalise_card(card))
+        """The person holding ``card`` (as read), or None."""
+        return self._cards.get(self.hash(card))
 
     def __len__(self) -> int:
         return len(self._cards)
 
     def __contains__(self, card: object) -> bool:
-        return isinstance(card, str) and normalise_card(card) in self._cards
+        return isinstance(card, str) and self.hash(card) in self._cards
+
+    @staticmethod
+    def _digest(card: str, key: CardKey) -> str:
+        if is_card_hash(card):
+            return card.strip().lower()
+        number = normalise_card(card)
+        if not number or len(number) > _CARD_MAX:
+            raise ConfigError("a card entry needs a card id (1-64 chars) and a person id")
+        return key.hash(number)
+
+    @staticmethod
+    def _person(person: str) -> str:
+        if not person.strip():
+            raise ConfigError("a card entry needs a card id (1-64 chars) and a person id")
+        return person.strip()
+
+    @staticmethod
+    def _shown(card: str) -> str:
+        return card[:20] + "…" if is_card_hash(card) else mask_card(normalise_card(card))
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from drivers.door_contact import ContactInput, GpioContact, SimulatedContact
 from drivers.outputs import Output, build_output, output_spec
 from drivers.serial_port import SerialSettings
 from gateway.access.card_admin import CardAdmin
-from gateway.access.cards import CardAccess, CardRegister
+from gateway.access.cards import CardAccess, CardKey, CardRegister
 from gateway.access.door import DoorController, DoorSettings
 from gateway.access.service import AccessService, AccessSettings
 from gateway.access.snapshots import SnapshotSettings
@@ -38,6 +38,7 @@ from gateway.faces.crypto import TemplateCipher
 from gateway.faces.enrolment import FaceEnrolment, enrolment_settings, max_templates
 from gateway.faces.store import FaceStore
 from gateway.outbox import Outbox
+from gateway.sealing import PayloadCipher
 from gateway.store import Database
 from gateway.vision.decision import DecisionPolicy
 from gateway.vision.engine import EngineSettings
@@ -136,7 +137,8 @@ class AccessFeature:
             contact=self.contact,
             exit_request=self.exit_request,
         )
-        self.card_register = CardRegister((c.card, c.person) for c in a.cards)
+        self.card_register = CardRegister()  # filled in start(), once the card key is read
+        self.snapshot_cipher: PayloadCipher | None = None  # read in start()
         self.card_admin = CardAdmin(db, self.card_register, self.audit, events, self.door_ref)
         self.cards: CardAccess | None = None
         if a.card_reader.url:
@@ -183,6 +185,11 @@ class AccessFeature:
         # Enrolment needs the models even without a camera: a broken install fails here, loudly.
         await asyncio.to_thread(ensure_face_models)
         cipher = await asyncio.to_thread(TemplateCipher.load_or_create, self.cfg.faces_key_path)
+        card_key = await asyncio.to_thread(CardKey.load_or_create, self.cfg.cards_key_path)
+        self.card_register.reset(card_key, ((c.card_hash or c.card, c.person) for c in a.cards))
+        self.snapshot_cipher = await asyncio.to_thread(
+            PayloadCipher.load_or_create, self.cfg.snapshots_key_path
+        )
         self.store = FaceStore(self._db, cipher, self.audit, max_templates=max_templates(self.cfg))
         self.enrolment = FaceEnrolment(
             self.store, self._events, self.door_ref, enrolment_settings(self.cfg), self.workers
@@ -248,6 +255,7 @@ class AccessFeature:
                     max_bytes=a.snapshots.max_bytes,
                     max_width=a.snapshots.max_width,
                     retention_s=a.snapshots.retention_s,
+                    cipher=self.snapshot_cipher,
                 ),
                 tracks=TrackSettings(),
             ),

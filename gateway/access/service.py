@@ -371,7 +371,7 @@ class AccessService:
             jpeg = await loop.run_in_executor(
                 None, encode_snapshot, frame.image, (face.box,), self.settings.snapshots
             )
-            await self._outbox.append(Snapshot(event.id, jpeg))
+            await self._outbox.append(Snapshot(event.id, jpeg, self.settings.snapshots.cipher))
         except (SnapshotTooLarge, StorageError) as exc:
             self.stats.snapshots_failed += 1
             _LOGGER.error("snapshot for %s %s not stored: %s", event.kind, event.id, exc)

@@ -6,20 +6,28 @@ acknowledges it. It rides in lane 2: under overflow it may be dropped (and count
 decision event (lane 1) never is. Rows still undelivered after the retention period are deleted
 (`Outbox.expire`): a face image is personal data and is not kept indefinitely for an uplink
 that may never come back.
+
+A face image is also biometric data on an SD card that can be pulled out: the row holds the
+JPEG sealed with AES-256-GCM (`gateway.sealing`, the snapshot key), and the forwarder opens it
+only as it hands the message to the broker, so the platform still receives plain `image/jpeg`.
+The daemon always passes the key (`SnapshotSettings.cipher`); without one (unit tests) the row
+holds the plain JPEG.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from gateway.events import Lane, OutboundMessage
+from gateway.sealing import PayloadCipher
 
 SNAPSHOT_TOPIC = "snapshot/"
 SNAPSHOT_LANE = Lane.DEVICE_STATUS
+SNAPSHOT_CONTENT_TYPE: Final = "image/jpeg"
 _QUALITIES = (85, 70, 55, 40, 25)
 _MIN_WIDTH = 160
 
@@ -31,6 +39,7 @@ class SnapshotSettings:
     max_bytes: int = 100_000
     max_width: int = 640
     retention_s: float = 7 * 86400.0
+    cipher: PayloadCipher | None = None  # seals the stored JPEG (the daemon always sets it)
 
     def __post_init__(self) -> None:
         if not 8_000 <= self.max_bytes <= 4_000_000:
@@ -45,6 +54,7 @@ class Snapshot:
 
     event_id: str
     jpeg: bytes
+    cipher: PayloadCipher | None = None
 
     @property
     def lane(self) -> Lane:
@@ -55,12 +65,14 @@ class Snapshot:
         return False
 
     def render(self, seq: int) -> OutboundMessage:
-        return OutboundMessage(
-            topic=f"{SNAPSHOT_TOPIC}{self.event_id}", payload=self.jpeg, content_type="image/jpeg"
-        )
+        topic = f"{SNAPSHOT_TOPIC}{self.event_id}"
+        if self.cipher is not None:
+            return self.cipher.seal(topic, self.jpeg, SNAPSHOT_CONTENT_TYPE)
+        return OutboundMessage(topic=topic, payload=self.jpeg, content_type=SNAPSHOT_CONTENT_TYPE)
 
     def __repr__(self) -> str:
-        return f"Snapshot({self.event_id}, {len(self.jpeg)} bytes)"
+        sealed = ", sealed" if self.cipher is not None else ""
+        return f"Snapshot({self.event_id}, {len(self.jpeg)} bytes{sealed})"
 
 
 class SnapshotTooLarge(ValueError):

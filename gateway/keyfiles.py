@@ -1,0 +1,127 @@
+"""Key files: 32 random bytes in a file only the service can read.
+
+A missing key file is created (mode 0600, written to a temporary file and linked into place, so
+a concurrent start never sees a half-written key); an existing one that group or others may
+access, that is a symbolic link or not a regular file, or that is not 32 bytes, is refused with
+the fix. Under systemd the keys are credentials (`LoadCredential=`): read-only copies in
+`$CREDENTIALS_DIRECTORY`, owned by the service user, never in the state directory (see
+`gateway.config.credential_path`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import ConfigError
+
+_LOGGER = logging.getLogger(__name__)
+
+KEY_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class KeyKind:
+    """What a key file protects, for the messages about it."""
+
+    name: str  # "face template key"
+    protects: str  # what happens without it
+    loss: str  # what replacing it costs
+
+
+def load_or_create_key(path: Path, kind: KeyKind) -> bytes:
+    """The 32 raw bytes of a key file, made (0600, atomically) if it does not exist.
+
+    ConfigError if the file is unsafe (group or others may access it, not a regular file,
+    a symbolic link) or is not exactly 32 bytes, or cannot be created (a read-only
+    credentials directory: provision the key there first)."""
+    try:
+        return _read_key(path, kind)
+    except FileNotFoundError:
+        return _create_key(path, kind)
+
+
+def _fix(path: Path, kind: KeyKind) -> str:
+    return (
+        f"fix it with: chown <service user> {path} && chmod 600 {path} (or move it aside to "
+        f"have a new key made: {kind.loss})"
+    )
+
+
+def _read_key(path: Path, kind: KeyKind) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigError(
+            f"{kind.name} {path} cannot be read: {exc.strerror or exc}; {_fix(path, kind)}"
+        ) from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{kind.name} {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise ConfigError(
+                f"{kind.name} {path} has mode {stat.S_IMODE(info.st_mode):04o}: group or "
+                f"others may access it; it must be readable only by the service; "
+                f"{_fix(path, kind)}"
+            )
+        key = os.read(fd, KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(key) != KEY_BYTES:
+        raise ConfigError(
+            f"{kind.name} {path} must hold exactly {KEY_BYTES} raw bytes, it holds "
+            f"{len(key)}{'+' if len(key) > KEY_BYTES else ''}; {_fix(path, kind)}"
+        )
+    return key
+
+
+def _create_key(path: Path, kind: KeyKind) -> bytes:
+    """Write a new random key atomically (temporary file, fsync, link); if another process
+    created one meanwhile, read theirs."""
+    key = os.urandom(KEY_BYTES)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.new")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return _read_key(path, kind)
+        _fsync_directory(path.parent)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the {kind.name} {path}: {exc.strerror or exc} (under systemd the "
+            "keys come read-only from $CREDENTIALS_DIRECTORY: provision them first, see "
+            "systemd/README.md)"
+        ) from exc
+    finally:
+        temporary.unlink(missing_ok=True)
+    key_id = hashlib.sha256(key).hexdigest()[:16]
+    _LOGGER.warning(
+        "created a new %s %s (key id %s); back it up: without it %s",
+        kind.name,
+        path,
+        key_id,
+        kind.protects,
+    )
+    return key
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
