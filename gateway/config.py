@@ -142,6 +142,10 @@ class DeviceSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     resident: str = ""
     location: str = ""
     supervision_s: float = 0.0  # 0: not supervised
+    # Authenticated terminal frames (docs/protocols.md): "none", "optional" (verified when
+    # sent) or "required" (a plain frame that could silence or vouch is refused).
+    auth: Literal["none", "optional", "required"] = "none"
+    key_file: str = ""  # the device's 32-byte key as 64 hex digits, mode 0600
 
 
 class ButtonsSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -150,11 +154,21 @@ class ButtonsSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     ack_deadline_s: float = 60.0
     escalation_repeat_s: float = 30.0
     dedup_window_s: float = 120.0
+    # How long after raising an alarm the resident's CANCEL may end it; unset: half the
+    # acknowledgement deadline, at most 30 s. 0: a CANCEL never ends an alarm.
+    cancel_window_s: float | None = None
     unknown_report_interval_s: float = 600.0
     supervision_check_s: float = 5.0
     reopen_max_s: float = 30.0
     output: OutputSection = msgspec.field(default_factory=OutputSection)
     devices: list[DeviceSection] = msgspec.field(default_factory=list)
+
+    @property
+    def cancel_window(self) -> float:
+        """The resident's cancel window in seconds (see `cancel_window_s`)."""
+        if self.cancel_window_s is not None:
+            return self.cancel_window_s
+        return min(30.0, self.ack_deadline_s / 2)
 
 
 class CameraSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -674,6 +688,12 @@ def _button_checks(b: ButtonsSection) -> list[tuple[str, str]]:
     need(1 <= b.escalation_repeat_s <= 3600, "buttons.escalation_repeat_s", "must be 1-3600 s")
     need(1 <= b.dedup_window_s <= 3600, "buttons.dedup_window_s", "must be 1-3600 s")
     need(
+        b.cancel_window_s is None or 0 <= b.cancel_window_s < b.ack_deadline_s,
+        "buttons.cancel_window_s",
+        "must be at least 0 and shorter than buttons.ack_deadline_s (a resident's CANCEL "
+        "never ends an escalated alarm)",
+    )
+    need(
         1 <= b.unknown_report_interval_s <= 86400,
         "buttons.unknown_report_interval_s",
         "must be 1-86400 s",
@@ -731,6 +751,17 @@ def _button_checks(b: ButtonsSection) -> list[tuple[str, str]]:
             d.supervision_s == 0 or 1 <= d.supervision_s <= 7 * 86400,
             "buttons.devices.supervision_s",
             f"device {d.id!r}: 0 (not supervised) or 1 s to 7 days",
+        )
+        need(
+            d.auth == "none" or (d.id.startswith("t-") and bool(d.key_file)),
+            "buttons.devices.auth",
+            f"device {d.id!r}: auth = {d.auth!r} needs a terminal (t-xxxxxxxx; EV1527 "
+            "cannot authenticate) and its key_file",
+        )
+        need(
+            not d.key_file or d.auth != "none",
+            "buttons.devices.key_file",
+            f'device {d.id!r}: a key_file is used only with auth = "optional" or "required"',
         )
     return problems
 
