@@ -408,6 +408,14 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
         except BaseException:
             await conn.execute("ROLLBACK")
             raise
+    if version < SCHEMA_VERSION:
+        # Fold the migrations into the database file now: left in the WAL, a fresh file's
+        # schema pages would have to be copied out at the first checkpoint, and on a full
+        # disk that copy needs room the disk reserve may not hold.
+        try:
+            await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:  # the data is safe in the WAL; it is folded back later
+            _LOGGER.warning("WAL checkpoint after migrating %s failed: %s", path, exc)
 
 
 def _statements(script: str) -> list[str]:
