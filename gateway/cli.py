@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -16,13 +17,15 @@ from pathlib import Path
 from gateway import __version__
 from gateway.clock import iso_utc, utc_now
 from gateway.config import Config, config_warnings, load_config
-from gateway.errors import ConfigError, StorageError
+from gateway.config_files import check_config_files
+from gateway.errors import ConfigError, StartupTimeoutError, StorageError
 from gateway.signing import canonical_bytes, load_key, sign
 from gateway.vision.models_check import FaceStackError
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 EX_CANTCREAT = 73  # sysexits.h: cannot create (state directory, database)
 EX_UNAVAILABLE = 69  # sysexits.h: a service is unavailable (the face-recognition stack)
+EX_TEMPFAIL = 75  # sysexits.h: temporary failure (a start-up step timed out; retry)
 
 _LOGGER = logging.getLogger("gateway")
 
@@ -60,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", type=Path)
+    check.add_argument(
+        "--syntax-only",
+        action="store_true",
+        help="validate the file alone, without loading the TLS, password and key files it "
+        "names (e.g. an example checked on another machine)",
+    )
 
     outbox = sub.add_parser("outbox", help="show what waits in the outbox (read-only)")
     outbox.add_argument("--config", type=Path, required=True)
@@ -101,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup_logging("INFO")
             return asyncio.run(run_demo(args.duration, args.state_dir))
         if args.command == "check-config":
-            return _check_config(args.file)
+            return _check_config(args.file, files=not args.syntax_only)
         if args.command == "outbox":
             return _show_outbox(load_config(args.config))
         if args.command == "settings":
@@ -124,13 +133,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StorageError as exc:
         print(f"eldergate: storage error: {exc}", file=sys.stderr)
         return EX_CANTCREAT
+    except StartupTimeoutError as exc:
+        print(f"eldergate: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
     except FaceStackError as exc:  # never the library's quit() with status 0
         print(f"eldergate: face recognition unavailable: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
     return 2
 
 
+def _stop_before_the_loop(signum: int, frame: object) -> None:
+    raise SystemExit(0)  # nothing is open yet; the event loop installs its own handlers
+
+
 def _run(path: Path) -> int:
+    # A stop request is honoured from the first instruction on (issue 8, item 9): until the
+    # daemon's event loop takes over SIGTERM/SIGINT, either one ends the process with 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop_before_the_loop)
     from gateway import daemon
 
     cfg = load_config(path)
@@ -139,8 +159,15 @@ def _run(path: Path) -> int:
     return asyncio.run(daemon.run(cfg))
 
 
-def _check_config(path: Path) -> int:
+def _check_config(path: Path, *, files: bool = True) -> int:
+    """The file, and (unless `files` is false) every TLS, password and key file it names,
+    loaded as the daemon loads them."""
     cfg = load_config(path)
+    if files:
+        try:
+            check_config_files(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: a file it names cannot be used:\n{exc}") from exc
     for warning in config_warnings(cfg):
         print(f"{path}: warning: {warning}", file=sys.stderr)
     print(

@@ -8,6 +8,7 @@ passwords and keys are read from files named here, and `redacted()` is what gets
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 import tomllib
@@ -100,7 +101,13 @@ class CommandsSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     max_ttl_s: float = 3600.0
     max_clock_skew_s: float = 300.0
     max_payload_bytes: int = 4 * _MiB
+    max_depth: int = 32
     queue_size: int = 64
+    queue_max_bytes: int = 16 * _MiB
+    # MQTT 5 response topics are obeyed only under these prefixes; unset: `{prefix}/reply/`.
+    response_topic_prefixes: list[str] | None = None
+    unsigned_results_per_s: float = 20.0
+    unsigned_results_burst: int = 200
 
 
 class HealthSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -312,6 +319,14 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
         return credential_path(Path(key) if key else self.state_dir / "snapshots.key")
 
     @property
+    def response_topic_prefixes(self) -> tuple[str, ...] | None:
+        """`commands.response_topic_prefixes` with `{gateway_id}` filled in (None: unset)."""
+        prefixes = self.commands.response_topic_prefixes
+        if prefixes is None:
+            return None
+        return tuple(p.replace("{gateway_id}", self.gateway.id) for p in prefixes)
+
+    @property
     def command_key_path(self) -> Path | None:
         key = self.commands.hmac_key_file
         return credential_path(Path(key)) if key else None
@@ -378,9 +393,17 @@ def config_warnings(cfg: Config) -> list[str]:
 def load_config(path: Path) -> Config:
     """Read, parse and validate a configuration file; raise ConfigError naming what is wrong."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc.strerror or exc}") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset "
+            f"{exc.start}); save the file as UTF-8"
+        ) from exc
     return parse_config(text, source=str(path))
 
 
@@ -400,8 +423,28 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     return config
 
 
+def _non_finite(value: Any, path: str) -> list[str]:
+    """The dotted keys of every float in `value` (a config struct, list or number) that is
+    inf or nan: TOML allows them, and no duration, rate or fraction means anything there."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [path]
+    if isinstance(value, msgspec.Struct):
+        found: list[str] = []
+        for name in value.__struct_fields__:
+            found += _non_finite(getattr(value, name), f"{path}.{name}" if path else name)
+        return found
+    if isinstance(value, list):
+        return [key for item in value for key in _non_finite(item, path)]
+    return []
+
+
 def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = [
+        (key, "must be a finite number (inf and nan are not allowed)")
+        for key in _non_finite(cfg, "")
+    ]
+    if problems:
+        return problems  # the range checks below cannot judge inf or nan
 
     def need(ok: bool, key: str, message: str) -> None:
         if not ok:
@@ -516,6 +559,30 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
         "must be between 1 KiB and 64 MiB",
     )
     need(1 <= cmd.queue_size <= 10000, "commands.queue_size", "must be between 1 and 10000")
+    need(1 <= cmd.max_depth <= 256, "commands.max_depth", "must be between 1 and 256")
+    need(
+        cmd.max_payload_bytes <= cmd.queue_max_bytes <= 1024 * _MiB,
+        "commands.queue_max_bytes",
+        "must be at least commands.max_payload_bytes and at most 1 GiB",
+    )
+    need(
+        cmd.unsigned_results_per_s >= 0 and 1 <= cmd.unsigned_results_burst <= 100_000,
+        "commands.unsigned_results_per_s",
+        "the rate must not be negative (0: unlimited) and the burst between 1 and 100000",
+    )
+    for reply in cfg.response_topic_prefixes or ():
+        need(
+            bool(reply) and not any(c in reply for c in "+#\x00"),
+            "commands.response_topic_prefixes",
+            f"{reply!r}: a topic prefix without wildcards",
+        )
+        own = f"{cfg.topic_prefix}/"
+        need(
+            not own.startswith(reply) or reply.startswith(f"{own}reply/"),
+            "commands.response_topic_prefixes",
+            f"{reply!r} would let a command's response topic reach the gateway's own topics "
+            f"({own}event/..., status, cmd/...); use a subtree such as {own}reply/",
+        )
     need(cfg.health.interval_s >= 1, "health.interval_s", "must be at least 1 second")
     if cfg.buttons is not None:
         problems.extend(_button_checks(cfg.buttons))

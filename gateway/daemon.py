@@ -1,7 +1,11 @@
 """The daemon: the composition root that wires the parts together and owns their tasks.
 
-Start-up: open the store (integrity check, migrations), load counters (O(1), the backlog
-stays on disk), start the writer, the uplink and the forwarder, then tell systemd READY=1.
+Start-up: take the state directory's lock (a second instance exits 73 naming the holder),
+open the store (integrity check, migrations), load counters (O(1), the backlog stays on disk),
+start the writer, the uplink and the forwarder, then tell systemd READY=1. No start-up step
+awaits what only a later step provides (the CLI's audit rows are forwarded by a task that runs
+after the outbox writer); each step has a time-out and tells systemd what it waits for
+(STATUS=); SIGTERM/SIGINT are honoured from the first step on.
 Shutdown (SIGTERM/SIGINT): stop intake, record `gateway.stopping`, let the forwarder drain
 briefly, publish `offline` and disconnect, commit what is pending, checkpoint, close.
 """
@@ -10,13 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import fcntl
 import logging
+import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from drivers.outputs import Output, build_output, output_spec
 from gateway import __version__
@@ -27,7 +34,8 @@ from gateway.buttons.service import ButtonService
 from gateway.clock import ClockSync
 from gateway.commands import CommandService, CommandSettings
 from gateway.config import Config
-from gateway.errors import ConfigError, StorageError
+from gateway.config_files import load_command_key
+from gateway.errors import ConfigError, StartupTimeoutError, StorageError
 from gateway.events import EventFactory, Lane
 from gateway.forwarder import Forwarder, ForwarderSettings
 from gateway.health import HealthReporter
@@ -35,7 +43,6 @@ from gateway.ingest import IngestServer
 from gateway.mqtt import Uplink, UplinkSettings
 from gateway.outbox import Outbox, OutboxLimits
 from gateway.settings import RuntimeSetting, RuntimeSettings
-from gateway.signing import load_key
 from gateway.store import Database, StoreOptions
 from gateway.systemd import SystemdNotifier, watchdog_interval_s
 
@@ -43,13 +50,77 @@ if TYPE_CHECKING:
     from gateway.access.feature import AccessFeature
 
 _LOGGER = logging.getLogger(__name__)
+_T = TypeVar("_T")
+# Where startup_step() says what it waits for besides the log: systemd's STATUS= (set by run()).
+_STEP_REPORTER: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
+    "startup_step_reporter", default=None
+)
 
 SHUTDOWN_DRAIN_S = 2.0
+# Start-up steps: the longest each may take before the daemon gives up (exit 75, systemd
+# restarts it); each is below the unit's TimeoutStartSec=90, so the log says which step hung
+# before systemd kills us. Opening the store runs the integrity check of a store of up to
+# outbox.integrity_check_sync_max_bytes (larger ones are checked in the background).
+STEP_TIMEOUT_S = 30.0
+OPEN_STORE_TIMEOUT_S = 75.0
+ACCESS_START_TIMEOUT_S = 75.0  # loading the face models on a Pi
+CLEANUP_TIMEOUT_S = 10.0
+LOCK_FILE = "eldergate.lock"
 # The watchdog is fed only while each of these made progress within its limit (seconds).
 _FORWARDER_STALL_S = 10.0  # its loop ticks at least every 0.5 s
 _COMMANDS_STALL_S = 45.0  # a handler may take up to 30 s
 _ALARM_TIMERS_STALL_S = 30.0
 _COMMIT_STUCK_S = 30.0
+
+
+class StateDirLocked(StorageError):
+    """Another daemon holds the state directory's lock (the message names its pid)."""
+
+
+async def startup_step(what: str, awaitable: Awaitable[_T], timeout_s: float | None = None) -> _T:
+    """Await one start-up step, logged as waiting for `what`, bounded by `timeout_s`
+    (default STEP_TIMEOUT_S)."""
+    if timeout_s is None:
+        timeout_s = STEP_TIMEOUT_S
+    _LOGGER.info("start-up: %s", what)
+    report = _STEP_REPORTER.get()
+    if report is not None:
+        report(f"starting: {what}")
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await awaitable
+    except TimeoutError as exc:
+        raise StartupTimeoutError(
+            f"start-up step '{what}' did not finish within {timeout_s:.0f} s"
+        ) from exc
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Take `state_dir/eldergate.lock` (flock, never waiting) and write our pid into it; returns
+    the open descriptor (the lock lives as long as it). StateDirLocked names the holder."""
+    path = state_dir / LOCK_FILE
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StorageError(
+            f"state directory {state_dir} is unusable: cannot create the lock file {path}: "
+            f"{exc.strerror or exc}"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        try:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise StateDirLocked(
+            f"another eldergate (pid {holder}) is running on {state_dir}: it holds {path}; "
+            "stop it first (only one daemon may use a state directory)"
+        ) from exc
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +129,7 @@ class DaemonHooks:
 
     store_options: StoreOptions | None = None
     on_ready: Callable[[Gateway], None] | None = None
+    before_build: Callable[[], Awaitable[None]] | None = None  # a slow start-up step (tests)
     output: Output | None = None  # replaces the configured alarm output (tests, demo)
 
 
@@ -90,6 +162,9 @@ def uplink_settings(cfg: Config) -> UplinkSettings:
         auth_failure_delay_s=up.reconnect.auth_failure_delay_s,
         max_inflight=cfg.forwarding.window + 16,
         receive_maximum=up.receive_maximum,
+        maximum_packet_size=max(
+            2 * cfg.commands.max_payload_bytes, cfg.commands.max_payload_bytes + 1024 * 1024
+        ),
         topic_style=up.topic_style,
     )
 
@@ -135,7 +210,7 @@ class Gateway:
                 fetch_batch=fwd.fetch_batch,
             ),
         )
-        key = load_key(cfg.command_key_path) if cfg.command_key_path else None
+        key = load_command_key(cfg.command_key_path) if cfg.command_key_path else None
         cmd = cfg.commands
         self.commands = CommandService(
             db,
@@ -148,7 +223,12 @@ class Gateway:
                 max_ttl_s=cmd.max_ttl_s,
                 max_clock_skew_s=cmd.max_clock_skew_s,
                 max_payload_bytes=cmd.max_payload_bytes,
+                max_depth=cmd.max_depth,
                 queue_size=cmd.queue_size,
+                queue_max_bytes=cmd.queue_max_bytes,
+                response_topic_prefixes=cfg.response_topic_prefixes,
+                unsigned_results_per_s=cmd.unsigned_results_per_s,
+                unsigned_results_burst=cmd.unsigned_results_burst,
             ),
         )
         self.uplink.set_message_handler(self.commands.on_message)
@@ -161,6 +241,7 @@ class Gateway:
             interval_s=cfg.health.interval_s,
             publish_event=cfg.health.publish_event,
         )
+        self.health.add_source("commands", self.commands.health)
         self.runtime = RuntimeSettings(db)
         self._register_runtime_settings()
         register_builtin_commands(
@@ -215,7 +296,13 @@ class Gateway:
             integrity_check=box.integrity_check,
             integrity_check_sync_max_bytes=box.integrity_check_sync_max_bytes,
         )
-        db = await Database.open(cfg.outbox_path, options)
+        if hooks.before_build is not None:
+            await startup_step("the test hook before the build", hooks.before_build())
+        db = await startup_step(
+            f"opening the store {cfg.outbox_path} (integrity check, migrations)",
+            Database.open(cfg.outbox_path, options),
+            OPEN_STORE_TIMEOUT_S,
+        )
         gateway: Gateway | None = None
         try:
             gateway = cls(cfg, db, hooks)
@@ -225,19 +312,25 @@ class Gateway:
                     "commands.require_signature names commands this gateway does not have: %s",
                     ", ".join(sorted(unknown)),
                 )
-            await gateway.outbox.load()
+            await startup_step("loading the outbox counters", gateway.outbox.load())
             gateway._reported_drops = gateway.outbox.stats().dropped
-            await gateway.runtime.load_overrides()
+            await startup_step("loading runtime settings", gateway.runtime.load_overrides())
             if gateway.buttons is not None:
-                await gateway.buttons.registry.load()
-                await gateway.buttons.alarms.load()
+                await startup_step("loading the button registry", gateway.buttons.registry.load())
+                await startup_step("loading open alarms", gateway.buttons.alarms.load())
             if gateway.access is not None:
-                await gateway.access.start(gateway.commands)
+                await startup_step(
+                    "starting face access (models, keys, gallery, camera)",
+                    gateway.access.start(gateway.commands),
+                    ACCESS_START_TIMEOUT_S,
+                )
                 gateway.forwarder.sealed.add(gateway.access.snapshot_cipher)
         except BaseException:
-            if gateway is not None and gateway.access is not None:
-                await gateway.access.close()
-            await db.close()
+            # Bounded and shielded: a stop request during start-up still releases the
+            # camera, the relay and the store.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+                    await asyncio.shield(_close_partial(gateway, db))
             raise
         return gateway
 
@@ -327,6 +420,12 @@ class Gateway:
         )
 
 
+async def _close_partial(gateway: Gateway | None, db: Database) -> None:
+    if gateway is not None and gateway.access is not None:
+        await gateway.access.close()
+    await db.close()
+
+
 async def run(
     cfg: Config,
     *,
@@ -334,7 +433,10 @@ async def run(
     hooks: DaemonHooks | None = None,
     notifier: SystemdNotifier | None = None,
 ) -> int:
-    """Run the daemon until `stop` is set or SIGTERM/SIGINT arrives. Returns the exit code."""
+    """Run the daemon until `stop` is set or SIGTERM/SIGINT arrives. Returns the exit code.
+
+    A stop request during start-up cancels it and returns 0. Raises StateDirLocked when another
+    daemon holds the state directory, StartupTimeoutError when a step did not finish in time."""
     notifier = notifier or SystemdNotifier()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -343,8 +445,32 @@ async def run(
             loop.add_signal_handler(signum, stop.set)
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-    notifier.status("opening the outbox")
-    gateway = await Gateway.build(cfg, hooks)
+    lock_fd = lock_state_dir(cfg.state_dir)
+    try:
+        token = _STEP_REPORTER.set(notifier.status)  # the start-up task copies the context
+        building = asyncio.create_task(Gateway.build(cfg, hooks), name="start-up")
+        _STEP_REPORTER.reset(token)
+        stopping = asyncio.create_task(stop.wait(), name="stop-request")
+        try:
+            await asyncio.wait((building, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not building.done():
+            _LOGGER.warning("stop requested during start-up: abandoning it")
+            notifier.stopping("stopping during start-up")
+            building.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await building
+            notifier.close()
+            return 0
+        return await _serve(cfg, building.result(), stop, notifier)
+    finally:
+        os.close(lock_fd)
+
+
+async def _serve(
+    cfg: Config, gateway: Gateway, stop: asyncio.Event, notifier: SystemdNotifier
+) -> int:
     failed: list[str] = []
     tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -389,7 +515,7 @@ async def run(
         spawn("integrity-check", _background_check(gateway), finite=True)
     try:
         if gateway.ingest is not None:
-            await gateway.ingest.start()
+            await startup_step("opening the ingest socket", gateway.ingest.start())
         stats = gateway.outbox.stats()
         with contextlib.suppress(StorageError):
             await gateway.outbox.append(

@@ -36,3 +36,7 @@ class StorageFullError(StorageError):
 
 class StoreCorruptError(StorageError):
     """The SQLite file failed its integrity check or is not a database."""
+
+
+class StartupTimeoutError(GatewayError):
+    """A daemon start-up step did not finish in time (the message names the step)."""

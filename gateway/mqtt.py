@@ -66,6 +66,9 @@ class UplinkSettings:
     max_inflight: int = 128
     subscribe_commands: bool = True
     receive_maximum: int = 16  # MQTT 5: QoS 1 commands the broker may have in flight to us
+    # MQTT 5: the largest packet the broker may send us (0: no limit); bounds paho's read
+    # buffer, so a 200 MB command is dropped by the broker instead of read into memory.
+    maximum_packet_size: int = 0
     topic_style: str = "dotted"  # "slashed": event/alarm/raised, for brokers that map '.'
 
     @property
@@ -282,6 +285,8 @@ class Connection:
             props = _properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = s.session_expiry_s
             props.ReceiveMaximum = s.receive_maximum
+            if s.maximum_packet_size:
+                props.MaximumPacketSize = s.maximum_packet_size
         connect = partial(
             self.client.connect,
             s.host,

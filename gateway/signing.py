@@ -19,7 +19,7 @@ from typing import Any
 
 from gateway.errors import ConfigError
 
-MIN_KEY_BYTES = 16
+MIN_KEY_BYTES = 32
 
 
 def canonical_bytes(

@@ -2,8 +2,9 @@
 # One-time (idempotent) set-up on Debian 12 / Raspberry Pi OS (bookworm): installs what is
 # missing and nothing else. The mosquitto Debian package (the demo and the tests start their
 # own broker from it), ejabberd (a second MQTT broker for the interop test, started by the
-# test itself on loopback; its system service is not started or enabled), python3-venv, a virtual environment in .venv with eldergate and its
-# development tools, and the face-recognition stack (prebuilt dlib wheels; see
+# test itself on loopback; its system service is not started or enabled), stress-ng (the
+# suite is also run under CPU load), python3-venv, a virtual environment in .venv with
+# eldergate and its development tools, and the face-recognition stack (prebuilt dlib wheels; see
 # scripts/install-face-stack.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,11 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
 fi
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     apt_missing+=(python3-venv)
+fi
+# stress-ng loads the CPUs while the suite runs (tests/test_under_load.py): tests must wait
+# on conditions, never on time.
+if ! command -v stress-ng >/dev/null 2>&1; then
+    apt_missing+=(stress-ng)
 fi
 new_ejabberd=0
 if ! dpkg-query -W -f='${Status}' ejabberd 2>/dev/null | grep -q 'ok installed'; then

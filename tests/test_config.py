@@ -37,9 +37,9 @@ EX_CONFIG = 78
 CLI_TIMEOUT_S = 30
 
 
-def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+def check_config(path: Path, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "check-config", str(path)],
+        [sys.executable, "-m", "gateway.cli", "check-config", *options, str(path)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -58,7 +58,9 @@ def _write(tmp_path: Path, text: str, name: str = "gateway.toml") -> Path:
 
 
 def test_example_config_validates_with_check_config() -> None:
-    result = check_config(EXAMPLE)
+    # The example names /etc/eldergate files that exist only on an installed gateway: the
+    # file alone is validated here; loading the files it names is tested below.
+    result = check_config(EXAMPLE, "--syntax-only")
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
     assert "pinghu-bnk-01" in result.stdout
@@ -161,6 +163,36 @@ BAD_CONFIGS: list[tuple[str, str, str, str]] = [
         BASE + "\n[health]\ninterval_s = 0.5\n",
         "health.interval_s",
         "interval_s",
+    ),
+    (
+        "reply-prefix-covers-own-topics",
+        BASE + '\n[commands]\nresponse_topic_prefixes = ["eldergate/{gateway_id}/"]\n',
+        "commands.response_topic_prefixes",
+        "response_topic_prefixes",
+    ),
+    (
+        "reply-prefix-covers-every-gateway",
+        BASE + '\n[commands]\nresponse_topic_prefixes = ["eldergate/"]\n',
+        "commands.response_topic_prefixes",
+        "response_topic_prefixes",
+    ),
+    (
+        "reply-prefix-wildcard",
+        BASE + '\n[commands]\nresponse_topic_prefixes = ["replies/#"]\n',
+        "commands.response_topic_prefixes",
+        "response_topic_prefixes",
+    ),
+    (
+        "max-depth-zero",
+        BASE + "\n[commands]\nmax_depth = 0\n",
+        "commands.max_depth",
+        "max_depth",
+    ),
+    (
+        "queue-bytes-below-payload",
+        BASE + "\n[commands]\nqueue_max_bytes = 1024\n",
+        "commands.queue_max_bytes",
+        "queue_max_bytes",
     ),
     (
         "queue-size-zero",
@@ -658,3 +690,148 @@ def test_error_inside_an_array_of_tables_names_the_right_entry_line(tmp_path: Pa
 def test_more_impossible_combinations(extra: str, key: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(key)):
         parse_config('[gateway]\nid = "gw"\n' + extra, source="cfg.toml")
+
+
+# -- files the configuration names, encodings, numbers (issue 8, items 8 and 10) ----------------
+
+
+def eldergate_run(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+
+
+def _minimal(tmp_path: Path, extra: str = "") -> str:
+    # port 9: nothing listens; these configs must be refused before any connection
+    state = json.dumps(str(tmp_path / "state"))
+    return f'[gateway]\nid = "gw-1"\nstate_dir = {state}\n[uplink]\nport = 9\n{extra}'
+
+
+def test_non_utf8_config_is_exit_78_naming_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(_minimal(tmp_path).encode() + b"[buttons]\n# Fr\xe9d\xe9ric\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8.*offset"):
+        load_config(path)
+    for result in (check_config(path), eldergate_run(path)):
+        assert result.returncode == EX_CONFIG, result.stderr
+        assert f"{path}:7: not UTF-8 text (byte 0xe9" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ("connect_timeout_s = inf\n", "uplink.connect_timeout_s"),
+        ("[uplink.reconnect]\nmax_delay_s = nan\n", "uplink.reconnect.max_delay_s"),
+        ("[forwarding]\nreplay_rate = inf\n", "forwarding.replay_rate"),
+        ("[forwarding]\nack_timeout_s = +inf\n", "forwarding.ack_timeout_s"),
+        ("[outbox]\ngroup_commit_window_ms = nan\n", "outbox.group_commit_window_ms"),
+        ("[commands]\nmax_ttl_s = inf\n", "commands.max_ttl_s"),
+        ("[commands]\nunsigned_results_per_s = inf\n", "commands.unsigned_results_per_s"),
+        ("[health]\ninterval_s = inf\n", "health.interval_s"),
+        ("[buttons]\ncancel_window_s = nan\n", "buttons.cancel_window_s"),
+        ("[buttons]\nack_deadline_s = -inf\n", "buttons.ack_deadline_s"),
+        ('[[buttons.devices]]\nid = "t-1"\nsupervision_s = inf\n', "buttons.devices.supervision_s"),
+        ("[access.camera]\nfps = inf\n", "access.camera.fps"),
+        ("[access.decision]\nthreshold = nan\n", "access.decision.threshold"),
+    ],
+)
+def test_inf_and_nan_are_refused_for_every_float_setting(
+    tmp_path: Path, extra: str, key: str
+) -> None:
+    text = _minimal(tmp_path, extra)
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: must be a finite number"):
+        parse_config(text)
+
+
+def test_inf_duration_is_exit_78_from_the_cli(tmp_path: Path) -> None:
+    path = _write(tmp_path, _minimal(tmp_path, "[forwarding]\nack_timeout_s = inf\n"))
+    for result in (check_config(path), eldergate_run(path)):
+        assert result.returncode == EX_CONFIG, result.stderr
+        assert f"{path}:7: forwarding.ack_timeout_s: must be a finite number" in result.stderr
+
+
+def _key_config(tmp_path: Path, content: bytes) -> Path:
+    key = tmp_path / "command.key"
+    key.write_bytes(content)
+    key.chmod(0o600)
+    extra = f"[commands]\nhmac_key_file = {json.dumps(str(key))}\n"
+    return _write(tmp_path, _minimal(tmp_path, extra))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(secrets.token_hex(16).encode() + b"\n", id="hex-16-bytes"),
+        pytest.param(secrets.token_hex(31).encode(), id="hex-31-bytes"),
+        pytest.param(b"correct-horse-battery\n", id="text-21-bytes"),
+        pytest.param(b"\x00\x01" + secrets.token_bytes(14), id="binary-16-bytes"),
+    ],
+)
+def test_command_keys_shorter_than_32_bytes_are_refused(tmp_path: Path, content: bytes) -> None:
+    path = _key_config(tmp_path, content)
+    key_file = tmp_path / "command.key"
+    for result in (check_config(path), eldergate_run(path)):
+        assert result.returncode == EX_CONFIG, result.stderr
+        assert f"commands.hmac_key_file: {key_file}" in result.stderr
+        assert "at least 32" in result.stderr
+
+
+def test_a_32_byte_command_key_is_accepted(tmp_path: Path) -> None:
+    path = _key_config(tmp_path, secrets.token_hex(32).encode() + b"\n")
+    result = check_config(path)
+    assert result.returncode == 0, result.stderr
+
+
+def _tls_config(
+    tmp_path: Path, ca: Path, cert: Path | None = None, key: Path | None = None
+) -> Path:
+    lines = f"[uplink.tls]\nenabled = true\nca_file = {json.dumps(str(ca))}\n"
+    if cert is not None and key is not None:
+        lines += f"cert_file = {json.dumps(str(cert))}\nkey_file = {json.dumps(str(key))}\n"
+    name = f"tls-{len(list(tmp_path.glob('tls-*.toml')))}.toml"
+    return _write(tmp_path, _minimal(tmp_path, lines), name)
+
+
+def test_check_config_loads_every_tls_file(tmp_path: Path) -> None:
+    from tests.support.tls import generate_tls_files
+
+    pki = generate_tls_files(tmp_path / "pki")
+    other = generate_tls_files(tmp_path / "other")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n")
+    missing = tmp_path / "absent.pem"
+    good = check_config(_tls_config(tmp_path, pki.ca_cert, pki.client_cert, pki.client_key))
+    assert good.returncode == 0, good.stderr
+    cases = [
+        (_tls_config(tmp_path, missing), f"uplink.tls.ca_file {missing}: No such file"),
+        (_tls_config(tmp_path, garbage), f"uplink.tls.ca_file {garbage}: "),
+        (
+            _tls_config(tmp_path, pki.ca_cert, pki.client_cert, other.client_key),
+            f"uplink.tls.cert_file {pki.client_cert} / {other.client_key}",
+        ),
+        (
+            _tls_config(tmp_path, pki.ca_cert, pki.client_cert, garbage),
+            f"uplink.tls.cert_file {pki.client_cert} / {garbage}",
+        ),
+        (
+            _tls_config(tmp_path, pki.ca_cert, pki.client_cert, missing),
+            f"uplink.tls.cert_file {pki.client_cert} / {missing}: No such file",
+        ),
+    ]
+    for path, needle in cases:
+        result = check_config(path)
+        assert result.returncode == EX_CONFIG, (needle, result.stdout)
+        assert needle in result.stderr, result.stderr
+        assert "OK" not in result.stdout
+
+
+def test_plain_check_config_of_the_example_reports_its_missing_files() -> None:
+    result = check_config(EXAMPLE)
+    assert result.returncode == EX_CONFIG
+    assert "uplink.tls.ca_file /etc/eldergate/ca.pem" in result.stderr

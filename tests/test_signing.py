@@ -142,7 +142,7 @@ def test_load_key_accepts_hex(tmp_path: Path) -> None:
 
 
 def test_load_key_accepts_raw_bytes(tmp_path: Path) -> None:
-    text = b"correct-horse-battery-staple"  # not hex: used as it is, without the newline
+    text = b"correct-horse-battery-staple-2026"  # not hex: used as it is, no newline
     assert load_key(_key_file(tmp_path, text + b"\n")) == text
     binary = b"\x80\x81" + bytes(range(0x21, 0x7F))[:30]  # not UTF-8: raw
     assert load_key(_key_file(tmp_path, binary, name="bin.key")) == binary
@@ -158,7 +158,7 @@ def test_load_key_keeps_raw_binary_key_intact(tmp_path: Path) -> None:
 
 def test_load_key_text_with_spaces_drops_the_trailing_newline(tmp_path: Path) -> None:
     """A pass-phrase is text: the newline `echo ... > key` or an editor adds is not key."""
-    text = b"correct horse battery staple"
+    text = b"correct horse battery staple, twice"
     assert load_key(_key_file(tmp_path, text + b"\n")) == text
 
 

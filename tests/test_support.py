@@ -245,8 +245,10 @@ def echo_port() -> Iterator[int]:
 
 
 def _connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.settimeout(2)
+    # Generous bounds (not timings): under a loaded CI machine the proxy thread may take a
+    # while to be scheduled; a test that expects silence sets its own short timeout.
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.settimeout(30)
     return sock
 
 
@@ -302,10 +304,16 @@ def test_proxy_modes_on_raw_sockets(echo_port: int, caplog: pytest.LogCaptureFix
 
 
 def test_proxy_refuses_when_upstream_is_down() -> None:
+    """The proxy resets a client whose upstream refuses. Under load the reset can arrive
+    before create_connection() has returned (ConnectionResetError there): refused all the
+    same. Regression: the test failed with that error while stress-ng loaded both cores."""
     with TcpProxy("127.0.0.1", free_port()) as proxy:
-        sock = _connect(proxy.port)
-        assert _closed_by_peer(sock)
-        sock.close()
+        try:
+            sock = _connect(proxy.port)
+        except ConnectionResetError:
+            return
+        with sock:
+            assert _closed_by_peer(sock)
 
 
 def test_proxy_faults_seen_by_mqtt_client(

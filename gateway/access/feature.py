@@ -52,6 +52,7 @@ _LOGGER = logging.getLogger(__name__)
 
 _STORE_POLL_S = 2.0  # how soon the CLI's enrolments reach the door and the platform
 _SNAPSHOT_EXPIRY_EVERY_S = 600.0
+_AUDIT_BATCH = 1000  # forward_pending's default limit
 CAMERA_ID = "door-camera"
 DOOR_STALL_S = 10.0  # the door ticks every 0.1 s
 FRAMES_STALL_S = 10.0  # the frame loop wakes at least every second
@@ -198,12 +199,9 @@ class AccessFeature:
         self.door.register_commands(commands)
         await self.card_admin.load()
         self.card_admin.register_commands(commands)
-        with contextlib.suppress(StorageError):
-            forwarded = await self.audit.forward_pending()
-            if forwarded:
-                _LOGGER.info(
-                    "forwarded %d audit records written while the daemon was away", forwarded
-                )
+        # The audit rows the CLI wrote while the daemon was away are forwarded by
+        # `_watch_store` once the daemon runs: appending here would wait for the outbox
+        # writer, which starts only after the build (issue 8, item 9).
         self._store_version = await self.store.version()
         self.store.add_listener(self._store_changed.set)
         if not a.camera.source:
@@ -306,10 +304,24 @@ class AccessFeature:
         return found
 
     async def _watch_store(self) -> None:
-        """The store changed: at once for a change made in this process (its listener), within
-        `_STORE_POLL_S` for one the CLI made (it never touches the outbox itself). Reload the
-        gallery and forward the audit rows not yet forwarded."""
+        """First forward the audit rows written while the daemon was away (the CLI's
+        enrolments before the first start). Then, whenever the store changed: at once for a
+        change made in this process (its listener), within `_STORE_POLL_S` for one the CLI
+        made (it never touches the outbox itself). Reload the gallery and forward the audit
+        rows not yet forwarded."""
         assert self.store is not None
+        try:
+            forwarded = batch = await self.audit.forward_pending()
+            while batch >= _AUDIT_BATCH:
+                batch = await self.audit.forward_pending(_AUDIT_BATCH)
+                forwarded += batch
+        except StorageError as exc:
+            _LOGGER.error("cannot forward the audit records written while away: %s", exc)
+        else:
+            if forwarded:
+                _LOGGER.info(
+                    "forwarded %d audit records written while the daemon was away", forwarded
+                )
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_STORE_POLL_S):

@@ -148,7 +148,8 @@ class AuditLog:
 
     async def forward_pending(self, limit: int = 1000) -> int:
         """Append every unmarked audit row's event (oldest first), then mark them; returns how
-        many. Rows written by another process (the CLI) are forwarded here."""
+        many. Rows written by another process (the CLI) are forwarded here. Call it only once
+        the outbox writer runs: the append waits for its commit (never during start-up)."""
         if self._outbox is None:
             raise RuntimeError("this audit log has no outbox (CLI mode): the daemon forwards")
         async with self._forward_lock:
