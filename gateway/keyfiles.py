@@ -52,28 +52,46 @@ def _fix(path: Path, kind: KeyKind) -> str:
     )
 
 
-def _read_key(path: Path, kind: KeyKind) -> bytes:
+class UnsafeFileError(Exception):
+    """A secret file that cannot be used as it is: the message names the file and the fault;
+    `fix` is the command that mends it when there is one."""
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+def read_private(path: Path, max_bytes: int, what: str) -> bytes:
+    """Up to `max_bytes` of `path`, a regular file only its owner may access, opened without
+    following a symbolic link (and checked on the open descriptor, so it cannot be swapped
+    between the check and the read). FileNotFoundError if it is missing; UnsafeFileError,
+    naming `what` (e.g. "device key"), for any other fault."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise ConfigError(
-            f"{kind.name} {path} cannot be read: {exc.strerror or exc}; {_fix(path, kind)}"
-        ) from exc
+        raise UnsafeFileError(f"{what} {path} cannot be read: {exc.strerror or exc}") from exc
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{kind.name} {path} is not a regular file")
+            raise UnsafeFileError(f"{what} {path} is not a regular file")
         if info.st_mode & 0o077:
-            raise ConfigError(
-                f"{kind.name} {path} has mode {stat.S_IMODE(info.st_mode):04o}: group or "
-                f"others may access it; it must be readable only by the service; "
-                f"{_fix(path, kind)}"
+            raise UnsafeFileError(
+                f"{what} {path} has mode {stat.S_IMODE(info.st_mode):04o}: group or others "
+                "may access it; it must be readable only by the service",
+                fix=f"chmod 600 {path}",
             )
-        key = os.read(fd, KEY_BYTES + 1)
+        return os.read(fd, max_bytes)
     finally:
         os.close(fd)
+
+
+def _read_key(path: Path, kind: KeyKind) -> bytes:
+    try:
+        key = read_private(path, KEY_BYTES + 1, kind.name)
+    except UnsafeFileError as exc:
+        raise ConfigError(f"{exc}; {_fix(path, kind)}") from exc
     if len(key) != KEY_BYTES:
         raise ConfigError(
             f"{kind.name} {path} must hold exactly {KEY_BYTES} raw bytes, it holds "

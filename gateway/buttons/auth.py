@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sqlite3
-import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 from drivers.buttons.terminal_codec import Authenticated, verify
+from gateway.keyfiles import UnsafeFileError, read_private
 from gateway.store import Database, translate
 
 _LOGGER = logging.getLogger(__name__)
@@ -64,21 +63,11 @@ def read_key_file(path: Path) -> bytes:
     KeyFileError if it is missing, not a regular file, a symbolic link, readable by group or
     others, or not 64 hex digits."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError as exc:
+        raw = read_private(path, _MAX_KEY_FILE + 1, "device key")
+    except FileNotFoundError as exc:
         raise KeyFileError(f"device key {path} cannot be read: {exc.strerror or exc}") from exc
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyFileError(f"device key {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise KeyFileError(
-                f"device key {path} has mode {stat.S_IMODE(info.st_mode):04o}; it must be "
-                f"readable only by the service: chmod 600 {path}"
-            )
-        raw = os.read(fd, _MAX_KEY_FILE + 1)
-    finally:
-        os.close(fd)
+    except UnsafeFileError as exc:
+        raise KeyFileError(f"{exc}: {exc.fix}" if exc.fix else str(exc)) from exc
     try:
         key = bytes.fromhex(raw.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
