@@ -53,7 +53,57 @@ class BrokerError(RuntimeError):
     """The broker could not be started, or died while starting."""
 
 
-class MosquittoBroker:
+class _BrokerProcess:
+    """What both brokers share: one child process, its log files, ``with`` support."""
+
+    work_dir: Path
+    log_path: Path
+    stdio_path: Path
+    _proc: subprocess.Popen[bytes] | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> int | None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        """True while the broker process is alive (it may be paused)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The last ``lines`` lines of the broker log and of its stdout/stderr, for reports."""
+        parts = []
+        for path in (self.log_path, self.stdio_path):
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            tail = "\n".join(text.splitlines()[-lines:])
+            if tail:
+                parts.append(f"--- {path} ---\n{tail}")
+        return "\n".join(parts) if parts else f"(no broker log yet in {self.work_dir})"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class MosquittoBroker(_BrokerProcess):
     """A mosquitto process on a loopback port, with its own config, data dir and log.
 
     Nothing is spawned until :meth:`start` (or ``with``). Persistence is on (saved on a clean
@@ -141,30 +191,6 @@ class MosquittoBroker:
         return f"[{self.host}]" if ":" in self.host else self.host
 
     # -- state ---------------------------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        """True while the mosquitto process is alive (it may be paused)."""
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.running and self._proc is not None else None
-
-    def log_tail(self, lines: int = 60) -> str:
-        """The last ``lines`` lines of the broker log and of its stdout/stderr, for reports."""
-        parts = []
-        for path in (self.log_path, self.stdio_path):
-            try:
-                text = path.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                continue
-            tail = "\n".join(text.splitlines()[-lines:])
-            if tail:
-                parts.append(f"--- {path} ---\n{tail}")
-        return "\n".join(parts) if parts else f"(no broker log yet in {self.work_dir})"
-
-    # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self, timeout: float = _START_TIMEOUT) -> Self:
         """Spawn mosquitto and return once every listener accepts TCP connections."""
@@ -294,17 +320,6 @@ class MosquittoBroker:
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.data_dir.mkdir(parents=True)
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"
         return f"<MosquittoBroker {self.url} {state} dir={self.work_dir}>"
@@ -407,7 +422,7 @@ def ejabberd_available() -> bool:
     return EJABBERD_ERL.exists() and _ejabberd_libs() is not None
 
 
-class EjabberdBroker:
+class EjabberdBroker(_BrokerProcess):
     """ejabberd's MQTT broker on a loopback port, with the same lifecycle as
     :class:`MosquittoBroker` (start, stop, kill, restart, log_tail, port, url).
 
@@ -447,26 +462,6 @@ class EjabberdBroker:
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.running and self._proc is not None else None
-
-    def log_tail(self, lines: int = 60) -> str:
-        parts = []
-        for path in (self.log_path, self.stdio_path):
-            try:
-                text = path.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                continue
-            tail = "\n".join(text.splitlines()[-lines:])
-            if tail:
-                parts.append(f"--- {path} ---\n{tail}")
-        return "\n".join(parts) if parts else f"(no broker log yet in {self.work_dir})"
 
     def config_text(self) -> str:
         publish = ("#",) if self.allow_publish is None else self.allow_publish
@@ -581,17 +576,6 @@ class EjabberdBroker:
     def restart(self, timeout: float = _EJABBERD_START_TIMEOUT) -> Self:
         self.stop()
         return self.start(timeout)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"
