@@ -269,6 +269,13 @@ class Database:
                 await self.writer.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise translate(exc, doing) from exc
+            except BaseException:
+                # Cancelled while aiosqlite's thread ran the BEGIN: it may have begun. The
+                # ROLLBACK is queued behind it at once (even if this task is cancelled again),
+                # before the lock lets anybody else in.
+                with contextlib.suppress(sqlite3.Error, asyncio.CancelledError):
+                    await self.writer.execute("ROLLBACK")
+                raise
             try:
                 yield self.writer
                 await self.writer.execute("COMMIT")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -362,3 +363,23 @@ async def test_telemetry_waits_for_company_and_goes_with_the_next_commit(tmp_pat
     finally:
         await running.close()  # a held heartbeat is committed by close()
     assert (await late).row > 0
+
+
+async def test_a_transaction_cancelled_while_it_begins_leaves_none_open(box: Running) -> None:
+    """BEGIN runs in aiosqlite's thread: a task cancelled while awaiting it (a stop under load)
+    must not leave the writer inside a transaction, or every later commit fails."""
+
+    async def write() -> None:
+        async with box.db.transaction("a write that is cancelled"):
+            await asyncio.sleep(3600)  # bounded by the cancel below
+
+    for _ in range(20):  # bounded; the cancel lands at a different step each time
+        task = asyncio.create_task(write())
+        await asyncio.sleep(0)  # it holds the lock and waits for BEGIN
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        async with box.db.transaction("the next write") as conn:
+            await conn.execute("SELECT 1")
+    receipt = await box.outbox.append(event(0, 1))  # type: ignore[arg-type]
+    assert receipt.row > 0
