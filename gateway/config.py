@@ -206,11 +206,12 @@ class RecognitionSection(_Section, frozen=True, forbid_unknown_fields=True, kw_o
 
 class DecisionSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # Defaults measured on the shared photos: see gateway/vision/decision.py.
-    threshold: float = 0.42
-    min_margin: float = 0.10
+    threshold: float = 0.43
+    min_margin: float = 0.15
     min_frames: int = 3
     window_s: float = 3.0
     conflict_distance: float = 0.55
+    fusion_frames: int = 8
     cooldown_s: float = 10.0
     unknown_repeat_s: float = 30.0
 
@@ -629,6 +630,11 @@ def _access_checks(a: AccessSection) -> list[tuple[str, str]]:
         dec.threshold <= dec.conflict_distance < 1,
         "access.decision.conflict_distance",
         "must be at least the threshold and below 1",
+    )
+    need(
+        dec.fusion_frames == 0 or dec.min_frames <= dec.fusion_frames <= 32,
+        "access.decision.fusion_frames",
+        "must be 0 (off) or from min_frames to 32",
     )
     need(0 <= dec.cooldown_s <= 3600, "access.decision.cooldown_s", "must be 0-3600 s")
     need(1 <= dec.unknown_repeat_s <= 3600, "access.decision.unknown_repeat_s", "must be 1-3600 s")

@@ -25,6 +25,7 @@ from drivers.card_reader import encode_em4100
 from drivers.door import LoggingDoor
 from drivers.video_sim import Scene, write_door_video
 from gateway.config import Config
+from gateway.vision.decision import DEFAULT_MIN_MARGIN, DEFAULT_THRESHOLD
 from tests.conftest import SubscriberFactory
 from tests.support.broker import MosquittoBroker
 from tests.test_buttons import PREFIX, WAIT_S, base_cfg, call, events, start, wait_events
@@ -109,7 +110,8 @@ async def test_door_opens_only_for_enrolled_residents(
         assert [g["data"]["person"] for g in granted] == ["p-a", "p-b"]
         for g in granted:
             assert g["data"]["method"] == "face"
-            assert g["data"]["distance"] < 0.42 and g["data"]["margin"] >= 0.10
+            assert g["data"]["distance"] < DEFAULT_THRESHOLD
+            assert g["data"]["margin"] >= DEFAULT_MIN_MARGIN
             assert g["data"]["frames"] >= 3
         assert len(events(sub, "access.granted")) == 2  # never for the stranger
         assert len(unknown) == 1  # one report per face track

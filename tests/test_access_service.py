@@ -34,6 +34,7 @@ from gateway.events import DeviceRef, EventFactory, Lane, decode_envelope
 from gateway.faces.store import GallerySnapshot
 from gateway.outbox import Outbox, OutboxLimits
 from gateway.store import Database
+from gateway.vision.decision import DEFAULT_MIN_MARGIN, DEFAULT_THRESHOLD
 from gateway.vision.engine import EngineSettings, FaceEngine
 from gateway.vision.matcher import Gallery
 from gateway.vision.workers import FaceWorkerPool, analyse_frame
@@ -302,8 +303,8 @@ async def test_enrolled_resident_is_granted_once_with_a_snapshot(
     granted = [data for kind, data in kinds if kind == "access.granted"]
     assert len(granted) == 1, kinds  # several agreeing frames, then the cooldown
     assert granted[0]["person"] == "p-resident"
-    assert granted[0]["frames"] >= 3 and granted[0]["distance"] < 0.42
-    assert granted[0]["margin"] >= 0.10
+    assert granted[0]["frames"] >= 3 and granted[0]["distance"] < DEFAULT_THRESHOLD
+    assert granted[0]["margin"] >= DEFAULT_MIN_MARGIN
     assert [g[:2] for g in door.grants] == [("face", "p-resident")]
     event_id = door.grants[0][2]
     assert granted[0]["snapshot"] == f"snapshot/{event_id}"

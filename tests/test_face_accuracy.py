@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -87,9 +88,70 @@ def test_one_to_n_no_false_accept_at_defaults(encoded: Any) -> None:
     assert r0.false_accepts == 0
     # Margin to spare: nothing wrong comes within 0.10 of the threshold.
     assert closest >= DEFAULT_THRESHOLD + 0.10
-    # Regression guards (measured: rank-1 100%, TAR 79.8%).
-    assert r.rank1 >= 0.98
-    assert r.tar >= 0.70
+    assert r.rank1 >= 0.98  # measured: 100%. Acceptance rates: held-out folds, below.
+
+
+@needs_photos
+def test_the_rule_applied_to_all_photos_gives_the_defaults(encoded: Any) -> None:
+    """The defaults are the rule's output, the rule is what the folds below judge."""
+    point = fa.choose_operating_point(encoded)
+    assert (point.threshold, point.margin) == (DEFAULT_THRESHOLD, DEFAULT_MIN_MARGIN)
+
+
+@needs_photos
+def test_held_out_people_no_false_accept_and_residents_get_in(encoded: Any) -> None:
+    """5 folds by identity x 3 seeds: chosen on the others, judged on the held-out people.
+    Asserts only what held in every fold (measured: closest false match >= 0.605 against
+    chosen thresholds <= 0.47; door TAR >= 91% with fusion; medians in the README)."""
+    folds = fa.cross_validate(encoded)
+    assert len(folds) == 15
+    for f in folds:
+        assert f.frame.false_accepts == 0, f
+        assert f.door.false_accepts == 0, f
+        assert f.closest_stranger >= f.chosen.threshold + 0.10, f
+        assert f.door.tar >= 0.85, f
+    door = statistics.median(f.door.tar for f in folds)
+    baseline = statistics.median(f.baseline_door.tar for f in folds)
+    frame = statistics.median(f.frame.tar for f in folds)
+    print(
+        f"\n  held out: door TAR median {door:.1%} (previous defaults {baseline:.1%}), "
+        f"frame {frame:.1%}"
+    )
+    assert door > baseline
+    assert frame >= 0.70
+
+
+@pytest.fixture(scope="session")
+def clip() -> Any:
+    """Every 5th frame of the real clip, analysed as the door worker does (about 8 s)."""
+    return fa.clip_frames(step=5)
+
+
+needs_video = pytest.mark.skipif(
+    not (fa.video_dir() / fa.CLIP).is_file(), reason=f"no clip at {fa.video_dir()}"
+)
+
+
+@needs_photos
+@needs_video
+def test_real_clip_lets_the_resident_in_at_a_pis_frame_rate(encoded: Any, clip: Any) -> None:
+    """Enrolled from his still, the resident (Lin-Manuel Miranda) walking up in the real clip
+    gets in at 3 analysed frames/s (a Pi 4), whichever frames the pipeline happens to pick;
+    left out of the gallery, the same frames never open the door."""
+    with_him, without = fa.clip_galleries(encoded)
+    policy = DecisionPolicy()
+    for offset in (0, 5):
+        phase = clip.subsample(10, offset)
+        assert len(phase.times) >= 8, "the clip has faces in about half its frames"
+        granted = fa.clip_walk(with_him, phase, policy)
+        baseline = fa.clip_walk(with_him, phase, fa.BASELINE_POLICY)
+        print(
+            f"\n  phase {offset}: granted {granted.person} after {granted.after_s:.2f} s; "
+            f"previous defaults: {baseline.person or 'refused'}"
+        )
+        assert granted.person == fa.RESIDENT_NAME
+        assert fa.clip_walk(without, phase, policy).person is None
+        assert fa.clip_walk(without, phase, fa.BASELINE_POLICY).person is None
 
 
 @needs_photos

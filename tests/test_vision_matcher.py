@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -15,12 +16,14 @@ from gateway.vision.decision import (
     DecisionPolicy,
     Deny,
     DenyReason,
+    Fused,
     Grant,
     Observation,
     Undecided,
     Unknown,
     cooldown_active,
     decide,
+    fusion_window,
     record_grant,
 )
 from gateway.vision.matcher import ENCODING_DIM, Gallery, MatchResult
@@ -284,6 +287,51 @@ def test_policy_validation_and_defaults() -> None:
         DecisionPolicy(min_frames=0)
     with pytest.raises(ValueError, match="window_s"):
         DecisionPolicy(window_s=0.0)
+
+
+def fused(frames: Sequence[Observation], person: str | None, distance: float, count: int) -> Fused:
+    return Fused(obs(frames[-1].timestamp, person, distance), count, frames[-count].timestamp)
+
+
+def test_fused_track_grants_where_no_frame_alone_would() -> None:
+    # Real video: every frame just over the threshold, their mean under it.
+    frames = [obs(9.0 + i * 0.2, "ann", 0.48) for i in range(5)]
+    assert not isinstance(decide(frames, now=10.0, policy=POLICY), Grant)
+    decision = decide(frames, now=10.0, policy=POLICY, fused=fused(frames, "ann", 0.40, 5))
+    assert isinstance(decision, Grant)
+    assert (decision.person, decision.distance, decision.frames) == ("ann", 0.40, 5)
+    assert decision.margin == pytest.approx(0.50)
+
+
+def test_fused_track_never_grants_on_too_few_or_disagreeing_frames() -> None:
+    two = [obs(9.5, "ann", 0.48), obs(10.0, "ann", 0.48)]
+    assert not isinstance(decide(two, 10.0, POLICY, fused(two, "ann", 0.30, 2)), Grant)
+    mixed = [obs(9.0, "ann", 0.48), obs(9.4, "bob", 0.70), obs(10.0, "ann", 0.48)]
+    assert not isinstance(decide(mixed, 10.0, POLICY, fused(mixed, "ann", 0.30, 3)), Grant)
+    # A fused match over frames that have left the window is not evidence.
+    old = [obs(9.0 + i * 0.2, "ann", 0.48) for i in range(4)]
+    stale = Fused(obs(10.0, "ann", 0.30), 3, 7.0)
+    assert not isinstance(decide(old, 10.0, POLICY, stale), Grant)
+
+
+def test_fused_track_keeps_the_margin_and_the_conflict_veto() -> None:
+    frames = [obs(9.0 + i * 0.2, "ann", 0.48) for i in range(4)]
+    close_second = Fused(Observation(10.0, "ann", 0.40, 0.45), 4, frames[0].timestamp)
+    assert not isinstance(decide(frames, 10.0, POLICY, close_second), Grant)
+    vetoed = [*frames, obs(10.0, "bob", 0.50)]
+    decision = decide(vetoed, 10.0, POLICY, fused(frames, "ann", 0.30, 4))
+    assert decision == Deny(DenyReason.CONFLICTING_IDENTITIES, ("ann", "bob"))
+    assert not isinstance(decide(frames, 10.0, POLICY, fused(frames, "ann", 0.45, 4)), Grant)
+
+
+def test_fusion_window_counts_recent_frames_only() -> None:
+    policy = DecisionPolicy(min_frames=3, window_s=2.0, fusion_frames=4)
+    assert fusion_window([9.0, 9.5, 10.0], 10.0, policy) == 3
+    assert fusion_window([5.0, 9.0, 9.2, 9.4, 9.6, 10.0], 10.0, policy) == 4
+    assert fusion_window([5.0, 9.5, 10.0], 10.0, policy) == 0  # 2 in the window: too few
+    assert fusion_window([9.0, 9.5, 10.0], 10.0, DecisionPolicy(fusion_frames=0)) == 0
+    with pytest.raises(ValueError, match="fusion_frames"):
+        DecisionPolicy(min_frames=3, fusion_frames=2)
 
 
 def test_cooldown() -> None:

@@ -248,6 +248,7 @@ class AccessFeature:
                     min_frames=dec.min_frames,
                     window_s=dec.window_s,
                     conflict_distance=dec.conflict_distance,
+                    fusion_frames=dec.fusion_frames,
                 ),
                 snapshots=SnapshotSettings(
                     max_bytes=a.snapshots.max_bytes,

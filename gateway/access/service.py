@@ -48,11 +48,13 @@ from gateway.outbox import Outbox
 from gateway.vision.decision import (
     DecisionPolicy,
     Deny,
+    Fused,
     Grant,
     Observation,
     Unknown,
     cooldown_active,
     decide,
+    fusion_window,
     record_grant,
 )
 from gateway.vision.engine import FaceFinding, FrameAnalysis
@@ -273,12 +275,26 @@ class AccessService:
         tracks = self._tracker.assign([(f.centre, float(f.height)) for f in analysis.faces], now)
         for track, face, match in zip(tracks, analysis.faces, result.matches, strict=True):
             track.observations.append(Observation.from_match(match, now))
+            track.encodings.append(face.encoding)
             await self._decide(track, face, frame, now)
+
+    async def _fuse(
+        self, track: Track, observations: list[Observation], now: float
+    ) -> Fused | None:
+        """The match of the mean of the track's recent encodings (decision rule (d))."""
+        count = fusion_window([o.timestamp for o in observations], now, self.settings.policy)
+        if count == 0:
+            return None
+        recent = list(track.encodings)[-count:]
+        match = await asyncio.to_thread(self._gallery.match, np.mean(recent, axis=0))
+        return Fused(Observation.from_match(match, now), count, observations[-count].timestamp)
 
     async def _decide(self, track: Track, face: FaceFinding, frame: FrameLike, now: float) -> None:
         if track.granted is not None:
             return
-        decision = decide(list(track.observations), now, self.settings.policy)
+        observations = list(track.observations)
+        fused = await self._fuse(track, observations, now)
+        decision = decide(observations, now, self.settings.policy, fused)
         if isinstance(decision, Grant):
             track.granted = decision.person
             if cooldown_active(decision.person, self._last_grant, now, self.settings.cooldown_s):

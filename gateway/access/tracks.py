@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.vision.decision import Observation
+from gateway.vision.matcher import FloatArray
 
 Box = tuple[int, int, int, int]  # top, right, bottom, left
 
@@ -37,6 +38,11 @@ class Track:
     last_seen: float
     observations: deque[Observation] = field(
         default_factory=lambda: deque(maxlen=_MAX_OBSERVATIONS)
+    )
+    # The encodings of the same frames (oldest first), for track fusion; in memory only, for
+    # the life of the track, and kept out of every repr.
+    encodings: deque[FloatArray] = field(
+        default_factory=lambda: deque(maxlen=_MAX_OBSERVATIONS), repr=False
     )
     granted: str | None = None  # person granted on this track
     denied_reasons: set[str] = field(default_factory=set)
