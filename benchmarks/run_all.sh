@@ -43,6 +43,13 @@ if [[ -d "$faces" ]]; then
     fi
     run benchmarks/bench_face_workers.py --seconds 5
     run benchmarks/bench_camera_idle.py --wall-s 10 --video-s 30
+    # Face accuracy on held-out people and the real clip, then liveness (a few minutes each).
+    run benchmarks/face_accuracy.py --held-out-only --upsample 0 --landmarks small
+    if [[ "${FULL:-0}" == "1" ]]; then
+        run benchmarks/bench_liveness.py
+    else
+        run benchmarks/bench_liveness.py --photos 20 --frames 10
+    fi
 else
     echo
     echo "=== benchmarks/bench_frame_stages.py skipped: no face photos at $faces ==="

@@ -212,6 +212,10 @@ class DecisionSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     window_s: float = 3.0
     conflict_distance: float = 0.55
     fusion_frames: int = 8
+    # Passive liveness (gateway/vision/liveness.py): "off", "passive" or "required".
+    liveness: Literal["off", "passive", "required"] = "passive"
+    attack_alert_after: int = 2
+    attack_window_s: float = 120.0
     cooldown_s: float = 10.0
     unknown_repeat_s: float = 30.0
 
@@ -635,6 +639,12 @@ def _access_checks(a: AccessSection) -> list[tuple[str, str]]:
         dec.fusion_frames == 0 or dec.min_frames <= dec.fusion_frames <= 32,
         "access.decision.fusion_frames",
         "must be 0 (off) or from min_frames to 32",
+    )
+    need(1 <= dec.attack_alert_after <= 100, "access.decision.attack_alert_after", "must be 1-100")
+    need(
+        10 <= dec.attack_window_s <= 86_400,
+        "access.decision.attack_window_s",
+        "must be 10-86400 s",
     )
     need(0 <= dec.cooldown_s <= 3600, "access.decision.cooldown_s", "must be 0-3600 s")
     need(1 <= dec.unknown_repeat_s <= 3600, "access.decision.unknown_repeat_s", "must be 1-3600 s")

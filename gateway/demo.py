@@ -10,11 +10,12 @@ What it shows, in about half a minute:
    acknowledges it within the deadline the local output (here: the log) escalates;
 4. the broker returns: the backlog is delivered, the alarm first, and the console acknowledges.
 
-At the same time, at the door (gateway/demo_door.py): the console enrols two residents with
-signed `face.enroll` commands; a video file plays as the door camera (a resident, a stranger,
-another resident): `access.granted` opens the (logging) door for each resident, the stranger
-is reported as `access.unknown_face`, each decision with its JPEG snapshot; a card is held to
-the card reader on a pty (`access.granted` by card); the door is opened and closed, then forced.
+At the same time, at the door (gateway/demo_door.py): the console enrols a resident from his
+still with a signed `face.enroll`; the door camera plays the real clip of him walking up
+(`access.granted`, the (logging) door opens, with a JPEG snapshot), then a printed photo of him
+held up by hand, twice (`access.denied` for liveness, then `access.presentation_attack` for the
+staff); a card is held to the card reader on a pty (`access.granted` by card); the door is
+opened and closed, then forced.
 """
 
 from __future__ import annotations
@@ -177,8 +178,9 @@ class PlatformConsole:
                     GATEWAY_ID, name, command_id, body["issued_at"], body["expires_at"], args
                 ),
             )
+        shown = {k: (f"<{len(v)} characters>" if len(str(v)) > 64 else v) for k, v in args.items()}
         print(
-            f"[platform] -> command {name} {json.dumps(args)}{' (signed)' if signed else ''}",
+            f"[platform] -> command {name} {json.dumps(shown)}{' (signed)' if signed else ''}",
             flush=True,
         )
         self.client.publish(f"{PREFIX}/cmd/{name}", json.dumps(body), qos=1)

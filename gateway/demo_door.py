@@ -1,9 +1,10 @@
 """The door part of `eldergate demo`: a video-file camera, a card reader on a pty, a simulated
-door contact, and residents enrolled by the platform console with signed `face.enroll`.
+door contact, and a resident enrolled by the platform console with signed `face.enroll`.
 
-The video is made from the shared test photos (`../shared/data/faces` beside the repository, or
-$ELDERGATE_FACES_DIR); they are read in place and never copied into the project. Without them
-the camera shows an empty corridor and the door is opened by card only.
+The door camera plays the real clip of `../shared/data/video` (a resident walking up, enrolled
+from his still: he gets in), then a printed photo of him held up by hand, twice (refused for
+liveness; the second time the staff get `access.presentation_attack`). The files are read in
+place and never copied into the project. Without them the door is opened by card only.
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ class Console(Protocol):
     def command(self, name: str, command_id: str, args: dict[str, Any], signed: bool) -> None: ...
 
 
-def faces_dir() -> Path | None:
-    found = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
-    return found if found.is_dir() else None
+CLIP, STILL = "short_hamilton_clip.mp4", "lin-manuel-miranda.png"
+
+
+def video_dir() -> Path | None:
+    found = Path(os.environ.get("ELDERGATE_VIDEO_DIR") or REPO.parent / "shared" / "data" / "video")
+    return found if (found / CLIP).is_file() and (found / STILL).is_file() else None
 
 
 @dataclass
@@ -62,23 +66,16 @@ class DoorDemo:
 def prepare(workdir: Path) -> DoorDemo:
     """Write the door video and open the card reader's pseudo-terminal."""
     residents: dict[str, Path] = {}
-    scenes = [Scene(None, 6.0)]  # time for the console to enrol the residents
-    folder = faces_dir()
+    scenes = [Scene(None, 6.0)]  # time for the console to enrol the resident
+    folder = video_dir()
     if folder is not None:
-        people = [
-            sorted(p for p in d.iterdir() if p.is_file())
-            for d in sorted(folder.iterdir())
-            if d.is_dir()
-        ]
-        people = [photos for photos in people if len(photos) >= 2]
-        (a, b), stranger = people[:2], people[2]
-        residents = {"p-li-mei": a[0], "p-wu-jian": b[0]}
+        residents = {"p-lin": folder / STILL}
         scenes += [
-            Scene(a[1], 3.0),
-            Scene(None, 3.0),
-            Scene(stranger[0], 3.0),
-            Scene(None, 3.0),
-            Scene(b[1], 3.0),
+            Scene(folder / CLIP, 9.0, style="video"),  # he walks up: granted
+            Scene(None, 4.0),
+            Scene(folder / STILL, 3.0, style="print"),  # his photo, held up: refused
+            Scene(None, 2.0),
+            Scene(folder / STILL, 3.0, style="print"),  # again: the staff are told
             Scene(None, 12.0),
         ]
     video = workdir / "door-camera.avi"
@@ -94,7 +91,7 @@ class _Gateway(Protocol):
 async def script(gateway: _Gateway, console: Console, demo: DoorDemo) -> None:
     """Enrol, let the video play, swipe a card, and force the door once."""
     if not demo.residents:
-        print("[demo] no face photos found (shared/data/faces): door by card only", flush=True)
+        print("[demo] no clip found (shared/data/video): door by card only", flush=True)
     for n, (person, photo) in enumerate(demo.residents.items(), start=1):
         args = {
             "person": person,

@@ -47,6 +47,7 @@ KIND_LANES: Mapping[str, Lane] = {
     "access.granted": Lane.ACCESS_AUDIT,
     "access.denied": Lane.ACCESS_AUDIT,
     "access.unknown_face": Lane.ACCESS_AUDIT,
+    "access.presentation_attack": Lane.ACCESS_AUDIT,  # repeated photo/screen attempts
     "face.enrolled": Lane.ACCESS_AUDIT,
     "face.removed": Lane.ACCESS_AUDIT,
     "audit.record": Lane.ACCESS_AUDIT,

@@ -52,6 +52,9 @@ def access_cfg(
         access={
             "camera": {"source": str(camera), "fps": 10.0, "reopen_max_s": 0.5},
             "door": {"id": "door-main", "location": "Bldg 3"},
+            # The door videos here are still photos (drivers/video_sim.py): the identity path
+            # alone. Liveness: tests/test_access_service.py and the real clip below.
+            "decision": {"liveness": "off"},
             **(extra or {}),
         },
     )
@@ -59,6 +62,51 @@ def access_cfg(
 
 def jpeg_b64(photo: Path) -> str:
     return base64.b64encode(photo.read_bytes()).decode()
+
+
+VIDEO = FACES.parent / "video"
+
+
+@pytest.mark.skipif(not (VIDEO / "short_hamilton_clip.mp4").is_file(), reason=f"no clip in {VIDEO}")
+async def test_the_real_clip_opens_the_door_and_a_printed_photo_of_him_does_not(
+    tmp_path: Path, broker: MosquittoBroker, subscriber: SubscriberFactory
+) -> None:
+    """The daemon with liveness on (the default): the resident, enrolled over MQTT from his
+    still, walks up in the real clip and gets in; his photo held up by hand, twice, is refused
+    and the staff get access.presentation_attack."""
+    camera = tmp_path / "door-camera.avi"
+    cfg = access_cfg(tmp_path, broker, camera, {"decision": {"liveness": "passive"}})
+    assert cfg.access is not None and cfg.access.decision.liveness == "passive"
+    sub = subscriber(f"{PREFIX}/#", client_id="platform")
+    running = await start(cfg)
+    try:
+        await wait_events(sub, "camera.offline")
+        still = VIDEO / "lin-manuel-miranda.png"
+        args = {"person": "p-lin", "consent_ref": "consent-lin", "photo_jpeg_b64": jpeg_b64(still)}
+        result = await call(sub, "face.enroll", args, tmp_path / "command.key")
+        assert result["ok"], result
+        video = tmp_path / "video-tmp.avi"
+        scenes = [
+            Scene(None, 1.0),
+            Scene(VIDEO / "short_hamilton_clip.mp4", 9.0, style="video"),
+            Scene(None, 3.0),
+            Scene(still, 3.0, style="print"),
+            Scene(None, 2.0),
+            Scene(still, 3.0, style="print"),
+            Scene(None, 1.0),
+        ]
+        await asyncio.to_thread(write_door_video, video, scenes)
+        video.rename(camera)  # the camera appears
+        granted = await wait_events(sub, "access.granted", 1)
+        assert granted[0]["data"]["person"] == "p-lin"
+        alert = await wait_events(sub, "access.presentation_attack", 1)
+        assert alert[0]["priority"] == 1 and alert[0]["data"]["claimed"] == "p-lin"
+        await wait_events(sub, "camera.offline", 2)  # the file ended
+        refused = [e for e in events(sub, "access.denied") if e["data"]["reason"] == "liveness"]
+        assert len(refused) == 2 and all(e["data"]["persons"] == ["p-lin"] for e in refused)
+        assert len(events(sub, "access.granted")) == 1  # the photo never opened the door
+    finally:
+        assert await running.finish() == 0
 
 
 async def test_door_opens_only_for_enrolled_residents(

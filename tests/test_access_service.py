@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from drivers.video_sim import compose
+from drivers.video_sim import compose, handheld_print
 from gateway.access.service import AccessService, AccessSettings
 from gateway.access.snapshots import (
     SNAPSHOT_LANE,
@@ -36,6 +36,7 @@ from gateway.outbox import Outbox, OutboxLimits
 from gateway.store import Database
 from gateway.vision.decision import DEFAULT_MIN_MARGIN, DEFAULT_THRESHOLD
 from gateway.vision.engine import EngineSettings, FaceEngine
+from gateway.vision.liveness import Mode
 from gateway.vision.matcher import Gallery
 from gateway.vision.workers import FaceWorkerPool, analyse_frame
 
@@ -237,13 +238,17 @@ def workers() -> Iterator[FaceWorkerPool]:
 async def pipeline_factory(tmp_path: Path, workers: FaceWorkerPool) -> AsyncIterator[object]:
     made: list[tuple[Database, Outbox, asyncio.Task[None]]] = []
 
-    async def make(camera: ListCamera, gallery: Gallery, door: RecordingDoor) -> Pipeline:
+    async def make(
+        camera: ListCamera, gallery: Gallery, door: RecordingDoor, liveness: Mode = "off"
+    ) -> Pipeline:
+        """The access service on a real outbox and real face workers. Liveness is off unless
+        asked for: most tests here show still photos, to test the identity path alone."""
         db = await Database.open(tmp_path / f"outbox{len(made)}.db")
         outbox = Outbox(db, OutboxLimits())
         await outbox.load()
         made.append((db, outbox, asyncio.create_task(outbox.run())))
         service = AccessService(
-            AccessSettings(),
+            AccessSettings(liveness=liveness),
             camera=camera,
             gate=AlwaysMoving(),
             workers=workers,
@@ -310,6 +315,89 @@ async def test_enrolled_resident_is_granted_once_with_a_snapshot(
     assert granted[0]["snapshot"] == f"snapshot/{event_id}"
     assert await pipeline.snapshots() == [f"snapshot/{event_id}"]
     assert not [k for k, _ in kinds if k in ("access.unknown_face", "access.denied")]
+
+
+VIDEO = FACES.parent / "video"
+needs_clip = pytest.mark.skipif(
+    not (VIDEO / "short_hamilton_clip.mp4").is_file(), reason=f"no clip in {VIDEO}"
+)
+
+
+def clip_images(every: int) -> list[np.ndarray]:
+    """Every `every`-th frame of the real clip, read in place."""
+    capture = cv2.VideoCapture(str(VIDEO / "short_hamilton_clip.mp4"))
+    images: list[np.ndarray] = []
+    try:
+        for index in range(400):  # bounded: the clip has 275 frames
+            ok, image = capture.read()
+            if not ok:
+                break
+            if index % every == 0:
+                images.append(image)
+    finally:
+        capture.release()
+    return images
+
+
+def still_gallery(engine: FaceEngine) -> Gallery:
+    """Lin-Manuel Miranda enrolled from his still, beside one photo of 3 other people."""
+    still = cv2.imread(str(VIDEO / "lin-manuel-miranda.png"), cv2.IMREAD_COLOR)
+    faces = engine.analyse(still).faces
+    assert len(faces) == 1
+    others = enrol(engine, {f"p-{i}": group[0] for i, group in enumerate(people(3))})
+    return Gallery.from_arrays(
+        np.vstack([others.matrix, faces[0].encoding]),
+        [*others.person_ids.tolist(), "p-lin"],
+    )
+
+
+@needs_faces
+@needs_clip
+async def test_the_real_clip_is_granted_with_liveness_on(
+    engine: FaceEngine, pipeline_factory
+) -> None:
+    camera = ListCamera(clip_images(every=8))  # about 4 analysed frames per second of clip
+    door = RecordingDoor()
+    pipeline = await pipeline_factory(camera, still_gallery(engine), door, liveness="passive")
+    await run_until_done(pipeline, camera)
+    kinds = await pipeline.kinds()
+    assert [g[:2] for g in door.grants] == [("face", "p-lin")], kinds
+    assert not [d for k, d in kinds if k == "access.denied" and d["reason"] == "liveness"]
+    assert pipeline.service.health()["liveness_ms"] is not None
+
+
+@needs_faces
+@pytest.mark.parametrize("held_still", [False, True], ids=["moved", "held-still"])
+async def test_a_printed_photo_of_a_resident_never_opens_the_door(
+    engine: FaceEngine, pipeline_factory, held_still: bool
+) -> None:
+    """The resident's own photo, recognised (with liveness off it opens: checked first),
+    printed and held up by hand; two attempts with the empty corridor between them."""
+    resident = people(3)[0]
+    gallery = enrol(engine, {"p-resident": resident[0], "p-other": people(3)[1][0]})
+    rng = np.random.default_rng(5)
+    photo = cv2.imread(str(resident[1]), cv2.IMREAD_COLOR)
+    attempt = handheld_print(photo, 10, rng, held_still=held_still)
+    again = handheld_print(photo, 10, rng, held_still=held_still)
+    frames = [*attempt, *[frame_of(None)] * 8, *again]
+
+    plain = ListCamera(frames)
+    unchecked = await pipeline_factory(plain, gallery, RecordingDoor(), "off")
+    await run_until_done(unchecked, plain)
+    assert any(k == "access.granted" for k, _ in await unchecked.kinds()), "recognised"
+
+    door = RecordingDoor()
+    camera = ListCamera(frames)
+    pipeline = await pipeline_factory(camera, gallery, door, liveness="passive")
+    await run_until_done(pipeline, camera)
+    kinds = await pipeline.kinds()
+    assert door.grants == [], kinds
+    assert not [k for k, _ in kinds if k == "access.granted"]
+    if not held_still:  # a card moved as one plane: refused, and the staff told
+        refused = [d for k, d in kinds if k == "access.denied" and d["reason"] == "liveness"]
+        assert refused and refused[0]["persons"] == ["p-resident"], kinds
+        assert [k for k, _ in kinds].count("access.presentation_attack") == 1, kinds
+        assert pipeline.service.stats.liveness_refused >= 2
 
 
 @needs_faces

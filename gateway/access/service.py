@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -58,6 +58,7 @@ from gateway.vision.decision import (
     record_grant,
 )
 from gateway.vision.engine import FaceFinding, FrameAnalysis
+from gateway.vision.liveness import Attack, Mode, Pending, judge, measure_pair
 from gateway.vision.matcher import Gallery, MatchResult
 from gateway.vision.workers import FaceWorkerPool, analyse_frame
 
@@ -104,6 +105,11 @@ class AccessSettings:
     policy: DecisionPolicy = field(default_factory=DecisionPolicy)
     snapshots: SnapshotSettings = field(default_factory=SnapshotSettings)
     tracks: TrackSettings = field(default_factory=TrackSettings)
+    liveness: Mode = "passive"  # gateway.vision.liveness
+    # This many liveness refusals within attack_window_s raise access.presentation_attack
+    # (lane 1, for the staff), at most once per window.
+    attack_alert_after: int = 2
+    attack_window_s: float = 120.0
 
 
 @dataclass(slots=True)
@@ -119,6 +125,10 @@ class AccessStats:
     snapshots: int = 0
     snapshots_failed: int = 0
     analysis_failures: int = 0
+    liveness_refused: int = 0  # tracks refused as a photo or a screen
+    liveness_pending: int = 0  # recognised frames held back until the face showed life
+    presentation_attacks: int = 0  # alerts raised
+    liveness_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_STAGE_WINDOW))
     detect_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_STAGE_WINDOW))
     encode_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_STAGE_WINDOW))
     match_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_STAGE_WINDOW))
@@ -166,6 +176,8 @@ class AccessService:
         self._reload_wanted = asyncio.Event()
         self._tracker = Tracker(settings.tracks)
         self._last_grant: dict[str, float] = {}
+        self._attacks: list[float] = []  # times of liveness refusals within attack_window_s
+        self._attack_alerted_at: float | None = None
         self._slots = asyncio.Semaphore(workers.workers)
         self._decide_lock = asyncio.Lock()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -276,7 +288,21 @@ class AccessService:
         for track, face, match in zip(tracks, analysis.faces, result.matches, strict=True):
             track.observations.append(Observation.from_match(match, now))
             track.encodings.append(face.encoding)
+            await self._measure_liveness(track, face, now)
             await self._decide(track, face, frame, now)
+
+    async def _measure_liveness(self, track: Track, face: FaceFinding, now: float) -> None:
+        """How the face moved since the track's previous frame (gateway.vision.liveness)."""
+        if self.settings.liveness == "off" or face.crop is None:
+            return
+        previous, track.last_crop = track.last_crop, face.crop
+        if previous is None:
+            return
+        started = time.perf_counter()
+        sample = await asyncio.to_thread(measure_pair, previous, face.crop, now)
+        self.stats.liveness_ms.append((time.perf_counter() - started) * 1000)
+        if sample is not None:
+            track.liveness.append(sample)
 
     async def _fuse(
         self, track: Track, observations: list[Observation], now: float
@@ -296,6 +322,15 @@ class AccessService:
         fused = await self._fuse(track, observations, now)
         decision = decide(observations, now, self.settings.policy, fused)
         if isinstance(decision, Grant):
+            verdict = judge(
+                list(track.liveness), now, self.settings.policy.window_s, self.settings.liveness
+            )
+            if isinstance(verdict, Pending):
+                self.stats.liveness_pending += 1
+                return  # recognised, but no sign of life yet: keep looking
+            if isinstance(verdict, Attack):
+                await self._refuse_presentation(track, decision.person, frame, face, now)
+                return
             track.granted = decision.person
             if cooldown_active(decision.person, self._last_grant, now, self.settings.cooldown_s):
                 return
@@ -325,27 +360,7 @@ class AccessService:
             await self._door.grant("face", decision.person, event.id)
             await self._snapshot(event, frame, face)
         elif isinstance(decision, Deny):
-            if decision.reason.value in track.denied_reasons:
-                return
-            track.denied_reasons.add(decision.reason.value)
-            event = _with_snapshot_ref(
-                self._events.make(
-                    "access.denied",
-                    device=self._door_ref,
-                    data={
-                        "method": "face",
-                        "reason": decision.reason.value,
-                        "persons": list(decision.persons),
-                        "track": track.id,
-                        "camera": self.settings.camera_name,
-                    },
-                )
-            )
-            if await self._record_safely(event):
-                self.stats.denied += 1
-                await self._snapshot(event, frame, face)
-            else:
-                track.denied_reasons.discard(decision.reason.value)
+            await self._deny(track, decision.reason.value, decision.persons, frame, face)
         elif isinstance(decision, Unknown):
             last = track.unknown_reported_at
             if last is not None and now - last < self.settings.unknown_repeat_s:
@@ -372,6 +387,71 @@ class AccessService:
                 await self._snapshot(event, frame, face)
             else:
                 track.unknown_reported_at = last
+
+    async def _deny(
+        self,
+        track: Track,
+        reason: str,
+        persons: Sequence[str],
+        frame: FrameLike,
+        face: FaceFinding,
+    ) -> bool:
+        """One access.denied (with its snapshot) per track and reason; True if recorded now."""
+        if reason in track.denied_reasons:
+            return False
+        track.denied_reasons.add(reason)
+        event = _with_snapshot_ref(
+            self._events.make(
+                "access.denied",
+                device=self._door_ref,
+                data={
+                    "method": "face",
+                    "reason": reason,
+                    "persons": list(persons),
+                    "track": track.id,
+                    "camera": self.settings.camera_name,
+                },
+            )
+        )
+        if not await self._record_safely(event):
+            track.denied_reasons.discard(reason)
+            return False
+        self.stats.denied += 1
+        await self._snapshot(event, frame, face)
+        return True
+
+    async def _refuse_presentation(
+        self, track: Track, person: str, frame: FrameLike, face: FaceFinding, now: float
+    ) -> None:
+        """The face of `person` moved as a flat photo or screen does: refused (reason
+        "liveness"), and after attack_alert_after such tracks within attack_window_s, one
+        access.presentation_attack for the staff."""
+        if not await self._deny(track, "liveness", (person,), frame, face):
+            return
+        self.stats.liveness_refused += 1
+        _LOGGER.warning("face of %s refused on track %d: it moves like a photo", person, track.id)
+        window = self.settings.attack_window_s
+        self._attacks = [t for t in self._attacks if now - window <= t <= now] + [now]
+        due = self._attack_alerted_at is None or now - self._attack_alerted_at >= window
+        if len(self._attacks) < self.settings.attack_alert_after or not due:
+            return
+        event = _with_snapshot_ref(
+            self._events.make(
+                "access.presentation_attack",
+                device=self._door_ref,
+                data={
+                    "attempts": len(self._attacks),
+                    "window_s": window,
+                    "claimed": person,
+                    "track": track.id,
+                    "camera": self.settings.camera_name,
+                },
+            )
+        )
+        if await self._record_safely(event):
+            self._attack_alerted_at = now
+            self.stats.presentation_attacks += 1
+            await self._snapshot(event, frame, face)
 
     async def _record_safely(self, event: Event) -> bool:
         try:
@@ -428,9 +508,14 @@ class AccessService:
             "snapshots": s.snapshots,
             "snapshots_failed": s.snapshots_failed,
             "analysis_failures": s.analysis_failures,
+            "liveness": self.settings.liveness,
+            "liveness_refused": s.liveness_refused,
+            "liveness_pending": s.liveness_pending,
+            "presentation_attacks": s.presentation_attacks,
             "detect_ms": avg(s.detect_ms),
             "encode_ms": avg(s.encode_ms),
             "match_ms": avg(s.match_ms),
+            "liveness_ms": avg(s.liveness_ms),
         }
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.vision.decision import Observation
+from gateway.vision.liveness import Gray, PairSample
 from gateway.vision.matcher import FloatArray
 
 Box = tuple[int, int, int, int]  # top, right, bottom, left
@@ -42,6 +43,12 @@ class Track:
     # The encodings of the same frames (oldest first), for track fusion; in memory only, for
     # the life of the track, and kept out of every repr.
     encodings: deque[FloatArray] = field(
+        default_factory=lambda: deque(maxlen=_MAX_OBSERVATIONS), repr=False
+    )
+    # The face crop of the latest frame and how the face moved between frames, for the
+    # liveness check (gateway.vision.liveness); in memory only.
+    last_crop: Gray | None = field(default=None, repr=False)
+    liveness: deque[PairSample] = field(
         default_factory=lambda: deque(maxlen=_MAX_OBSERVATIONS), repr=False
     )
     granted: str | None = None  # person granted on this track

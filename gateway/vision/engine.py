@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from gateway.vision.liveness import Gray, face_crop
 from gateway.vision.matcher import ENCODING_DIM, FloatArray
 from gateway.vision.models_check import ensure_face_models
 
@@ -52,6 +53,9 @@ class EngineSettings:
 class FaceFinding:
     box: Box
     encoding: FloatArray  # (128,) float32; never logged, never published
+    # The face, grey, CROP_PX square, for the liveness check (gateway.vision.liveness); in
+    # memory only, like the frame it comes from.
+    crop: Gray | None = None
 
     @property
     def height(self) -> int:
@@ -125,8 +129,15 @@ class FaceEngine:
             fr.face_encodings(rgb, boxes, num_jitters=s.jitters, model="small") if boxes else []
         )
         done = time.perf_counter()
+        gray = (
+            np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), dtype=np.uint8) if boxes else None
+        )
         faces = tuple(
-            FaceFinding(box, np.asarray(enc, dtype=np.float32).reshape(ENCODING_DIM))
+            FaceFinding(
+                box,
+                np.asarray(enc, dtype=np.float32).reshape(ENCODING_DIM),
+                face_crop(gray, box) if gray is not None else None,
+            )
             for box, enc in zip(boxes, encodings, strict=True)
         )
         return FrameAnalysis(faces, detected - started, done - detected, too_small)
