@@ -319,11 +319,8 @@ class Gateway:
                 await startup_step("loading the button registry", gateway.buttons.registry.load())
                 await startup_step("loading open alarms", gateway.buttons.alarms.load())
             if gateway.access is not None:
-                await startup_step(
-                    "starting face access (models, keys, gallery, camera)",
-                    gateway.access.start(gateway.commands),
-                    ACCESS_START_TIMEOUT_S,
-                )
+                # Only the keys here: the face stack starts once the buttons answer (_serve).
+                await startup_step("loading the door's keys", gateway.access.load_keys())
                 gateway.forwarder.sealed.add(gateway.access.snapshot_cipher)
         except BaseException:
             # Bounded and shielded: a stop request during start-up still releases the
@@ -508,12 +505,35 @@ async def _serve(
     if gateway.buttons is not None:
         spawn("alarms", gateway.buttons.alarms.run())
         spawn("buttons", gateway.buttons.run())
-    if gateway.access is not None:
-        for name, coro in gateway.access.tasks().items():
-            spawn(name, coro)
     if gateway.db.deferred_check:
         spawn("integrity-check", _background_check(gateway), finite=True)
     try:
+        if gateway.access is not None:
+            # The buttons already answer: a press is never held up by the face models (seconds
+            # to load; benchmarks/bench_press_at_start.py). A stop request is honoured here too.
+            token = _STEP_REPORTER.set(notifier.status)  # the task copies the context
+            starting = asyncio.ensure_future(
+                startup_step(
+                    "starting face access (models, gallery, camera)",
+                    gateway.access.start(gateway.commands),
+                    ACCESS_START_TIMEOUT_S,
+                )
+            )
+            _STEP_REPORTER.reset(token)
+            stopping = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+            if not starting.done():
+                _LOGGER.warning("stop requested while face access was starting: abandoning it")
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await starting
+                return 0
+            starting.result()  # its error (a missing face stack: exit 69) stops the daemon
+            for name, coro in gateway.access.tasks().items():
+                spawn(name, coro)
         if gateway.ingest is not None:
             await startup_step("opening the ingest socket", gateway.ingest.start())
         stats = gateway.outbox.stats()

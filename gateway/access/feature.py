@@ -139,7 +139,8 @@ class AccessFeature:
             exit_request=self.exit_request,
         )
         self.card_register = CardRegister()  # filled in start(), once the card key is read
-        self.snapshot_cipher: PayloadCipher | None = None  # read in start()
+        self.snapshot_cipher: PayloadCipher | None = None  # read in load_keys()
+        self._template_cipher: TemplateCipher | None = None
         self.card_admin = CardAdmin(db, self.card_register, self.audit, events, self.door_ref)
         self.cards: CardAccess | None = None
         if a.card_reader.url:
@@ -179,18 +180,30 @@ class AccessFeature:
 
     # -- start-up ----------------------------------------------------------------------------
 
-    async def start(self, commands: CommandService) -> None:
-        """Key, store, enrolment commands, models and gallery; then the camera. Raises
-        ConfigError for a bad key file or a missing face stack (the daemon exits non-zero)."""
+    async def load_keys(self) -> None:
+        """The three keys (milliseconds): in the daemon's build, so the forwarder can open
+        the snapshots queued by an earlier run from its first publish. Raises ConfigError for
+        a bad key file."""
         a = self.section
-        # Enrolment needs the models even without a camera: a broken install fails here, loudly.
-        await asyncio.to_thread(ensure_face_models)
-        cipher = await asyncio.to_thread(TemplateCipher.load_or_create, self.cfg.faces_key_path)
+        self._template_cipher = await asyncio.to_thread(
+            TemplateCipher.load_or_create, self.cfg.faces_key_path
+        )
         card_key = await asyncio.to_thread(CardKey.load_or_create, self.cfg.cards_key_path)
         self.card_register.reset(card_key, ((c.card_hash or c.card, c.person) for c in a.cards))
         self.snapshot_cipher = await asyncio.to_thread(
             PayloadCipher.load_or_create, self.cfg.snapshots_key_path
         )
+
+    async def start(self, commands: CommandService) -> None:
+        """Store, enrolment commands, models and gallery; then the camera (seconds: the
+        daemon runs it after the buttons answer). `load_keys()` first. Raises ConfigError for
+        a missing face stack (the daemon exits non-zero)."""
+        a = self.section
+        cipher = self._template_cipher
+        if cipher is None:
+            raise RuntimeError("AccessFeature.load_keys() must run before start()")
+        # Enrolment needs the models even without a camera: a broken install fails here, loudly.
+        await asyncio.to_thread(ensure_face_models)
         self.store = FaceStore(self._db, cipher, self.audit, max_templates=max_templates(self.cfg))
         self.enrolment = FaceEnrolment(
             self.store, self._events, self.door_ref, enrolment_settings(self.cfg), self.workers
