@@ -42,7 +42,7 @@ import _harness as h
 
 from gateway.events import DeviceRef, Event
 from gateway.outbox import _encode_props
-from gateway.store import MIGRATIONS, SCHEMA_VERSION
+from gateway.store import MIGRATIONS, SCHEMA_VERSION, migration_statements
 
 _KINDS = (("device.heartbeat", 3, 7), ("door.opened", 2, 2), ("access.granted", 1, 1))
 
@@ -55,9 +55,8 @@ def build_backlog(path: Path, rows: int) -> float:
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("BEGIN")
     for script in MIGRATIONS:  # every migration: the file is stamped with the latest version
-        for statement in script.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        for statement in migration_statements(script):  # the store's own split (triggers)
+            conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.execute("COMMIT")
     templates = []

@@ -408,7 +408,7 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
         _LOGGER.info("migrating %s to schema version %d", path, target)
         await conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _statements(MIGRATIONS[target - 1]):
+            for statement in migration_statements(MIGRATIONS[target - 1]):
                 await conn.execute(statement)
             await conn.execute(f"PRAGMA user_version = {target}")
             await conn.execute("COMMIT")
@@ -425,7 +425,7 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
             _LOGGER.warning("WAL checkpoint after migrating %s failed: %s", path, exc)
 
 
-def _statements(script: str) -> list[str]:
+def migration_statements(script: str) -> list[str]:
     """Split a migration into statements (a trigger body's `;` does not end its statement)."""
     statements: list[str] = []
     current = ""
