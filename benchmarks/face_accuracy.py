@@ -386,15 +386,16 @@ class DoorRates:
         return self.wrong + self.stranger_granted
 
 
-def walk_outcome(
-    gallery: Gallery, frames: Matrix, policy: DecisionPolicy, frame_interval_s: float = 0.5
+def track_outcome(
+    gallery: Gallery, frames: Matrix, times: Sequence[float], policy: DecisionPolicy
 ) -> tuple[str | None, int]:
-    """The person the door grants as the frames of one track arrive, and after how many
-    frames; (None, frames seen) if nobody. Fused as the access service does (rule (d))."""
+    """The person the door grants as the frames of one track arrive at `times`, and after how
+    many frames; (None, frames seen) if nobody. Decided as the access service decides: the
+    track keeps its last 32 frames (gateway.access.tracks), fused by rule (d)."""
     observations: list[Observation] = []
-    for index, encoding in enumerate(frames):
-        now = frame_interval_s * index
-        observations.append(Observation.from_match(gallery.match(encoding), now))
+    for index, now in enumerate(times):
+        observations.append(Observation.from_match(gallery.match(frames[index]), now))
+        del observations[:-32]
         fused = None
         count = fusion_window([o.timestamp for o in observations], now, policy)
         if count:
@@ -403,7 +404,15 @@ def walk_outcome(
         decision = decide(observations, now, policy, fused)
         if isinstance(decision, Grant):
             return decision.person, index + 1
-    return None, len(frames)
+    return None, len(times)
+
+
+def walk_outcome(
+    gallery: Gallery, frames: Matrix, policy: DecisionPolicy, frame_interval_s: float = 0.5
+) -> tuple[str | None, int]:
+    """A walk: the frames arrive every `frame_interval_s`."""
+    times = [frame_interval_s * i for i in range(len(frames))]
+    return track_outcome(gallery, frames, times, policy)
 
 
 def door_rates(
@@ -617,20 +626,10 @@ class ClipOutcome:
 
 def clip_walk(gallery: Gallery, clip: ClipFrames, policy: DecisionPolicy) -> ClipOutcome:
     """The clip's faces as one track at their real times: whom the door grants, and when."""
-    observations: list[Observation] = []
     start = clip.times[0] if clip.times else 0.0
-    for index, now in enumerate(clip.times):
-        observations.append(Observation.from_match(gallery.match(clip.matrix[index]), now))
-        del observations[:-32]  # the track's bound (gateway.access.tracks)
-        fused = None
-        count = fusion_window([o.timestamp for o in observations], now, policy)
-        if count:
-            match = gallery.match(clip.matrix[index + 1 - count : index + 1].mean(axis=0))
-            fused = Fused(Observation.from_match(match, now), count, observations[-count].timestamp)
-        decision = decide(observations, now, policy, fused)
-        if isinstance(decision, Grant):
-            return ClipOutcome(decision.person, now - start, index + 1)
-    return ClipOutcome(None, (clip.times[-1] - start) if clip.times else 0.0, len(clip.times))
+    person, frames = track_outcome(gallery, clip.matrix, clip.times, policy)
+    end = clip.times[frames - 1] if frames else start
+    return ClipOutcome(person, end - start, frames)
 
 
 def clip_galleries(encoded: Encoded) -> tuple[Gallery, Gallery]:
