@@ -231,7 +231,7 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
                     {**BUTTONS[2], "resident": "Zhao Lan"},
                 ],
             },
-            "access": door.config(),
+            "access": door.config(state),
         }
     )
     receiver = SimulatedReceiver(link_path=workdir / "receiver")

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from drivers.card_reader import encode_em4100
 from drivers.door_contact import SimulatedContact
 from drivers.video_sim import Scene, write_door_video
+from gateway.access.cards import CardKey
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CARD, DEMO_CARD_PERSON = "0100a1b2c3", "p-zhao-lan"
@@ -44,7 +45,10 @@ class DoorDemo:
     card_path: str
     residents: dict[str, Path]  # person id -> enrolment photo
 
-    def config(self) -> dict[str, Any]:
+    def config(self, state_dir: Path) -> dict[str, Any]:
+        """The [access] section. The demo card is configured as its keyed hash, as the README
+        asks of every installation (the card key is made in the state directory first)."""
+        card_hash = CardKey.load_or_create(state_dir / "cards.key").hash(DEMO_CARD)
         return {
             "camera": {"source": str(self.video), "fps": 10.0, "loop_file": True},
             "door": {
@@ -55,7 +59,7 @@ class DoorDemo:
                 "contact": {"kind": "simulated"},
             },
             "card_reader": {"url": self.card_path, "format": "em4100"},
-            "cards": [{"card": DEMO_CARD, "person": DEMO_CARD_PERSON}],
+            "cards": [{"card_hash": card_hash, "person": DEMO_CARD_PERSON}],
         }
 
     def close(self) -> None:
