@@ -320,10 +320,15 @@ class Connection:
     # -- socket plumbing (paho -> asyncio) -------------------------------------------------
 
     def _in_loop(self, fn: Callable[[], None]) -> None:
+        if self._loop.is_closed():
+            # paho closing the socket after the loop is gone (its __del__ at garbage
+            # collection): there is no reader left to unregister.
+            return
         if threading.get_ident() == self._loop_thread:
             fn()
         else:
-            self._loop.call_soon_threadsafe(fn)
+            with contextlib.suppress(RuntimeError):  # the loop closed since the check
+                self._loop.call_soon_threadsafe(fn)
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         fd = sock.fileno()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from gateway import daemon
 from gateway.config import Config, config_from_mapping
 from gateway.daemon import DaemonHooks, Gateway
-from gateway.mqtt import MQTT311_HINT, Uplink, UplinkSettings, UplinkState
+from gateway.mqtt import MQTT311_HINT, Connection, Uplink, UplinkSettings, UplinkState
 from tests.support.broker import MosquittoBroker
 from tests.support.gateway_process import IngestClient
 from tests.support.subscriber import Subscriber
@@ -242,3 +243,27 @@ async def test_refused_alarm_alerts_the_platform_on_another_lane(
         stop.set()
         async with asyncio.timeout(30):
             await task
+
+
+def test_a_connection_outliving_its_event_loop_closes_quietly() -> None:
+    """paho's Client.__del__ closes its socket whenever the garbage collector runs, possibly
+    on another thread and after the connection's event loop has closed: that must not raise
+    (it surfaced as an unraisable exception in an unrelated test)."""
+    loop = asyncio.new_event_loop()
+    settings = UplinkSettings("127.0.0.1", 1, "gw-test", "eldergate/gw-test")
+    connection = Connection(settings, loop, lambda mid, code: None, lambda m: None)
+    connection._fd = 12345  # as if a socket had been registered
+    loop.close()
+    errors: list[BaseException] = []
+
+    def close_from_another_thread() -> None:
+        try:
+            connection._on_socket_close(None, None, None)  # type: ignore[arg-type]
+        except BaseException as exc:  # the test reports any
+            errors.append(exc)
+
+    worker = threading.Thread(target=close_from_another_thread)
+    worker.start()
+    worker.join(10)
+    close_from_another_thread()  # and on the loop's own thread
+    assert errors == []
