@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from drivers.video_sim import handheld_print  # noqa: E402
+from drivers.video_sim import handheld_print, iter_frames, video_fps  # noqa: E402
 from gateway.vision.engine import EngineSettings, FaceEngine  # noqa: E402
 from gateway.vision.liveness import (  # noqa: E402
     Gray,
@@ -96,20 +96,7 @@ def crops_of(frames: Sequence[np.ndarray], fps: float, engine: FaceEngine) -> Cr
 
 
 def clip_crops(engine: FaceEngine) -> Crops:
-    import cv2
-
-    capture = cv2.VideoCapture(str(video_path()))
-    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
-    frames: list[np.ndarray] = []
-    try:
-        while len(frames) < 100_000:  # bounded: the clip has 275 frames
-            ok, image = capture.read()
-            if not ok:
-                break
-            frames.append(np.asarray(image, dtype=np.uint8))
-    finally:
-        capture.release()
-    return crops_of(frames, fps, engine)
+    return crops_of(list(iter_frames(video_path())), video_fps(video_path()), engine)
 
 
 def samples_of(crops: Crops, max_gap_s: float = 1.5) -> list[PairSample]:

@@ -128,19 +128,9 @@ class StaticFaces:
 
 
 def read_clip() -> list[Image]:
-    import cv2
+    from drivers.video_sim import iter_frames  # opencv: late (see Gate)
 
-    capture = cv2.VideoCapture(str(CLIP))
-    images: list[Image] = []
-    try:
-        while len(images) < 10_000:  # bounded: 275 frames
-            ok, image = capture.read()
-            if not ok:
-                break
-            images.append(np.asarray(image, dtype=np.uint8))
-    finally:
-        capture.release()
-    return images
+    return list(iter_frames(CLIP))
 
 
 def gallery_and_first_face(images: Sequence[Image]) -> tuple[Gallery, int]:

@@ -187,6 +187,37 @@ def gallery_of(encoded: Encoded, enrolled: dict[str, list[int]], without: str = 
     return Gallery.from_arrays(encoded.matrix[[r for r, _ in pairs]], [p for _, p in pairs])
 
 
+@dataclass(frozen=True, slots=True)
+class RoundProbe:
+    """One person probing in one enrolment round."""
+
+    round: int
+    person: str
+    rows: list[int]  # all the person's photos
+    enrolled: list[int]  # those enrolled this round
+    full: Gallery  # everybody's enrolled photos
+    without: Gallery  # the same, the person left out (they probe as a stranger)
+
+
+def round_probes(
+    encoded: Encoded,
+    rounds: int | None,
+    probe_people: Collection[str] | None,
+    enrol_count: int,
+) -> Iterator[RoundProbe]:
+    """Every round (photo number r of each person enrolled, see `enrolment`) and every person
+    with 2 or more photos who probes (`probe_people`; the galleries hold everybody)."""
+    usable = {p: rows for p, rows in rows_by_person(encoded).items() if len(rows) >= 2}
+    total_rounds = rounds if rounds is not None else max(len(r) for r in usable.values())
+    for r in range(total_rounds):
+        enrol = {p: enrolment(rows, r, enrol_count) for p, rows in usable.items()}
+        full = gallery_of(encoded, enrol)
+        for person, rows in usable.items():
+            if probe_people is None or person in probe_people:
+                without = gallery_of(encoded, enrol, without=person)
+                yield RoundProbe(r, person, rows, enrol[person], full, without)
+
+
 def run_protocol(
     encoded: Encoded,
     rounds: int | None = None,
@@ -196,21 +227,13 @@ def run_protocol(
 ) -> list[Probe]:
     """Genuine and stranger 1:N probes (module doc). `probe_people` limits who probes (the
     gallery still holds everybody); `enrol_count` photos per person are enrolled."""
-    by_person = rows_by_person(encoded)
-    usable = {p: rows for p, rows in by_person.items() if len(rows) >= 2}
-    total_rounds = rounds if rounds is not None else max(len(r) for r in usable.values())
     probes: list[Probe] = []
-    for r in range(total_rounds):
-        enrol = {p: enrolment(rows, r, enrol_count) for p, rows in usable.items()}
-        full = gallery_of(encoded, enrol)
-        for person, rows in usable.items():
-            if probe_people is not None and person not in probe_people:
-                continue
-            stranger_gallery = gallery_of(encoded, enrol, without=person)
-            for row in rows:
-                if row not in enrol[person]:
-                    probes.append(Probe(r, person, True, full.match(encoded.matrix[row])))
-                probes.append(Probe(r, person, False, stranger_gallery.match(encoded.matrix[row])))
+    for rp in round_probes(encoded, rounds, probe_people, enrol_count):
+        for row in rp.rows:
+            encoding = encoded.matrix[row]
+            if row not in rp.enrolled:
+                probes.append(Probe(rp.round, rp.person, True, rp.full.match(encoding)))
+            probes.append(Probe(rp.round, rp.person, False, rp.without.match(encoding)))
     return probes
 
 
@@ -425,27 +448,17 @@ def door_rates(
 ) -> DoorRates:
     """Each person's photos that were not enrolled, in file order, are the frames of one walk
     (people with fewer than `policy.min_frames` such photos cannot walk). Every round."""
-    by_person = rows_by_person(encoded)
-    usable = {p: rows for p, rows in by_person.items() if len(rows) >= 2}
-    total_rounds = rounds if rounds is not None else max(len(r) for r in usable.values())
     walks = granted = wrong = stranger_walks = stranger_granted = 0
-    for r in range(total_rounds):
-        enrol = {p: enrolment(rows, r, enrol_count) for p, rows in usable.items()}
-        full = gallery_of(encoded, enrol)
-        for person, rows in usable.items():
-            if probe_people is not None and person not in probe_people:
-                continue
-            frames = encoded.matrix[[row for row in rows if row not in enrol[person]]]
-            if len(frames) < policy.min_frames:
-                continue
-            walks += 1
-            outcome, _ = walk_outcome(full, frames, policy)
-            granted += outcome == person
-            wrong += outcome is not None and outcome != person
-            stranger_walks += 1
-            stranger_granted += (
-                walk_outcome(gallery_of(encoded, enrol, person), frames, policy)[0] is not None
-            )
+    for rp in round_probes(encoded, rounds, probe_people, enrol_count):
+        frames = encoded.matrix[[row for row in rp.rows if row not in rp.enrolled]]
+        if len(frames) < policy.min_frames:
+            continue
+        walks += 1
+        outcome, _ = walk_outcome(rp.full, frames, policy)
+        granted += outcome == rp.person
+        wrong += outcome is not None and outcome != rp.person
+        stranger_walks += 1
+        stranger_granted += walk_outcome(rp.without, frames, policy)[0] is not None
     return DoorRates(walks, granted, wrong, stranger_walks, stranger_granted)
 
 
@@ -579,33 +592,24 @@ class ClipFrames:
 
 
 def clip_frames(step: int = 1) -> ClipFrames:
-    import cv2
-
+    from drivers.video_sim import iter_frames, video_fps
     from gateway.vision.engine import EngineSettings, FaceEngine
 
     engine = FaceEngine(EngineSettings())
-    capture = cv2.VideoCapture(str(video_dir() / CLIP))
-    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    fps = video_fps(video_dir() / CLIP)
     times: list[float] = []
     indices: list[int] = []
     rows: list[npt.NDArray[np.float32]] = []
-    index = analysed = 0
+    analysed = 0
     started = time.perf_counter()
-    try:
-        while index < 100_000:  # bounded: the clip has 275 frames
-            ok, image = capture.read()
-            if not ok:
-                break
-            if index % step == 0:
-                analysed += 1
-                faces = engine.analyse(np.asarray(image, dtype=np.uint8)).faces
-                if faces:
-                    times.append(index / fps)
-                    indices.append(index)
-                    rows.append(max(faces, key=lambda f: f.height).encoding)
-            index += 1
-    finally:
-        capture.release()
+    for index, image in enumerate(iter_frames(video_dir() / CLIP)):
+        if index % step == 0:
+            analysed += 1
+            faces = engine.analyse(image).faces
+            if faces:
+                times.append(index / fps)
+                indices.append(index)
+                rows.append(max(faces, key=lambda f: f.height).encoding)
     matrix = np.asarray(rows, dtype=np.float32).reshape(-1, 128)
     seconds = time.perf_counter() - started
     return ClipFrames(tuple(times), matrix, analysed, seconds, tuple(indices))

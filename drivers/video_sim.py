@@ -8,7 +8,7 @@ are not identical; an empty corridor between visitors lets the motion gate settl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,31 +98,47 @@ def handheld_print(
     return frames
 
 
-def video_frames(path: Path, count: int, fps: float, width: int, height: int) -> list[Image]:
-    """Up to `count` frames of the video at `path`, resampled to `fps` and letterboxed into
-    width x height (the camera's frame size)."""
+def video_fps(path: Path, default: float = 30.0) -> float:
+    """The frame rate the video at `path` declares (`default` if it declares none)."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return float(capture.get(cv2.CAP_PROP_FPS)) or default
+    finally:
+        capture.release()
+
+
+def iter_frames(path: Path, limit: int = 100_000) -> Iterator[Image]:
+    """The frames of the video at `path`, in order, at most `limit` (bounded: a broken file
+    cannot loop for ever); OSError if it cannot be opened."""
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise OSError(f"cannot read the video {path}")
-    source_fps = capture.get(cv2.CAP_PROP_FPS) or fps
-    frames: list[Image] = []
-    index = 0
     try:
-        while len(frames) < count and index < 100_000:  # bounded
+        for _ in range(limit):
             ok, image = capture.read()
             if not ok:
-                break
-            if index >= len(frames) * source_fps / fps:
-                frame = corridor(width, height)
-                scale = min(width / image.shape[1], height / image.shape[0])
-                scaled = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-                h, w = scaled.shape[:2]
-                top, left = (height - h) // 2, (width - w) // 2
-                frame[top : top + h, left : left + w] = scaled
-                frames.append(frame)
-            index += 1
+                return
+            yield np.asarray(image, dtype=np.uint8)
     finally:
         capture.release()
+
+
+def video_frames(path: Path, count: int, fps: float, width: int, height: int) -> list[Image]:
+    """Up to `count` frames of the video at `path`, resampled to `fps` and letterboxed into
+    width x height (the camera's frame size)."""
+    source_fps = video_fps(path, fps)
+    frames: list[Image] = []
+    for index, image in enumerate(iter_frames(path)):
+        if len(frames) >= count:
+            break
+        if index >= len(frames) * source_fps / fps:
+            frame = corridor(width, height)
+            scale = min(width / image.shape[1], height / image.shape[0])
+            scaled = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            h, w = scaled.shape[:2]
+            top, left = (height - h) // 2, (width - w) // 2
+            frame[top : top + h, left : left + w] = scaled
+            frames.append(frame)
     return frames
 
 

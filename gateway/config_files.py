@@ -7,7 +7,8 @@
   that does not match its certificate is refused.
 - The command signing key (`commands.hmac_key_file`): `load_command_key()` refuses one with
   less than 32 bytes of key material (64 hex digits, or 32 raw bytes), text or binary.
-- The uplink password file and the terminals' key files must be readable (and valid).
+- The uplink password file (`read_password_file()`, also what the daemon reads it with) and
+  the terminals' key files must be readable (and valid).
 """
 
 from __future__ import annotations
@@ -18,24 +19,24 @@ from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.signing import load_key
 
-COMMAND_KEY_MIN_BYTES = 32  # HMAC-SHA256: a key shorter than its output weakens it
-
 
 def load_command_key(path: Path) -> bytes:
-    """The command signing key in `path` (see `gateway.signing.load_key`), at least 32 bytes.
-
-    ConfigError naming the key and the file otherwise."""
+    """The command signing key in `path` (`gateway.signing.load_key`: owner-only, at least
+    `MIN_KEY_BYTES` of key material); ConfigError naming the key and the file otherwise."""
     try:
-        key = load_key(path)
+        return load_key(path)
     except ConfigError as exc:
         raise ConfigError(f"commands.hmac_key_file: {exc}") from exc
-    if len(key) < COMMAND_KEY_MIN_BYTES:
-        raise ConfigError(
-            f"commands.hmac_key_file: {path}: the command signing key holds {len(key)} bytes "
-            f"of key material; it needs at least {COMMAND_KEY_MIN_BYTES} (64 hex digits; make "
-            "one with: python3 -c 'import secrets; print(secrets.token_hex(32))')"
-        )
-    return key
+
+
+def read_password_file(path: Path) -> str:
+    """The uplink password in `path` (UTF-8, surrounding white space dropped); ConfigError
+    naming `uplink.password_file` otherwise."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"uplink.password_file {path}: {why}") from exc
 
 
 def check_config_files(cfg: Config) -> None:
@@ -51,12 +52,10 @@ def check_config_files(cfg: Config) -> None:
         except ConfigError as exc:
             problems.append(str(exc))
     if cfg.uplink.password_file:
-        path = Path(cfg.uplink.password_file)
         try:
-            path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            problems.append(f"uplink.password_file {path}: {why}")
+            read_password_file(Path(cfg.uplink.password_file))
+        except ConfigError as exc:
+            problems.append(str(exc))
     if cfg.command_key_path is not None:
         try:
             load_command_key(cfg.command_key_path)

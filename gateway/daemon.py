@@ -20,10 +20,10 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from drivers.outputs import Output, build_output, output_spec
 from gateway import __version__
@@ -34,8 +34,8 @@ from gateway.buttons.service import ButtonService
 from gateway.clock import ClockSync
 from gateway.commands import CommandService, CommandSettings
 from gateway.config import Config
-from gateway.config_files import load_command_key
-from gateway.errors import ConfigError, StartupTimeoutError, StorageError
+from gateway.config_files import load_command_key, read_password_file
+from gateway.errors import StartupTimeoutError, StorageError
 from gateway.events import EventFactory, Lane
 from gateway.forwarder import Forwarder, ForwarderSettings
 from gateway.health import HealthReporter
@@ -135,12 +135,7 @@ class DaemonHooks:
 
 def uplink_settings(cfg: Config) -> UplinkSettings:
     up = cfg.uplink
-    password = ""
-    if up.password_file:
-        try:
-            password = Path(up.password_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"uplink.password_file {up.password_file}: {exc.strerror}") from exc
+    password = read_password_file(Path(up.password_file)) if up.password_file else ""
     return UplinkSettings(
         host=up.host,
         port=up.port,
@@ -444,25 +439,37 @@ async def run(
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     lock_fd = lock_state_dir(cfg.state_dir)
     try:
-        token = _STEP_REPORTER.set(notifier.status)  # the start-up task copies the context
-        building = asyncio.create_task(Gateway.build(cfg, hooks), name="start-up")
-        _STEP_REPORTER.reset(token)
-        stopping = asyncio.create_task(stop.wait(), name="stop-request")
-        try:
-            await asyncio.wait((building, stopping), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-        if not building.done():
-            _LOGGER.warning("stop requested during start-up: abandoning it")
+        building = await _unless_stopped(Gateway.build(cfg, hooks), "start-up", stop, notifier)
+        if building is None:
             notifier.stopping("stopping during start-up")
-            building.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await building
             notifier.close()
             return 0
         return await _serve(cfg, building.result(), stop, notifier)
     finally:
         os.close(lock_fd)
+
+
+async def _unless_stopped(
+    step: Coroutine[Any, Any, _T], name: str, stop: asyncio.Event, notifier: SystemdNotifier
+) -> asyncio.Task[_T] | None:
+    """Run a start-up coroutine as a task (its startup_step()s report to systemd's STATUS=)
+    until it ends or a stop is requested. The ended task (its result or its error), or None
+    when the stop came first: the task is then cancelled and awaited."""
+    token = _STEP_REPORTER.set(notifier.status)  # the task copies the context
+    task = asyncio.create_task(step, name=name)
+    _STEP_REPORTER.reset(token)
+    stopping = asyncio.create_task(stop.wait(), name="stop-request")
+    try:
+        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        return task
+    _LOGGER.warning("stop requested during %s: abandoning it", name)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    return None
 
 
 async def _serve(
@@ -511,25 +518,17 @@ async def _serve(
         if gateway.access is not None:
             # The buttons already answer: a press is never held up by the face models (seconds
             # to load; benchmarks/bench_press_at_start.py). A stop request is honoured here too.
-            token = _STEP_REPORTER.set(notifier.status)  # the task copies the context
-            starting = asyncio.ensure_future(
+            starting = await _unless_stopped(
                 startup_step(
                     "starting face access (models, gallery, camera)",
                     gateway.access.start(gateway.commands),
                     ACCESS_START_TIMEOUT_S,
-                )
+                ),
+                "the start of face access",
+                stop,
+                notifier,
             )
-            _STEP_REPORTER.reset(token)
-            stopping = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopping.cancel()
-            if not starting.done():
-                _LOGGER.warning("stop requested while face access was starting: abandoning it")
-                starting.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await starting
+            if starting is None:
                 return 0
             starting.result()  # its error (a missing face stack: exit 69) stops the daemon
             for name, coro in gateway.access.tasks().items():

@@ -61,7 +61,8 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
 def load_key(path: Path) -> bytes:
-    """Read the gateway's command key: 64+ hex digits, or raw bytes (at least 16)."""
+    """Read the gateway's command key: hex digits, text or raw bytes, at least MIN_KEY_BYTES
+    of key material once decoded."""
     try:
         raw = path.read_bytes()
         mode = path.stat().st_mode

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from drivers.video_sim import compose, handheld_print
+from drivers.video_sim import compose, handheld_print, iter_frames
 from gateway.access.service import AccessService, AccessSettings
 from gateway.access.snapshots import (
     SNAPSHOT_LANE,
@@ -325,18 +325,8 @@ needs_clip = pytest.mark.skipif(
 
 def clip_images(every: int) -> list[np.ndarray]:
     """Every `every`-th frame of the real clip, read in place."""
-    capture = cv2.VideoCapture(str(VIDEO / "short_hamilton_clip.mp4"))
-    images: list[np.ndarray] = []
-    try:
-        for index in range(400):  # bounded: the clip has 275 frames
-            ok, image = capture.read()
-            if not ok:
-                break
-            if index % every == 0:
-                images.append(image)
-    finally:
-        capture.release()
-    return images
+    frames = iter_frames(VIDEO / "short_hamilton_clip.mp4", limit=400)
+    return [image for index, image in enumerate(frames) if index % every == 0]
 
 
 def still_gallery(engine: FaceEngine) -> Gallery:
