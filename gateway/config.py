@@ -247,6 +247,10 @@ class DoorSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     unlock_window_s: float = 8.0
     held_open_s: float = 10.0
     prealert_s: float = 3.0
+    # "card_and_face": a card names the person, then the camera checks that face 1:1 (and
+    # its liveness) within face_after_card_s; neither opens on its own.
+    credentials: Literal["card_or_face", "card_and_face"] = "card_or_face"
+    face_after_card_s: float = 15.0
     contact: InputSection = msgspec.field(default_factory=InputSection)
     exit_request: InputSection = msgspec.field(default_factory=InputSection)
     prealert: OutputSection = msgspec.field(default_factory=OutputSection)
@@ -681,6 +685,18 @@ def _access_checks(a: AccessSection) -> list[tuple[str, str]]:
             "access.door.on_bytes",
             'on_bytes (and off_bytes) must be hex strings such as "A00101A2"',
         )
+    if door.credentials == "card_and_face":
+        need(
+            bool(a.camera.source) and bool(a.card_reader.url),
+            "access.door.credentials",
+            '"card_and_face" needs both a camera (access.camera.source) and a card reader '
+            "(access.card_reader.url)",
+        )
+    need(
+        2 <= door.face_after_card_s <= 120,
+        "access.door.face_after_card_s",
+        "must be 2-120 s",
+    )
     for name, inp in (("contact", door.contact), ("exit_request", door.exit_request)):
         if inp.kind == "gpio":
             need(0 <= inp.pin <= 27, f"access.door.{name}.pin", "a gpio input needs a BCM pin 0-27")

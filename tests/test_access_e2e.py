@@ -324,3 +324,69 @@ async def test_cli_enrolment_reaches_the_running_daemon_and_the_platform(
                 await asyncio.sleep(0.05)
     finally:
         assert await running.finish() == 0
+
+
+async def test_card_and_face_door_opens_for_the_card_and_its_holders_face_only(
+    tmp_path: Path, broker: MosquittoBroker, subscriber: SubscriberFactory
+) -> None:
+    """access.door.credentials = "card_and_face", through the real daemon, a card reader on a
+    pty and the door video: resident A shows her card and her face (granted, card+face);
+    resident B walks up without a card (not opened); A's card alone later times out."""
+    group = people(3)
+    resident_a, resident_b = group[0], group[1]
+    master, slave = os.openpty()
+    camera = tmp_path / "door-camera.avi"
+    extra = {
+        "card_reader": {"url": os.ttyname(slave), "format": "em4100"},
+        "door": {
+            "id": "door-main",
+            "location": "Bldg 3",
+            "credentials": "card_and_face",
+            "face_after_card_s": 8.0,
+        },
+    }
+    cfg = access_cfg(tmp_path, broker, camera, extra)
+    key = tmp_path / "command.key"
+    sub = subscriber(f"{PREFIX}/#", client_id="platform")
+    card = "0100a1b2c3"
+    try:
+        running = await start(cfg)
+        try:
+            await wait_events(sub, "camera.offline")  # connected; no video yet
+            for person, photos in (("p-a", resident_a), ("p-b", resident_b)):
+                args = {
+                    "person": person,
+                    "consent_ref": f"consent-{person}",
+                    "photo_jpeg_b64": jpeg_b64(photos[0]),
+                }
+                assert (await call(sub, "face.enroll", args, key))["ok"]
+            assert (await call(sub, "card.add", {"card": card, "person": "p-a"}, key))["ok"]
+            video = tmp_path / "video-tmp.avi"
+            scenes = [
+                Scene(None, 1.0),
+                Scene(resident_a[1], 3.0),
+                Scene(None, 2.0),
+                Scene(resident_b[1], 3.0),
+                Scene(None, 1.0),
+            ]
+            await asyncio.to_thread(write_door_video, video, scenes)
+            os.write(master, encode_em4100(card))  # A holds her card to the reader ...
+            video.rename(camera)  # ... and walks up to the camera
+            granted = await wait_events(sub, "access.granted", 1)
+            data = granted[0]["data"]
+            assert data["method"] == "card+face" and data["person"] == "p-a", data
+            assert data["card"] == "****b2c3" and data["distance"] < DEFAULT_THRESHOLD
+            await wait_events(sub, "camera.offline", 2)  # the file ended; B came and went
+            os.write(master, encode_em4100(card))  # the card alone, nobody at the camera
+            denied = await wait_events(sub, "access.denied", 1)
+            assert denied[0]["data"]["reason"] == "face_check_timeout", denied
+            assert len(events(sub, "access.granted")) == 1  # B's face alone never opened it
+            assert running.gateway.access is not None
+            health = running.gateway.access.health()
+            assert health["faces"]["card_and_face"]["verified"] == 1
+            assert health["card_reader"]["awaiting_face"] == 2
+        finally:
+            assert await running.finish() == 0
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from drivers.video_sim import compose, handheld_print, iter_frames
+from gateway.access.second_factor import FaceChecks
 from gateway.access.service import AccessService, AccessSettings
 from gateway.access.snapshots import (
     SNAPSHOT_LANE,
@@ -239,7 +240,11 @@ async def pipeline_factory(tmp_path: Path, workers: FaceWorkerPool) -> AsyncIter
     made: list[tuple[Database, Outbox, asyncio.Task[None]]] = []
 
     async def make(
-        camera: ListCamera, gallery: Gallery, door: RecordingDoor, liveness: Mode = "off"
+        camera: ListCamera,
+        gallery: Gallery,
+        door: RecordingDoor,
+        liveness: Mode = "off",
+        face_checks: FaceChecks | None = None,
     ) -> Pipeline:
         """The access service on a real outbox and real face workers. Liveness is off unless
         asked for: most tests here show still photos, to test the identity path alone."""
@@ -258,6 +263,7 @@ async def pipeline_factory(tmp_path: Path, workers: FaceWorkerPool) -> AsyncIter
             outbox=outbox,
             events=EventFactory("gw-1", ClockSync()),
             door_ref=DOOR,
+            face_checks=face_checks,
         )
         await service.load()
         return Pipeline(db, outbox, service)
@@ -441,3 +447,86 @@ def test_a_dead_face_worker_is_replaced_and_the_next_frame_is_analysed() -> None
         assert analysis.faces == () and pool.restarts == 1
     finally:
         pool.shutdown()
+
+
+# -- card, then face (access.door.credentials = "card_and_face") ------------------------------
+
+
+async def run_until_claims_end(pipeline: Pipeline, camera: ListCamera, checks: FaceChecks) -> None:
+    """Play the camera, then keep the service running until no card waits for its face."""
+    task = asyncio.create_task(pipeline.service.run())
+    try:
+        async with asyncio.timeout(60):
+            await camera.done.wait()
+            while pipeline.service._inflight or len(checks):  # bounded by the timeout above
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@needs_faces
+async def test_card_and_face_opens_only_for_the_cards_holder(
+    engine: FaceEngine, pipeline_factory
+) -> None:
+    """A two-factor door: the resident's face alone does not open it; her card then her face
+    does (method card+face, with the masked card); her card with somebody else's face is
+    refused (face_mismatch), and a card with nobody in front of the camera times out."""
+    resident, other = people(3)[0], people(3)[1]
+    gallery = enrol(engine, {"p-resident": resident[0], "p-other": other[0]})
+    face = [frame_of(resident[1])] * 8
+
+    alone_checks = FaceChecks(window_s=30.0)
+    alone_camera, alone_door = ListCamera(face), RecordingDoor()
+    alone = await pipeline_factory(alone_camera, gallery, alone_door, face_checks=alone_checks)
+    await run_until_done(alone, alone_camera)
+    assert alone_door.grants == [] and not [k for k, _ in await alone.kinds() if "granted" in k]
+
+    checks = FaceChecks(window_s=30.0)
+    checks.expect("p-resident", "****b2c3", time.monotonic())
+    camera, door = ListCamera(face), RecordingDoor()
+    pipeline = await pipeline_factory(camera, gallery, door, face_checks=checks)
+    await run_until_claims_end(pipeline, camera, checks)
+    granted = [d for k, d in await pipeline.kinds() if k == "access.granted"]
+    assert [g[:2] for g in door.grants] == [("card+face", "p-resident")], granted
+    assert granted[0]["card"] == "****b2c3" and granted[0]["distance"] < DEFAULT_THRESHOLD
+    assert granted[0]["frames"] >= 3 and granted[0]["snapshot"] == f"snapshot/{door.grants[0][2]}"
+    assert pipeline.service.health()["card_and_face"]["verified"] == 1
+
+    stolen = FaceChecks(window_s=2.0)
+    stolen.expect("p-other", "****0001", time.monotonic())
+    camera, door = ListCamera(face), RecordingDoor()
+    pipeline = await pipeline_factory(camera, gallery, door, face_checks=stolen)
+    await run_until_claims_end(pipeline, camera, stolen)
+    denied = [d for k, d in await pipeline.kinds() if k == "access.denied"]
+    assert door.grants == [] and [d["reason"] for d in denied] == ["face_mismatch"], denied
+    assert denied[0]["persons"] == ["p-other"] and denied[0]["method"] == "card+face"
+
+    nobody = FaceChecks(window_s=2.0)
+    nobody.expect("p-resident", "****b2c3", time.monotonic())
+    camera, door = ListCamera([frame_of(None)] * 4), RecordingDoor()
+    pipeline = await pipeline_factory(camera, gallery, door, face_checks=nobody)
+    await run_until_claims_end(pipeline, camera, nobody)
+    denied = [d for k, d in await pipeline.kinds() if k == "access.denied"]
+    assert door.grants == [] and [d["reason"] for d in denied] == ["face_check_timeout"]
+    assert nobody.stats.timed_out == 1 and nobody.stats.verified == 0
+
+
+@needs_faces
+async def test_card_and_face_refuses_a_printed_photo_of_the_cards_holder(
+    engine: FaceEngine, pipeline_factory
+) -> None:
+    """The card and a photo of its holder moved by hand: refused for liveness, never opened."""
+    resident = people(3)[0]
+    gallery = enrol(engine, {"p-resident": resident[0], "p-other": people(3)[1][0]})
+    photo = cv2.imread(str(resident[1]), cv2.IMREAD_COLOR)
+    frames = handheld_print(photo, 12, np.random.default_rng(11))
+    checks = FaceChecks(window_s=30.0)
+    checks.expect("p-resident", "****b2c3", time.monotonic())
+    camera, door = ListCamera(frames), RecordingDoor()
+    pipeline = await pipeline_factory(camera, gallery, door, "passive", checks)
+    await run_until_claims_end(pipeline, camera, checks)
+    kinds = await pipeline.kinds()
+    assert door.grants == [] and not [k for k, _ in kinds if k == "access.granted"], kinds
+    reasons = [d["reason"] for k, d in kinds if k == "access.denied"]
+    assert reasons == ["liveness"], kinds

@@ -21,10 +21,12 @@ from gateway.vision.decision import (
     Observation,
     Undecided,
     Unknown,
+    Verified,
     cooldown_active,
     decide,
     fusion_window,
     record_grant,
+    verify,
 )
 from gateway.vision.matcher import ENCODING_DIM, Gallery, MatchResult
 
@@ -344,3 +346,45 @@ def test_cooldown() -> None:
     last2 = record_grant(last, "bob", now=112.0, cooldown_s=10.0)
     assert last2 == {"bob": 112.0}  # ann's expired entry is pruned
     assert last == {"ann": 100.0}  # the input mapping is not modified
+
+
+# ----------------------------------------------------------------------------- 1:1 after a card
+
+
+def test_distances_to_is_the_nearest_template_of_that_person_only() -> None:
+    rng = np.random.default_rng(4)
+    matrix, ids = random_gallery(rng, persons=30, max_templates=4)
+    gallery = Gallery.from_arrays(matrix, ids)
+    queries = matrix[:5] + rng.normal(scale=0.01, size=(5, ENCODING_DIM)).astype(np.float32)
+    own = matrix[[i for i, p in enumerate(ids) if p == ids[7]]].astype(np.float64)
+    expected = [float(np.linalg.norm(own - q, axis=1).min()) for q in queries.astype(np.float64)]
+    assert gallery.distances_to(ids[7], queries) == pytest.approx(expected, abs=1e-6)
+    assert np.isinf(gallery.distances_to("nobody", queries)).all()
+    with pytest.raises(ValueError):
+        gallery.distances_to(ids[7], np.full((1, ENCODING_DIM), np.nan))
+
+
+def test_verify_after_a_card_needs_frames_or_a_fused_mean_and_no_margin() -> None:
+    policy = DecisionPolicy()
+    frames = [obs(t, "card-holder", 0.40, second=0.42) for t in (0.0, 0.3, 0.6)]  # margin 0.02
+    assert decide(frames, 0.6, policy) != Grant("card-holder", 0.40, 0.02, 3)  # 1:N would not
+    assert verify("card-holder", frames, [0.40, 0.41, 0.39], 0.6, policy) == Verified(
+        "card-holder", 0.41, 3
+    )
+    assert verify("card-holder", frames[:2], [0.40, 0.41], 0.6, policy) is None  # too few
+    assert verify("card-holder", frames, [0.40, 0.50, 0.39], 0.6, policy) is None
+    fused = verify("card-holder", frames, [0.45, 0.50, 0.44], 0.6, policy, 0.41, 3)
+    assert fused == Verified("card-holder", 0.41, 3)
+    assert verify("card-holder", frames, [0.45, 0.50, 0.44], 0.6, policy, 0.41, 4) is None
+    assert verify("card-holder", frames, [0.40, 0.41, 0.39], 9.0, policy) is None  # stale
+
+
+def test_verify_is_vetoed_by_a_face_that_is_somebody_else() -> None:
+    policy = DecisionPolicy()
+    frames = [obs(0.0, "card-holder", 0.35), obs(0.3, "card-holder", 0.35)]
+    frames.append(obs(0.6, "intruder", 0.50))  # clearly another enrolled person
+    assert verify("card-holder", frames, [0.35, 0.35, 0.40], 0.6, policy) is None
+    frames[-1] = obs(0.6, "intruder", 0.58)  # a weak resemblance does not veto
+    assert verify("card-holder", frames, [0.35, 0.35, 0.40], 0.6, policy) is not None
+    with pytest.raises(ValueError):
+        verify("card-holder", frames, [0.35], 0.6, policy)

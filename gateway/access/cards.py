@@ -13,7 +13,10 @@ presents it again) and one worker handles them in order:
   recorded, THEN :meth:`DoorController.grant` pulses the lock; an unregistered card ->
   ``access.denied`` (``"reason": "unknown_card"``). If storage refuses the record, the event is
   queued on the door controller (recorded in order as soon as storage works again) and the door
-  still opens: a broken SD card must not lock residents out, and the event is not lost.
+  still opens: a broken SD card must not lock residents out, and the event is not lost;
+- at a two-factor door (``access.door.credentials = "card_and_face"``) a registered card opens
+  nothing by itself: it names the person the camera then checks 1:1
+  (:mod:`gateway.access.second_factor`), and that check records the one decision.
 
 Card numbers are personal data and, for a door, a credential: they are never stored or
 configured in clear. The register holds keyed hashes, ``hmac-sha256:`` and
@@ -48,6 +51,7 @@ from typing import Any, Final
 from drivers.card_reader import CardDecoder, CardRead, make_decoder
 from drivers.serial_port import SerialLink, SerialSettings
 from gateway.access.door import DoorController, Record
+from gateway.access.second_factor import FaceChecks
 from gateway.config import clear_cards_warning
 from gateway.errors import ConfigError
 from gateway.events import DeviceRef, Event, EventFactory
@@ -214,6 +218,7 @@ class CardStats:
     reads: int = 0
     granted: int = 0
     denied: int = 0
+    awaiting_face: int = 0  # "card_and_face": cards handed to the face check
     suppressed: int = 0
     dropped: int = 0
     failed: int = 0
@@ -234,6 +239,7 @@ class CardAccess:
         repeat_suppress_s: float = 2.0,
         *,
         name: str = "card-reader",
+        face_checks: FaceChecks | None = None,
     ) -> None:
         try:
             self._decoder: CardDecoder = make_decoder(card_format)
@@ -250,6 +256,7 @@ class CardAccess:
         self._events = events
         self._door_ref = door_ref
         self._repeat_s = repeat_suppress_s
+        self._face_checks = face_checks  # "card_and_face": a card only names who to check
         self._queue: asyncio.Queue[_Read] = asyncio.Queue(maxsize=QUEUE_SIZE)
         self._recent: OrderedDict[str, float] = OrderedDict()
         self._reported_offline = False
@@ -327,6 +334,16 @@ class CardAccess:
                 )
             )
             return
+        if self._face_checks is not None:
+            self._face_checks.expect(person, masked, now)
+            self.stats.awaiting_face += 1
+            _LOGGER.info(
+                "%s: card %s of %s read; the door opens once the camera checks the face",
+                self.name,
+                masked,
+                person,
+            )
+            return
         self.stats.granted += 1
         _LOGGER.info("%s: card %s of %s granted", self.name, masked, person)
         await self._record_or_queue(
@@ -353,6 +370,7 @@ class CardAccess:
             "reads": s.reads,
             "granted": s.granted,
             "denied": s.denied,
+            "awaiting_face": s.awaiting_face,
             "suppressed": s.suppressed,
             "dropped": s.dropped,
             "failed": s.failed,

@@ -67,7 +67,7 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 
 Record = Callable[[Event], Awaitable[None]]
-GRANT_METHODS: Final = frozenset({"face", "card", "exit", "remote"})
+GRANT_METHODS: Final = frozenset({"face", "card", "card+face", "exit", "remote"})
 MAX_PENDING_EVENTS: Final = 1000
 _MAX_EVENT_LAG_S: Final = 60.0
 _FINAL_FLUSH_S: Final = 1.0
@@ -168,8 +168,9 @@ class DoorController:
     async def grant(self, method: str, person: str | None, ref: str) -> None:
         """Pulse the lock and authorise one opening for ``unlock_window_s``.
 
-        ``method``: "face", "card", "exit" or "remote". The caller records ``access.granted``
-        (before calling this); the controller records the ``door.*`` events that follow.
+        ``method``: "face", "card", "card+face", "exit" or "remote". The caller records
+        ``access.granted`` (before calling this); the controller records the ``door.*`` events
+        that follow.
         Returns once the pulse has started; the pulse runs on in a task of its own.
         """
         await self._grant(method, person, ref, self._clock())

@@ -26,6 +26,7 @@ from drivers.serial_port import SerialSettings
 from gateway.access.card_admin import CardAdmin
 from gateway.access.cards import CardAccess, CardKey, CardRegister
 from gateway.access.door import DoorController, DoorSettings
+from gateway.access.second_factor import FaceChecks
 from gateway.access.service import AccessService, AccessSettings
 from gateway.access.snapshots import SnapshotSettings
 from gateway.access.tracks import TrackSettings
@@ -142,6 +143,9 @@ class AccessFeature:
         self.snapshot_cipher: PayloadCipher | None = None  # read in load_keys()
         self._template_cipher: TemplateCipher | None = None
         self.card_admin = CardAdmin(db, self.card_register, self.audit, events, self.door_ref)
+        self.face_checks = (
+            FaceChecks(door.face_after_card_s) if door.credentials == "card_and_face" else None
+        )
         self.cards: CardAccess | None = None
         if a.card_reader.url:
             self.cards = CardAccess(
@@ -153,6 +157,7 @@ class AccessFeature:
                 events,
                 self.door_ref,
                 a.card_reader.repeat_suppress_s,
+                face_checks=self.face_checks,
             )
         self.camera: Camera | None = None
         self.service: AccessService | None = None
@@ -283,6 +288,7 @@ class AccessFeature:
             outbox=self._outbox,
             events=self._events,
             door_ref=self.door_ref,
+            face_checks=self.face_checks,
         )
         await self.service.load()
         self.camera.start(asyncio.get_running_loop())

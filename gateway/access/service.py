@@ -32,6 +32,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from gateway.access.second_factor import Claim, FaceChecks
 from gateway.access.snapshots import (
     SNAPSHOT_LANE,
     SNAPSHOT_TOPIC,
@@ -52,10 +53,12 @@ from gateway.vision.decision import (
     Grant,
     Observation,
     Unknown,
+    Verified,
     cooldown_active,
     decide,
     fusion_window,
     record_grant,
+    verify,
 )
 from gateway.vision.engine import FaceFinding, FrameAnalysis
 from gateway.vision.liveness import Attack, Mode, Pending, judge, measure_pair
@@ -161,8 +164,12 @@ class AccessService:
         outbox: Outbox,
         events: EventFactory,
         door_ref: DeviceRef,
+        face_checks: FaceChecks | None = None,
     ) -> None:
         self.settings = settings
+        # "card_and_face" (gateway.access.second_factor): a face alone never opens; it is
+        # checked 1:1 against the person whose card was read.
+        self._checks = face_checks
         self._camera = camera
         self._gate = gate
         self._workers = workers
@@ -237,6 +244,8 @@ class AccessService:
         while True:
             frame = await self._camera.wait_frame(last_index, _FRAME_WAIT_S)
             self.last_progress = time.monotonic()
+            if self._checks is not None:  # also with the camera offline: cards time out
+                await self._expire_claims(self.last_progress)
             if frame is None:
                 # A stopped (or closed) camera answers at once: never spin on it.
                 await asyncio.sleep(_IDLE_PAUSE_S)
@@ -315,20 +324,32 @@ class AccessService:
         match = await asyncio.to_thread(self._gallery.match, np.mean(recent, axis=0))
         return Fused(Observation.from_match(match, now), count, observations[-count].timestamp)
 
+    def _alive(self, track: Track, now: float) -> bool | None:
+        """The liveness verdict on the track: True (live), False (a photo or a screen), None
+        (no sign of life yet: keep looking)."""
+        verdict = judge(
+            list(track.liveness), now, self.settings.policy.window_s, self.settings.liveness
+        )
+        if isinstance(verdict, Pending):
+            self.stats.liveness_pending += 1
+            return None
+        return not isinstance(verdict, Attack)
+
     async def _decide(self, track: Track, face: FaceFinding, frame: FrameLike, now: float) -> None:
         if track.granted is not None:
+            return
+        if self._checks is not None and await self._check_claims(track, face, frame, now):
             return
         observations = list(track.observations)
         fused = await self._fuse(track, observations, now)
         decision = decide(observations, now, self.settings.policy, fused)
         if isinstance(decision, Grant):
-            verdict = judge(
-                list(track.liveness), now, self.settings.policy.window_s, self.settings.liveness
-            )
-            if isinstance(verdict, Pending):
-                self.stats.liveness_pending += 1
+            if self._checks is not None:
+                return  # a face alone never opens a card-and-face door
+            alive = self._alive(track, now)
+            if alive is None:
                 return  # recognised, but no sign of life yet: keep looking
-            if isinstance(verdict, Attack):
+            if not alive:
                 await self._refuse_presentation(track, decision.person, frame, face, now)
                 return
             track.granted = decision.person
@@ -387,6 +408,110 @@ class AccessService:
                 await self._snapshot(event, frame, face)
             else:
                 track.unknown_reported_at = last
+
+    # -- card, then face (gateway.access.second_factor) --------------------------------------
+
+    async def _check_claims(
+        self, track: Track, face: FaceFinding, frame: FrameLike, now: float
+    ) -> bool:
+        """The 1:1 check of this track against each waiting card's person; True once the
+        track is decided (granted, or refused as a photo)."""
+        assert self._checks is not None
+        for claim in self._checks.waiting(now):
+            claim.faces_seen += 1
+            verified = await self._verify(track, claim.person, now)
+            if verified is None:
+                continue
+            alive = self._alive(track, now)
+            if alive is None:
+                continue
+            self._checks.take(claim.person)
+            if not alive:
+                await self._refuse_presentation(track, claim.person, frame, face, now)
+                return True
+            track.granted = claim.person
+            await self._grant_claim(claim, verified, track, frame, face)
+            return True
+        return False
+
+    async def _verify(self, track: Track, person: str, now: float) -> Verified | None:
+        observations = list(track.observations)
+        encodings = np.asarray(track.encodings)
+        count = fusion_window([o.timestamp for o in observations], now, self.settings.policy)
+        queries = np.vstack([encodings, encodings[-count:].mean(axis=0)]) if count else encodings
+        distances = await asyncio.to_thread(self._gallery.distances_to, person, queries)
+        return verify(
+            person,
+            observations,
+            distances[: len(observations)].tolist(),
+            now,
+            self.settings.policy,
+            float(distances[-1]) if count else None,
+            count,
+        )
+
+    async def _grant_claim(
+        self, claim: Claim, verified: Verified, track: Track, frame: FrameLike, face: FaceFinding
+    ) -> None:
+        event = _with_snapshot_ref(
+            self._events.make(
+                "access.granted",
+                device=self._door_ref,
+                data={
+                    "method": "card+face",
+                    "person": claim.person,
+                    "card": claim.card,
+                    "distance": round(verified.distance, 3),
+                    "frames": verified.frames,
+                    "waited_s": round(frame.timestamp - claim.at, 2),
+                    "track": track.id,
+                    "camera": self.settings.camera_name,
+                },
+            )
+        )
+        if not await self._record_safely(event):
+            track.granted = None  # not recorded: no pulse; the claim stands until its deadline
+            assert self._checks is not None
+            self._checks.restore(claim)
+            return
+        assert self._checks is not None
+        self._checks.stats.verified += 1
+        self.stats.granted += 1
+        _LOGGER.info("access granted to %s: card, then face (track %d)", claim.person, track.id)
+        await self._door.grant("card+face", claim.person, event.id)
+        await self._snapshot(event, frame, face)
+
+    async def _expire_claims(self, now: float) -> None:
+        """Cards whose holder's face did not pass in time: one access.denied each."""
+        assert self._checks is not None
+        for claim in self._checks.expired(now):
+            mismatch = claim.faces_seen > 0
+            if mismatch:
+                self._checks.stats.mismatched += 1
+            else:
+                self._checks.stats.timed_out += 1
+            reason = "face_mismatch" if mismatch else "face_check_timeout"
+            _LOGGER.warning(
+                "card %s of %s: no matching face within %.0f s (%s)",
+                claim.card,
+                claim.person,
+                self._checks.window_s,
+                reason,
+            )
+            event = self._events.make(
+                "access.denied",
+                device=self._door_ref,
+                data={
+                    "method": "card+face",
+                    "reason": reason,
+                    "persons": [claim.person],
+                    "card": claim.card,
+                    "faces_seen": claim.faces_seen,
+                    "camera": self.settings.camera_name,
+                },
+            )
+            if await self._record_safely(event):
+                self.stats.denied += 1
 
     async def _deny(
         self,
@@ -516,6 +641,7 @@ class AccessService:
             "encode_ms": avg(s.encode_ms),
             "match_ms": avg(s.match_ms),
             "liveness_ms": avg(s.liveness_ms),
+            **({"card_and_face": self._checks.health()} if self._checks is not None else {}),
         }
 
 

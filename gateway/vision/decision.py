@@ -236,6 +236,57 @@ def _fused_grant(
     return Grant(person=o.person, distance=o.distance, margin=o.margin, frames=fused.frames)
 
 
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A 1:1 check passed: the face is the `person` a card named."""
+
+    person: str
+    distance: float  # worst agreeing frame, or the fused mean's distance
+    frames: int
+
+
+def verify(
+    claimed: str,
+    observations: Sequence[Observation],
+    claimed_distances: Sequence[float],
+    now: float,
+    policy: DecisionPolicy,
+    fused_distance: float | None = None,
+    fused_frames: int = 0,
+) -> Verified | None:
+    """The 1:1 check after a card (access.door.credentials = "card_and_face"), pure.
+
+    `claimed_distances[i]` is the distance of the face of `observations[i]` to the nearest
+    template of `claimed` (the 1:N observations only serve the veto). Verified when, within
+    the window, at least `min_frames` frames are under `threshold` for `claimed`, or the fused
+    mean of the track's last `fused_frames` (at least `min_frames`) encodings is. No margin:
+    the card already chose the person among all, so nobody competes. Vetoed, as rule (c), by
+    any frame in the window pointing to somebody else under `conflict_distance`: somebody
+    else's face with the resident's card never opens."""
+    if len(observations) != len(claimed_distances):
+        raise ValueError("one claimed distance per observation")
+    inside = [
+        (o, d)
+        for o, d in zip(observations, claimed_distances, strict=True)
+        if now - policy.window_s <= o.timestamp <= now
+    ]
+    if any(
+        o.person is not None and o.person != claimed and o.distance < policy.conflict_distance
+        for o, _ in inside
+    ):
+        return None
+    agreeing = [d for _, d in inside if d < policy.threshold]
+    if len(agreeing) >= policy.min_frames:
+        return Verified(claimed, max(agreeing), len(agreeing))
+    if (
+        fused_distance is not None
+        and policy.min_frames <= fused_frames <= len(inside)
+        and fused_distance < policy.threshold
+    ):
+        return Verified(claimed, fused_distance, fused_frames)
+    return None
+
+
 def cooldown_active(
     person: str, last_grant_at: Mapping[str, float], now: float, cooldown_s: float
 ) -> bool:

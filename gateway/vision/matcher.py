@@ -132,6 +132,17 @@ class Gallery:
         templates: FloatArray = self._matrix[rows]  # fancy indexing copies
         return templates
 
+    def distances_to(self, person_id: str, encodings: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """For each of the (m, 128) `encodings`, its distance to the nearest template of
+        `person_id` (a 1:1 check: the card named the person); inf where there is none."""
+        queries = _as_matrix(encodings)
+        templates = self.templates_of(person_id).astype(np.float64)
+        if len(templates) == 0:
+            return np.full(len(queries), math.inf)
+        diff = queries.astype(np.float64)[:, None, :] - templates[None, :, :]
+        found: npt.NDArray[np.float64] = np.sqrt(np.einsum("mkd,mkd->mk", diff, diff)).min(axis=1)
+        return found
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the numpy buffers (capacity included)."""
