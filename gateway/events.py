@@ -50,6 +50,7 @@ KIND_LANES: Mapping[str, Lane] = {
     "access.presentation_attack": Lane.ACCESS_AUDIT,  # repeated photo/screen attempts
     "face.enrolled": Lane.ACCESS_AUDIT,
     "face.removed": Lane.ACCESS_AUDIT,
+    "face.doors_changed": Lane.ACCESS_AUDIT,
     "audit.record": Lane.ACCESS_AUDIT,
     "gateway.outbox_overflow": Lane.ACCESS_AUDIT,
     "gateway.settings_changed": Lane.ACCESS_AUDIT,

@@ -191,6 +191,16 @@ MIGRATIONS: Sequence[str] = (
         changed_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 9: per-door galleries: the doors a person's face may open. A person with no row here
+    # may pass every door of the gateway; with rows, only those (gateway/faces/store.py).
+    """
+    CREATE TABLE face_doors (
+        person_id TEXT NOT NULL,
+        door_id TEXT NOT NULL,
+        PRIMARY KEY (person_id, door_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX face_doors_by_door ON face_doors (door_id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -112,6 +112,8 @@ async def test_the_real_clip_opens_the_door_and_a_printed_photo_of_him_does_not(
 async def test_door_opens_only_for_enrolled_residents(
     tmp_path: Path, broker: MosquittoBroker, subscriber: SubscriberFactory
 ) -> None:
+    """Two residents of this door get in. The third person is enrolled for another door
+    only: this door never searches her (per-door gallery), so she is an unknown face here."""
     group = people(3)
     resident_a, resident_b, stranger = group[0], group[1], group[2]
     camera = tmp_path / "door-camera.avi"
@@ -122,7 +124,11 @@ async def test_door_opens_only_for_enrolled_residents(
         offline = await wait_events(sub, "camera.offline")
         assert "camera" in offline[0]["device"]["id"]
         key = tmp_path / "command.key"
-        for person, photos in (("p-a", resident_a), ("p-b", resident_b)):
+        for person, photos, doors in (
+            ("p-a", resident_a, ["door-main"]),
+            ("p-b", resident_b, []),  # every door
+            ("p-elsewhere", stranger, ["door-garden"]),
+        ):
             result = await call(
                 sub,
                 "face.enroll",
@@ -130,11 +136,12 @@ async def test_door_opens_only_for_enrolled_residents(
                     "person": person,
                     "consent_ref": f"consent-{person}",
                     "photo_jpeg_b64": jpeg_b64(photos[0]),
+                    "doors": doors,
                 },
                 key,
             )
             assert result["ok"], result
-        await wait_events(sub, "face.enrolled", 2)
+        await wait_events(sub, "face.enrolled", 3)
 
         video = tmp_path / "video-tmp.avi"
         await asyncio.to_thread(
@@ -178,6 +185,7 @@ async def test_door_opens_only_for_enrolled_residents(
         assert running.gateway.access is not None
         health = running.gateway.access.health()  # the health report's access section
         assert health["camera"]["frames_read"] > 0 and health["faces"]["granted"] == 2
+        assert health["faces"]["gallery_people"] == 2  # this door's people only
         door = running.gateway.access.actuator
         assert isinstance(door, LoggingDoor)
         assert [p.reason for p in door.pulses] and len(door.pulses) == 2
@@ -203,7 +211,7 @@ async def test_door_opens_only_for_enrolled_residents(
             conn.execute("DELETE FROM audit_log")
     finally:
         conn.close()
-    assert actions.count("face.enrolled") == 2
+    assert actions.count("face.enrolled") == 3
     assert actions.count("access.granted") == 2
     assert actions.count("access.unknown_face") == 1
 

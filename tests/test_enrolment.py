@@ -227,7 +227,7 @@ async def test_enrol_remove_and_enrol_again_over_signed_commands(env: Env) -> No
     enrolled = await env.call("face.enroll", enroll_args(photo))
     assert enrolled["ok"] is True, enrolled
     assert enrolled["data"]["person"] == "salley" and enrolled["data"]["templates_total"] == 1
-    assert set(enrolled["data"]) == {"person", "templates_total", "event_id"}
+    assert set(enrolled["data"]) == {"person", "templates_added", "templates_total", "event_id"}
 
     assert error_code(await env.call("face.remove", {"person": "salley"}, sig=None)) == (
         "signature_required"

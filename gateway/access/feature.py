@@ -282,7 +282,7 @@ class AccessFeature:
             camera=self.camera,
             gate=gate,
             workers=self.workers,
-            faces=self.store,
+            faces=self.store.for_door(self.door_ref.id),  # a door searches only its people
             door=self.door,
             record=self._recorder(CAMERA_ID),
             outbox=self._outbox,

@@ -212,7 +212,8 @@ class AccessService:
         snapshot = await self._faces.snapshot()  # the templates and their version, one read
         self._gallery = snapshot.gallery
         _LOGGER.info(
-            "face gallery: %d people, %d templates (version %d)",
+            "face gallery%s: %d people, %d templates (version %d)",
+            f" of door {snapshot.door}" if snapshot.door else "",
             snapshot.gallery.person_count,
             len(snapshot.gallery),
             snapshot.version,

@@ -1,4 +1,4 @@
-"""`eldergate faces enroll|list|remove|audit`: manage the face gallery on the gateway itself.
+"""`eldergate faces enroll|doors|list|remove|audit`: manage the face gallery on the gateway itself.
 
 Works while the daemon runs (SQLite WAL; writes wait for the daemon's, briefly). The CLI
 writes templates and audit rows but never appends to the outbox (the daemon keeps the outbox
@@ -46,11 +46,39 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     faces = sub.add_parser("faces", help="enrol, list and remove faces; show the audit log")
     commands = faces.add_subparsers(dest="faces_command", required=True)
 
-    enroll = commands.add_parser("enroll", help="enrol a face from a photo (JPEG or PNG)")
+    enroll = commands.add_parser(
+        "enroll",
+        help="enrol a face from 1-5 photos (JPEG or PNG)",
+        description="Enrol a face from 1-5 photos, each with exactly one face; all or none "
+        "are stored. Example: eldergate faces enroll --config /etc/eldergate/config.toml "
+        "--person p-0042 --photo front.jpg --photo glasses.jpg --consent C-2026-118",
+    )
     enroll.add_argument("--config", type=Path, required=True)
     enroll.add_argument("--person", required=True, help="person id (A-Z a-z 0-9 . _ -)")
-    enroll.add_argument("--photo", type=Path, required=True, help="photo with exactly one face")
+    enroll.add_argument(
+        "--photo",
+        type=Path,
+        required=True,
+        action="append",
+        help="photo with exactly one face; repeat for several photos (other light, glasses)",
+    )
     enroll.add_argument("--consent", required=True, help="reference of the signed consent")
+    enroll.add_argument(
+        "--door",
+        action="append",
+        help="a door the face may open (repeat; default: every door, or as before)",
+    )
+
+    doors = commands.add_parser(
+        "doors",
+        help="set the doors a person's face may open",
+        description="Set the doors a person's face may open; without --door, every door. "
+        "Example: eldergate faces doors --config /etc/eldergate/config.toml --person p-0042 "
+        "--door door-main --door door-garden",
+    )
+    doors.add_argument("--config", type=Path, required=True)
+    doors.add_argument("--person", required=True)
+    doors.add_argument("--door", action="append", default=[], help="a door id (repeat)")
 
     listing = commands.add_parser("list", help="list enrolled persons (never the templates)")
     listing.add_argument("--config", type=Path, required=True)
@@ -84,13 +112,14 @@ def _when(ms: int) -> str:
 
 async def _run(args: argparse.Namespace, cfg: Config, key_file: Path, out: TextIO) -> int:
     command = args.faces_command
-    photo = b""
+    photos: list[bytes] = []
     if command == "enroll":
-        try:
-            photo = args.photo.read_bytes()
-        except OSError as exc:
-            print(f"eldergate: cannot read {args.photo}: {exc.strerror or exc}", file=sys.stderr)
-            return EX_NOINPUT
+        for path in args.photo:
+            try:
+                photos.append(path.read_bytes())
+            except OSError as exc:
+                print(f"eldergate: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+                return EX_NOINPUT
     box = cfg.outbox
     db = await Database.open(
         cfg.outbox_path,
@@ -114,12 +143,14 @@ async def _run(args: argparse.Namespace, cfg: Config, key_file: Path, out: TextI
             workers = FaceWorkerPool(EngineSettings(), workers=1)  # started by the first photo
             try:
                 enrolment = FaceEnrolment(store, events, None, enrolment_settings(cfg), workers)
-                return await _enroll(enrolment, args, photo, out)
+                return await _enroll(enrolment, args, photos, out)
             finally:
                 await asyncio.to_thread(workers.shutdown)
         enrolment = FaceEnrolment(store, events, None, enrolment_settings(cfg), None)
         if command == "remove":
             return await _remove(enrolment, args, out)
+        if command == "doors":
+            return await _doors(enrolment, args, out)
         if command == "list":
             return await _list(store, out)
         if command == "audit":
@@ -130,11 +161,11 @@ async def _run(args: argparse.Namespace, cfg: Config, key_file: Path, out: TextI
 
 
 async def _enroll(
-    enrolment: FaceEnrolment, args: argparse.Namespace, photo: bytes, out: TextIO
+    enrolment: FaceEnrolment, args: argparse.Namespace, photos: list[bytes], out: TextIO
 ) -> int:
     try:
         result = await enrolment.enroll(
-            args.person, photo, args.consent, actor=_actor(), source="cli"
+            args.person, photos, args.consent, actor=_actor(), source="cli", doors=args.door
         )
     except EnrolmentRefused as exc:
         print(f"eldergate: enrolment refused: {exc}", file=sys.stderr)
@@ -143,10 +174,23 @@ async def _enroll(
         print(f"eldergate: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
     print(
-        f"enrolled {result['person']}: {result['templates_total']} template(s) in total; "
-        f"the photo was not kept (audit event {result['event_id']})",
+        f"enrolled {result['person']}: {result['templates_added']} template(s) added, "
+        f"{result['templates_total']} in total; the photos were not kept "
+        f"(audit event {result['event_id']})",
         file=out,
     )
+    return 0
+
+
+async def _doors(enrolment: FaceEnrolment, args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        result = await enrolment.set_doors(args.person, args.door, _actor())
+    except EnrolmentRefused as exc:
+        print(f"eldergate: refused: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    doors = result["doors"]
+    shown = "every door" if doors == "all" else ", ".join(doors)
+    print(f"{result['person']} may pass {shown} (audit event {result['event_id']})", file=out)
     return 0
 
 
@@ -169,11 +213,16 @@ async def _list(store: FaceStore, out: TextIO) -> int:
     if not persons:
         print("no faces enrolled", file=out)
         return 0
-    print(f"{'PERSON':<24} {'TEMPLATES':>9}  {'CONSENT':<24} FIRST ENROLLED        LAST", file=out)
+    print(
+        f"{'PERSON':<24} {'TEMPLATES':>9}  {'CONSENT':<24} FIRST ENROLLED        LAST"
+        "                  DOORS",
+        file=out,
+    )
     for p in persons:
         print(
             f"{p.person_id:<24} {p.templates:>9}  {p.consent_ref:<24} "
-            f"{_when(p.first_enrolled_ms)}  {_when(p.last_enrolled_ms)}",
+            f"{_when(p.first_enrolled_ms)}  {_when(p.last_enrolled_ms)}  "
+            f"{','.join(p.doors) or 'all'}",
             file=out,
         )
     print(f"{len(persons)} person(s), {sum(p.templates for p in persons)} template(s)", file=out)

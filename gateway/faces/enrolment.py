@@ -1,4 +1,5 @@
-"""Enrolment: one photo in, exactly one face, one encrypted 128-d template stored.
+"""Enrolment: 1-5 photos of one person in, exactly one face in each, encrypted 128-d templates
+stored (all or none), with the doors the face may open.
 
 `encode_photo()` is the blocking part (OpenCV decode, dlib HOG detection and encoding) and
 runs in an executor. It accepts JPEG or PNG only, refuses a photo with no face or with more
@@ -16,8 +17,9 @@ refusal or a failed allocation ends as `too_large`, and a worker that dies as `w
 one refused enrolment, never the daemon.
 
 `FaceEnrolment` ties encoding to the `FaceStore` and makes the `face.enrolled` /
-`face.removed` events; `register_commands()` adds the signed `face.enroll` (base64 JPEG in the
-args) and `face.remove` commands. No event, result or log line carries an embedding.
+`face.removed` / `face.doors_changed` events; `register_commands()` adds the signed
+`face.enroll` (base64 JPEGs in the args), `face.doors` and `face.remove` commands. No event,
+result or log line carries an embedding.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import concurrent.futures
 import importlib
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
@@ -42,11 +44,14 @@ from gateway.commands import Command, CommandRefused, CommandService, CommandSpe
 from gateway.config import Config
 from gateway.errors import StorageError
 from gateway.events import DeviceRef, Event, EventFactory
+from gateway.faces import quality
+from gateway.faces.quality import QualityLimits
 from gateway.faces.store import (
     DEFAULT_MAX_TEMPLATES,
     EnrolmentRefused,
     FaceStore,
     check_consent_ref,
+    check_doors,
     check_person_id,
 )
 from gateway.vision.models_check import FaceStackError, ensure_face_models
@@ -64,6 +69,7 @@ _LOGGER = logging.getLogger(__name__)
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _MAX_REASON = 200
+MAX_PHOTOS = 5  # per enrolment; the command's payload limit bounds them too
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,9 @@ class EnrolmentSettings:
     upsample: int = 1  # HOG upsampling: 1 also finds smaller faces in the background
     jitters: int = 1
     min_face_px: int = 80  # face box height in the original photo
+    # Sharpness, exposure, contrast and pose gates (gateway.faces.quality): a poor template
+    # would cost recognitions for as long as the person stays enrolled.
+    quality: QualityLimits = QualityLimits()
 
 
 def enrolment_settings(cfg: Config) -> EnrolmentSettings:
@@ -109,6 +118,11 @@ def encode_photo(data: bytes, settings: EnrolmentSettings) -> npt.NDArray[np.flo
 
 
 def _encode(data: bytes, settings: EnrolmentSettings) -> npt.NDArray[np.float32]:
+    """Decode, find exactly one face, apply the size and quality gates, encode.
+
+    The quality gates (face_too_dark, face_overexposed, face_low_contrast, face_blurred,
+    face_not_frontal) run on the photo as downscaled for detection, before the costly
+    encoding: their measures do not depend on the resolution."""
     import cv2
 
     if len(data) > settings.max_bytes:
@@ -165,6 +179,11 @@ def _encode(data: bytes, settings: EnrolmentSettings) -> npt.NDArray[np.float32]
             f"the face is about {face_px:.0f} px high; at least {settings.min_face_px} px "
             "is needed (move closer or use a larger photo)",
         )
+    # dlib's 5-point model (CC0), as the encoding uses; never the 68-point one.
+    landmarks = fr.face_landmarks(rgb, [locations[0]], model="small")
+    if len(landmarks) != 1:
+        raise EnrolmentRefused("no_face", "the face's landmarks could not be found")
+    quality.check(quality.measure(rgb, locations[0], landmarks[0]), settings.quality)
     found = fr.face_encodings(rgb, [locations[0]], num_jitters=settings.jitters, model="small")
     del rgb
     if len(found) != 1:
@@ -249,8 +268,15 @@ def image_size(data: bytes) -> tuple[int, int] | None:
 
 class _EnrollArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     person: str
-    photo_jpeg_b64: str
+    photo_jpeg_b64: str = ""  # one photo, or several in photos_jpeg_b64
+    photos_jpeg_b64: list[str] = msgspec.field(default_factory=list)
     consent_ref: str = ""
+    doors: list[str] | None = None  # the doors the face may open; [] = every door
+
+
+class _DoorsArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    person: str
+    doors: list[str]  # [] = every door
 
 
 class _RemoveArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -283,21 +309,79 @@ class FaceEnrolment:
     async def enroll(
         self,
         person_id: str,
-        photo: bytes,
+        photos: bytes | Sequence[bytes],
         consent_ref: str,
         actor: str,
         source: str,
         *,
+        doors: Sequence[str] | None = None,
         command_id: str | None = None,
     ) -> dict[str, Any]:
-        """Encode the photo's one face and store its template. Raises EnrolmentRefused,
-        FaceStackError or StorageError."""
+        """Encode each photo's one face and store the templates, all or none: several photos
+        (other light, glasses, a little turned) make a resident recognised in more frames.
+        A refusal names the photo ("photo 2 of 3: ...") and stores nothing. `doors`: the doors
+        the face may open (() every door; None leaves them as they were). Raises
+        EnrolmentRefused, FaceStackError or StorageError."""
         check_person_id(person_id)  # cheap refusals before the expensive encoding
         check_consent_ref(consent_ref)
+        allowed = None if doors is None else check_doors(doors)
+        batch = [photos] if isinstance(photos, bytes) else list(photos)
+        if not 1 <= len(batch) <= MAX_PHOTOS:
+            raise EnrolmentRefused("invalid_args", f"give 1-{MAX_PHOTOS} photos")
+        encodings = []
+        for number, photo in enumerate(batch, start=1):
+            try:
+                encodings.append(await self._encode(photo))
+            except EnrolmentRefused as exc:
+                if len(batch) == 1:
+                    raise
+                raise EnrolmentRefused(
+                    exc.code, f"photo {number} of {len(batch)}: {exc.detail}"
+                ) from exc
+        del photos, batch  # only the templates are kept
+        made: list[Event] = []
+
+        def event(templates_total: int) -> Event:
+            data: dict[str, Any] = {
+                "person": person_id,
+                "consent_ref": consent_ref,
+                "templates_added": len(encodings),
+                "templates_total": templates_total,
+                "source": source,
+                "actor": actor,
+            }
+            if allowed is not None:
+                data["doors"] = list(allowed) or "all"
+            if command_id:
+                data["command_id"] = command_id
+            made.append(self._events.make("face.enrolled", device=self._device, data=data))
+            return made[-1]
+
+        matrix = np.vstack(encodings)
+        for encoding in encodings:
+            encoding.fill(0.0)
+        total = await self._store.enrol(
+            person_id,
+            consent_ref,
+            matrix,
+            event=event,
+            actor=actor,
+            source=source,
+            doors=allowed,
+        )
+        matrix.fill(0.0)
+        return {
+            "person": person_id,
+            "templates_added": len(encodings),
+            "templates_total": total,
+            "event_id": made[-1].id,
+        }
+
+    async def _encode(self, photo: bytes) -> npt.NDArray[np.float32]:
         loop = asyncio.get_running_loop()
         async with self._encode_lock:
             try:
-                encoding = await loop.run_in_executor(
+                return await loop.run_in_executor(
                     self._executor, encode_photo, photo, self._settings
                 )
             except BrokenProcessPool as exc:  # killed (out of memory?) or crashed in dlib
@@ -307,32 +391,32 @@ class FaceEnrolment:
                     "the face worker stopped while encoding the photo; new workers are "
                     "started, but this photo was not enrolled",
                 ) from exc
-        del photo  # only the template is kept
+
+    async def set_doors(
+        self,
+        person_id: str,
+        doors: Sequence[str],
+        actor: str,
+        *,
+        command_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The doors the person's face may open from now on (() = every door)."""
         made: list[Event] = []
 
-        def event(templates_total: int) -> Event:
+        def event(templates: int) -> Event:
             data: dict[str, Any] = {
                 "person": person_id,
-                "consent_ref": consent_ref,
-                "templates_total": templates_total,
-                "source": source,
+                "doors": sorted(set(doors)) or "all",
+                "templates": templates,
                 "actor": actor,
             }
             if command_id:
                 data["command_id"] = command_id
-            made.append(self._events.make("face.enrolled", device=self._device, data=data))
+            made.append(self._events.make("face.doors_changed", device=self._device, data=data))
             return made[-1]
 
-        total = await self._store.enrol(
-            person_id,
-            consent_ref,
-            encoding.reshape(1, -1),
-            event=event,
-            actor=actor,
-            source=source,
-        )
-        encoding.fill(0.0)
-        return {"person": person_id, "templates_total": total, "event_id": made[-1].id}
+        allowed = await self._store.set_doors(person_id, doors, event=event, actor=actor)
+        return {"person": person_id, "doors": list(allowed) or "all", "event_id": made[-1].id}
 
     async def remove(
         self, person_id: str, actor: str, reason: str, *, command_id: str | None = None
@@ -365,22 +449,32 @@ class FaceEnrolment:
     def register_commands(self, service: CommandService) -> None:
         async def enroll(command: Command) -> Mapping[str, Any]:
             args: _EnrollArgs = args_as(command, _EnrollArgs)
-            if len(args.photo_jpeg_b64) // 4 * 3 > self._settings.max_bytes + 3:
+            encoded = [args.photo_jpeg_b64] if args.photo_jpeg_b64 else args.photos_jpeg_b64
+            if args.photo_jpeg_b64 and args.photos_jpeg_b64:
                 raise CommandRefused(
-                    "too_large", f"the photo is larger than {self._settings.max_bytes} bytes"
+                    "invalid_args", "give photo_jpeg_b64 or photos_jpeg_b64, not both"
                 )
-            try:
-                photo = base64.b64decode(args.photo_jpeg_b64, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise CommandRefused("invalid_args", "photo_jpeg_b64 is not valid base64") from exc
+            if not 1 <= len(encoded) <= MAX_PHOTOS:
+                raise CommandRefused("invalid_args", f"give 1-{MAX_PHOTOS} photos")
+            photos = [self._decode_b64(text) for text in encoded]
             try:
                 return await self.enroll(
                     args.person,
-                    photo,
+                    photos,
                     args.consent_ref,
                     actor=f"platform:{command.id}",
                     source="mqtt",
+                    doors=args.doors,
                     command_id=command.id,
+                )
+            except _TRANSLATED as exc:
+                raise _refusal(exc) from exc
+
+        async def set_doors(command: Command) -> Mapping[str, Any]:
+            args: _DoorsArgs = args_as(command, _DoorsArgs)
+            try:
+                return await self.set_doors(
+                    args.person, args.doors, f"platform:{command.id}", command_id=command.id
                 )
             except _TRANSLATED as exc:
                 raise _refusal(exc) from exc
@@ -399,7 +493,18 @@ class FaceEnrolment:
                 "face.enroll",
                 enroll,
                 signed=True,
-                description="enrol a face: person, consent_ref, photo_jpeg_b64",
+                description=(
+                    "enrol a face: person, consent_ref, photo_jpeg_b64 (or up to "
+                    f"{MAX_PHOTOS} in photos_jpeg_b64), doors"
+                ),
+            )
+        )
+        service.register(
+            CommandSpec(
+                "face.doors",
+                set_doors,
+                signed=True,
+                description="the doors a person's face may open: person, doors ([] = every door)",
             )
         )
         service.register(
@@ -410,6 +515,16 @@ class FaceEnrolment:
                 description="delete every face template of a person",
             )
         )
+
+    def _decode_b64(self, text: str) -> bytes:
+        if len(text) // 4 * 3 > self._settings.max_bytes + 3:
+            raise CommandRefused(
+                "too_large", f"a photo is larger than {self._settings.max_bytes} bytes"
+            )
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise CommandRefused("invalid_args", "a photo is not valid base64") from exc
 
 
 _TRANSLATED = (EnrolmentRefused, FaceStackError, StorageError)

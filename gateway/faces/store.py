@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import aiosqlite
 import numpy as np
 import numpy.typing as npt
 
@@ -36,6 +37,8 @@ from gateway.vision.matcher import Gallery
 _LOGGER = logging.getLogger(__name__)
 
 PERSON_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DOOR_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # as access.door.id
+MAX_DOORS_PER_PERSON = 32
 MAX_CONSENT_REF = 128
 DEFAULT_MAX_TEMPLATES = 10
 
@@ -58,6 +61,7 @@ class PersonSummary:
     consent_ref: str  # of the latest enrolment
     first_enrolled_ms: int
     last_enrolled_ms: int
+    doors: tuple[str, ...] = ()  # the doors the face may open; () = every door
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,21 @@ class GallerySnapshot:
     gallery: Gallery
     version: int
     skipped: int  # rows that did not decrypt
+    door: str | None = None  # the door this gallery is for; None = everybody enrolled
+
+
+def check_doors(doors: Sequence[str]) -> tuple[str, ...]:
+    """Door ids (as `access.door.id`), sorted, without repeats; () means every door."""
+    found = tuple(sorted(set(doors)))
+    if len(found) > MAX_DOORS_PER_PERSON or not all(
+        isinstance(d, str) and DOOR_ID_RE.match(d) for d in found
+    ):
+        raise EnrolmentRefused(
+            "bad_door_id",
+            f"at most {MAX_DOORS_PER_PERSON} door ids, each 1-63 of a-z 0-9 _ - (as "
+            "access.door.id)",
+        )
+    return found
 
 
 def check_person_id(person_id: str) -> str:
@@ -126,16 +145,19 @@ class FaceStore:
         event: EventMaker,
         actor: str,
         source: str,
+        doors: Sequence[str] | None = None,
     ) -> int:
         """Add templates for `person_id`; returns the person's template count afterwards.
 
-        `event(templates_total)` makes the `face.enrolled` event (called inside the
-        transaction, once the total is known); it is audited and forwarded. Raises
-        EnrolmentRefused (bad_person_id, consent_required, too_many_templates) or
-        StorageError; nothing is stored then.
+        `doors`: the doors the face may open from now on (() = every door); None leaves them
+        as they are (every door for a new person). `event(templates_total)` makes the
+        `face.enrolled` event (called inside the transaction, once the total is known); it is
+        audited and forwarded. Raises EnrolmentRefused (bad_person_id, consent_required,
+        bad_door_id, too_many_templates) or StorageError; nothing is stored then.
         """
         check_person_id(person_id)
         check_consent_ref(consent_ref)
+        allowed = None if doors is None else check_doors(doors)
         matrix = np.asarray(encodings, dtype=np.float32)
         if matrix.ndim == 1:
             matrix = matrix.reshape(1, -1)
@@ -165,6 +187,8 @@ class FaceStore:
                     for nonce, ct in sealed
                 ],
             )
+            if allowed is not None:
+                await _replace_doors(conn, person_id, allowed)
             await conn.execute("UPDATE face_state SET version = version + 1")
             made = event(total)
             row = await self._audit.insert(
@@ -200,6 +224,7 @@ class FaceStore:
                 await conn.execute(f"PRAGMA secure_delete = {previous}")
             if removed <= 0:
                 return 0
+            await conn.execute("DELETE FROM face_doors WHERE person_id = ?", (person_id,))
             await conn.execute("UPDATE face_state SET version = version + 1")
             made = event(removed)
             row = await self._audit.insert(
@@ -209,6 +234,35 @@ class FaceStore:
         self._changed()
         await self._forward(made, row)
         return removed
+
+    async def set_doors(
+        self, person_id: str, doors: Sequence[str], *, event: EventMaker, actor: str
+    ) -> tuple[str, ...]:
+        """The doors `person_id`'s face may open from now on (() = every door), in one audited
+        transaction; `event(templates)` makes the `face.doors_changed` event. Raises
+        EnrolmentRefused (bad_person_id, bad_door_id, not_enrolled) or StorageError."""
+        check_person_id(person_id)
+        allowed = check_doors(doors)
+        async with self._db.transaction("changing a person's doors") as conn:
+            async with conn.execute(
+                "SELECT count(*) FROM face_templates WHERE person_id = ?", (person_id,)
+            ) as cursor:
+                found = await cursor.fetchone()
+            templates = int(found[0]) if found else 0
+            if templates == 0:
+                raise EnrolmentRefused("not_enrolled", f"{person_id} has no enrolled face")
+            await _replace_doors(conn, person_id, allowed)
+            await conn.execute("UPDATE face_state SET version = version + 1")
+            made = event(templates)
+            row = await self._audit.insert(
+                conn, made, action="face.doors_changed", subject=person_id, actor=actor
+            )
+        _LOGGER.info(
+            "%s may now pass %s (by %s)", person_id, ", ".join(allowed) or "every door", actor
+        )
+        self._changed()
+        await self._forward(made, row)
+        return allowed
 
     async def version(self) -> int:
         async with self._db.reader.execute("SELECT version FROM face_state") as cursor:
@@ -220,6 +274,13 @@ class FaceStore:
             "SELECT person_id, consent_ref, enrolled_ms FROM face_templates ORDER BY id"
         ) as cursor:
             rows = list(await cursor.fetchall())
+        async with self._db.reader.execute(
+            "SELECT person_id, door_id FROM face_doors ORDER BY person_id, door_id"
+        ) as cursor:
+            door_rows = list(await cursor.fetchall())
+        doors: dict[str, tuple[str, ...]] = {}
+        for person_id, door_id in door_rows:
+            doors[person_id] = (*doors.get(person_id, ()), str(door_id))
         summaries: dict[str, PersonSummary] = {}
         for person_id, consent_ref, enrolled_ms in rows:
             seen = summaries.get(person_id)
@@ -229,18 +290,26 @@ class FaceStore:
                 consent_ref=consent_ref,
                 first_enrolled_ms=seen.first_enrolled_ms if seen else int(enrolled_ms),
                 last_enrolled_ms=int(enrolled_ms),
+                doors=doors.get(person_id, ()),
             )
         return sorted(summaries.values(), key=lambda s: s.person_id)
 
-    async def snapshot(self) -> GallerySnapshot:
-        """Decrypt every template (one consistent read, with its version).
+    async def snapshot(self, door: str | None = None) -> GallerySnapshot:
+        """Decrypt the templates of everybody who may pass `door` (None: of everybody) in one
+        consistent read, with its version. A door searches only its own people: a gateway
+        holding a whole community's faces matches 1:few at each door, and a face is never
+        decrypted for a door it may not open.
 
         A row that does not decrypt (another key, tampering) is skipped, counted and logged
         by person id; the rest still load.
         """
         async with self._db.reader.execute(
-            "SELECT (SELECT version FROM face_state), person_id, key_id, nonce, ciphertext "
-            "FROM face_templates ORDER BY id"
+            "SELECT (SELECT version FROM face_state), t.person_id, t.key_id, t.nonce, "
+            "t.ciphertext FROM face_templates t WHERE ?1 IS NULL "
+            "OR NOT EXISTS (SELECT 1 FROM face_doors d WHERE d.person_id = t.person_id) "
+            "OR EXISTS (SELECT 1 FROM face_doors d WHERE d.person_id = t.person_id "
+            "AND d.door_id = ?1) ORDER BY t.id",
+            (door,),
         ) as cursor:
             rows = list(await cursor.fetchall())
         version = int(rows[0][0]) if rows else await self.version()
@@ -275,10 +344,14 @@ class FaceStore:
         matrix = (
             np.vstack(templates) if templates else np.empty((0, TEMPLATE_DIM), dtype=np.float32)
         )
-        return GallerySnapshot(Gallery.from_arrays(matrix, persons), version, count)
+        return GallerySnapshot(Gallery.from_arrays(matrix, persons), version, count, door)
 
     async def load_gallery(self) -> Gallery:
         return (await self.snapshot()).gallery
+
+    def for_door(self, door: str) -> DoorGallery:
+        """The gallery source of one door (what `AccessService` loads)."""
+        return DoorGallery(self, door)
 
     async def _forward(self, event: Event, row: int) -> None:
         """The change is committed and audited; if its event cannot be appended now, the
@@ -299,3 +372,24 @@ class FaceStore:
                 callback()
             except Exception:
                 _LOGGER.exception("a face gallery listener failed")
+
+
+class DoorGallery:
+    """The people one door searches: `FaceStore.snapshot(door)`."""
+
+    def __init__(self, store: FaceStore, door: str) -> None:
+        self._store = store
+        self.door = door
+
+    async def snapshot(self) -> GallerySnapshot:
+        return await self._store.snapshot(self.door)
+
+
+async def _replace_doors(
+    conn: aiosqlite.Connection, person_id: str, doors: tuple[str, ...]
+) -> None:
+    await conn.execute("DELETE FROM face_doors WHERE person_id = ?", (person_id,))
+    await conn.executemany(
+        "INSERT INTO face_doors (person_id, door_id) VALUES (?, ?)",
+        [(person_id, door) for door in doors],
+    )

@@ -1,0 +1,147 @@
+"""Several photos per enrolment, and per-door galleries: a door searches only its own people.
+
+Real photos from ../shared/data/faces (read in place), real dlib encodings, a real SQLite
+store, the signed commands through a real CommandService, and the `eldergate faces` CLI.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import sqlite3
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from gateway.config import config_from_mapping
+from gateway.faces import cli
+from gateway.faces.enrolment import MAX_PHOTOS
+from tests.test_enrolment import FACES, SALLEY, SAVAGE, Env, env, error_code, no_face
+
+__all__ = ["env"]  # the fixture, imported for its use here
+
+pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason=f"face photos not found at {FACES}")
+
+SALLEY_MORE = sorted((FACES / "John_Salley").glob("*.jpg"))[1:3]
+
+
+def b64(path: Path | bytes) -> str:
+    data = path if isinstance(path, bytes) else path.read_bytes()
+    return base64.b64encode(data).decode()
+
+
+async def test_several_photos_are_enrolled_together_or_not_at_all(env: Env) -> None:
+    photos = [SALLEY, *SALLEY_MORE]
+    args = {"person": "salley", "consent_ref": "C-1", "photos_jpeg_b64": [b64(p) for p in photos]}
+    result = await env.call("face.enroll", args)
+    assert result["ok"], result
+    assert result["data"]["templates_added"] == 3 and result["data"]["templates_total"] == 3
+    gallery = (await env.store.snapshot()).gallery
+    assert len(gallery) == 3 and gallery.person_count == 1
+
+    # One bad photo among good ones: refused, named, nothing stored.
+    bad = {**args, "person": "savage", "photos_jpeg_b64": [b64(SAVAGE), b64(no_face())]}
+    refused = await env.call("face.enroll", bad)
+    assert error_code(refused) == "no_face" and "photo 2 of 2" in refused["error"], refused
+    assert "savage" not in (await env.store.snapshot()).gallery
+
+    both = {**args, "photo_jpeg_b64": b64(SALLEY)}
+    assert error_code(await env.call("face.enroll", both)) == "invalid_args"
+    many = {**args, "photos_jpeg_b64": [b64(SALLEY)] * (MAX_PHOTOS + 1)}
+    assert error_code(await env.call("face.enroll", many)) == "invalid_args"
+    none = {"person": "salley", "consent_ref": "C-1"}
+    assert error_code(await env.call("face.enroll", none)) == "invalid_args"
+    kinds = [e.kind for e in await env.events()]
+    assert kinds == ["face.enrolled"]  # one event for the three photos, none for refusals
+
+
+async def test_a_door_searches_only_the_people_allowed_through_it(env: Env) -> None:
+    def enrol(person: str, photo: Path, doors: list[str] | None) -> dict[str, object]:
+        args: dict[str, object] = {
+            "person": person,
+            "consent_ref": "C",
+            "photo_jpeg_b64": b64(photo),
+        }
+        if doors is not None:
+            args["doors"] = doors
+        return args
+
+    assert (await env.call("face.enroll", enrol("salley", SALLEY, ["door-main"])))["ok"]
+    assert (await env.call("face.enroll", enrol("savage", SAVAGE, ["door-garden"])))["ok"]
+    assert (await env.call("face.enroll", enrol("anyone", SALLEY_MORE[0], None)))["ok"]
+
+    main = (await env.store.for_door("door-main").snapshot()).gallery
+    garden = (await env.store.for_door("door-garden").snapshot()).gallery
+    everybody = (await env.store.snapshot()).gallery
+    assert main.persons == {"salley", "anyone"}  # no row: every door
+    assert garden.persons == {"savage", "anyone"}
+    assert everybody.persons == {"salley", "savage", "anyone"}
+    # Savage's face at the main door is matched only against its own people: never him.
+    probe = everybody.templates_of("savage")[0]
+    assert main.match(probe).best_person != "savage"
+
+    changed = await env.call("face.doors", {"person": "savage", "doors": ["door-main"]})
+    assert changed["ok"] and changed["data"]["doors"] == ["door-main"], changed
+    assert "savage" in (await env.store.for_door("door-main").snapshot()).gallery
+    assert "savage" not in (await env.store.for_door("door-garden").snapshot()).gallery
+    every = await env.call("face.doors", {"person": "savage", "doors": []})
+    assert every["ok"] and every["data"]["doors"] == "all"
+    assert "savage" in (await env.store.for_door("door-garden").snapshot()).gallery
+
+    # Enrolling again without doors keeps them; with doors replaces them.
+    assert (await env.call("face.enroll", enrol("salley", SALLEY_MORE[1], None)))["ok"]
+    assert "salley" not in (await env.store.for_door("door-garden").snapshot()).gallery
+    bad_door = await env.call("face.doors", {"person": "salley", "doors": ["Door Main"]})
+    assert error_code(bad_door) == "bad_door_id"
+    stranger = await env.call("face.doors", {"person": "nobody", "doors": []})
+    assert error_code(stranger) == "not_enrolled"
+    unsigned = await env.call("face.doors", {"person": "salley", "doors": []}, sig=None)
+    assert unsigned["ok"] is False
+    assert "salley" not in (await env.store.for_door("door-garden").snapshot()).gallery
+
+    summary = {p.person_id: p.doors for p in await env.store.persons()}
+    assert summary == {"anyone": (), "salley": ("door-main",), "savage": ()}
+    events = [e for e in await env.events() if e.kind == "face.doors_changed"]
+    assert [e.data["doors"] for e in events] == [["door-main"], "all"]
+    audit = [a.action for a in await env.store.audit.tail(20)]
+    assert audit.count("face.doors_changed") == 2
+
+    # Removal forgets the doors with the templates.
+    assert (await env.call("face.remove", {"person": "salley"}))["ok"]
+    db = sqlite3.connect(env.db.path)
+    try:
+        rows = db.execute("SELECT count(*) FROM face_doors WHERE person_id = 'salley'").fetchone()
+    finally:
+        db.close()
+    assert rows == (0,)
+
+
+def test_cli_enrols_several_photos_sets_doors_and_lists_them(tmp_path: Path) -> None:
+    cfg = config_from_mapping(
+        {"gateway": {"id": "gw-cli", "state_dir": str(tmp_path / "state")}, "access": {}}
+    )
+    key = tmp_path / "state" / "faces.key"
+    out = io.StringIO()
+    enroll = Namespace(
+        faces_command="enroll",
+        person="salley",
+        photo=[SALLEY, *SALLEY_MORE],
+        consent="C-9",
+        door=["door-main"],
+    )
+    assert cli.run(enroll, cfg, key, out) == 0
+    assert "3 template(s) added" in out.getvalue()
+    assert cli.run(Namespace(faces_command="list"), cfg, key, out) == 0
+    assert out.getvalue().splitlines()[-2].rstrip().endswith("door-main")
+    doors = Namespace(faces_command="doors", person="salley", door=[])
+    assert cli.run(doors, cfg, key, out) == 0
+    assert "salley may pass every door" in out.getvalue()
+    missing = Namespace(
+        faces_command="enroll",
+        person="savage",
+        photo=[SAVAGE, tmp_path / "missing.jpg"],
+        consent="C-9",
+        door=None,
+    )
+    assert cli.run(missing, cfg, key, io.StringIO()) == cli.EX_NOINPUT
