@@ -271,6 +271,15 @@ class CardSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     person: str
 
 
+class TemplateRefreshSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # After a live face grant, the track's fused encoding may become one more template of the
+    # person (gateway/faces/store.py FaceStore.refresh): bounded, audited, off by default.
+    enabled: bool = False
+    max_distance: float = 0.35  # from the person's nearest *enrolled* template
+    min_interval_s: float = 7 * 86400.0
+    max_refreshed: int = 2  # refreshed templates kept per person; the oldest is replaced
+
+
 class AccessSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     key_file: str = ""  # AES-256 key of the face templates; default {state_dir}/faces.key
     cards_key_file: str = ""  # HMAC key of the card hashes; default {state_dir}/cards.key
@@ -283,6 +292,7 @@ class AccessSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     door: DoorSection = msgspec.field(default_factory=DoorSection)
     card_reader: CardReaderSection = msgspec.field(default_factory=CardReaderSection)
     cards: list[CardSection] = msgspec.field(default_factory=list)
+    template_refresh: TemplateRefreshSection = msgspec.field(default_factory=TemplateRefreshSection)
     enrol_upsample: int = 1
     enrol_min_face_px: int = 80
     max_templates_per_person: int = 10
@@ -741,6 +751,29 @@ def _access_checks(a: AccessSection) -> list[tuple[str, str]]:
     need(0 <= a.enrol_upsample <= 3, "access.enrol_upsample", "must be 0-3")
     need(20 <= a.enrol_min_face_px <= 4000, "access.enrol_min_face_px", "must be 20-4000")
     need(1 <= a.max_templates_per_person <= 100, "access.max_templates_per_person", "must be 1-100")
+    ref = a.template_refresh
+    need(
+        0.1 <= ref.max_distance < dec.threshold,
+        "access.template_refresh.max_distance",
+        f"must be at least 0.1 and below access.decision.threshold ({dec.threshold}): only a "
+        "confident match may become a template",
+    )
+    need(
+        3600 <= ref.min_interval_s <= 366 * 86400,
+        "access.template_refresh.min_interval_s",
+        "must be 1 hour to 366 days",
+    )
+    need(
+        1 <= ref.max_refreshed < a.max_templates_per_person,
+        "access.template_refresh.max_refreshed",
+        "must be at least 1 and below access.max_templates_per_person",
+    )
+    need(
+        not ref.enabled or dec.liveness != "off",
+        "access.template_refresh.enabled",
+        'needs access.decision.liveness "passive" or "required": a photo must never become '
+        "a template",
+    )
     return problems
 
 

@@ -51,6 +51,7 @@ KIND_LANES: Mapping[str, Lane] = {
     "face.enrolled": Lane.ACCESS_AUDIT,
     "face.removed": Lane.ACCESS_AUDIT,
     "face.doors_changed": Lane.ACCESS_AUDIT,
+    "face.template_refreshed": Lane.ACCESS_AUDIT,
     "audit.record": Lane.ACCESS_AUDIT,
     "gateway.outbox_overflow": Lane.ACCESS_AUDIT,
     "gateway.settings_changed": Lane.ACCESS_AUDIT,

@@ -21,7 +21,7 @@ import pytest
 
 from drivers.video_sim import compose, handheld_print, iter_frames
 from gateway.access.second_factor import FaceChecks
-from gateway.access.service import AccessService, AccessSettings
+from gateway.access.service import AccessService, AccessSettings, Refresh
 from gateway.access.snapshots import (
     SNAPSHOT_LANE,
     Snapshot,
@@ -245,6 +245,7 @@ async def pipeline_factory(tmp_path: Path, workers: FaceWorkerPool) -> AsyncIter
         door: RecordingDoor,
         liveness: Mode = "off",
         face_checks: FaceChecks | None = None,
+        refresh: Refresh | None = None,
     ) -> Pipeline:
         """The access service on a real outbox and real face workers. Liveness is off unless
         asked for: most tests here show still photos, to test the identity path alone."""
@@ -264,6 +265,7 @@ async def pipeline_factory(tmp_path: Path, workers: FaceWorkerPool) -> AsyncIter
             events=EventFactory("gw-1", ClockSync()),
             door_ref=DOOR,
             face_checks=face_checks,
+            refresh=refresh,
         )
         await service.load()
         return Pipeline(db, outbox, service)
@@ -354,10 +356,19 @@ async def test_the_real_clip_is_granted_with_liveness_on(
 ) -> None:
     camera = ListCamera(clip_images(every=8))  # about 4 analysed frames per second of clip
     door = RecordingDoor()
-    pipeline = await pipeline_factory(camera, still_gallery(engine), door, liveness="passive")
+    offered: list[tuple[str, np.ndarray, str]] = []
+
+    async def refresh(person: str, encoding: np.ndarray, grant_id: str) -> None:
+        offered.append((person, encoding.copy(), grant_id))
+
+    gallery = still_gallery(engine)
+    pipeline = await pipeline_factory(camera, gallery, door, "passive", refresh=refresh)
     await run_until_done(pipeline, camera)
     kinds = await pipeline.kinds()
     assert [g[:2] for g in door.grants] == [("face", "p-lin")], kinds
+    # The live grant offers its track's fused encoding as a template refresh, once.
+    assert [(p, g) for p, _, g in offered] == [("p-lin", door.grants[0][2])]
+    assert gallery.distances_to("p-lin", offered[0][1])[0] < DEFAULT_THRESHOLD
     assert not [d for k, d in kinds if k == "access.denied" and d["reason"] == "liveness"]
     assert pipeline.service.health()["liveness_ms"] is not None
 
@@ -377,10 +388,16 @@ async def test_a_printed_photo_of_a_resident_never_opens_the_door(
     again = handheld_print(photo, 10, rng, held_still=held_still)
     frames = [*attempt, *[frame_of(None)] * 8, *again]
 
+    offered: list[str] = []
+
+    async def refresh(person: str, encoding: np.ndarray, grant_id: str) -> None:
+        offered.append(person)
+
     plain = ListCamera(frames)
-    unchecked = await pipeline_factory(plain, gallery, RecordingDoor(), "off")
+    unchecked = await pipeline_factory(plain, gallery, RecordingDoor(), "off", refresh=refresh)
     await run_until_done(unchecked, plain)
     assert any(k == "access.granted" for k, _ in await unchecked.kinds()), "recognised"
+    assert offered == []  # without liveness, a grant never refreshes a template
 
     door = RecordingDoor()
     camera = ListCamera(frames)

@@ -9,15 +9,30 @@ from __future__ import annotations
 import base64
 import io
 import sqlite3
+import time
 from argparse import Namespace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from gateway.clock import ClockSync
 from gateway.config import config_from_mapping
+from gateway.events import DeviceRef, EventFactory
 from gateway.faces import cli
-from gateway.faces.enrolment import MAX_PHOTOS
-from tests.test_enrolment import FACES, SALLEY, SAVAGE, Env, env, error_code, no_face
+from gateway.faces.enrolment import MAX_PHOTOS, FaceEnrolment
+from gateway.faces.store import RefreshLimits, RefreshOutcome
+from tests.test_enrolment import (
+    FACES,
+    GW,
+    SALLEY,
+    SAVAGE,
+    SETTINGS,
+    Env,
+    env,
+    error_code,
+    no_face,
+)
 
 __all__ = ["env"]  # the fixture, imported for its use here
 
@@ -29,6 +44,10 @@ SALLEY_MORE = sorted((FACES / "John_Salley").glob("*.jpg"))[1:3]
 def b64(path: Path | bytes) -> str:
     data = path if isinstance(path, bytes) else path.read_bytes()
     return base64.b64encode(data).decode()
+
+
+def enroll_one(person: str, photo: Path) -> dict[str, str]:
+    return {"person": person, "consent_ref": "C", "photo_jpeg_b64": b64(photo)}
 
 
 async def test_several_photos_are_enrolled_together_or_not_at_all(env: Env) -> None:
@@ -145,3 +164,63 @@ def test_cli_enrols_several_photos_sets_doors_and_lists_them(tmp_path: Path) -> 
         door=None,
     )
     assert cli.run(missing, cfg, key, io.StringIO()) == cli.EX_NOINPUT
+
+
+# -- template refresh from confident live grants ---------------------------------------------
+
+
+def direction(seed: int) -> np.ndarray:
+    unit = np.random.default_rng(seed).normal(size=128)
+    return (unit / np.linalg.norm(unit)).astype(np.float32)
+
+
+async def test_template_refresh_is_bounded_audited_and_never_drifts(env: Env) -> None:
+    assert (await env.call("face.enroll", {**enroll_one("salley", SALLEY)}))["ok"]
+    assert (await env.call("face.enroll", {**enroll_one("savage", SAVAGE)}))["ok"]
+    gallery = (await env.store.snapshot()).gallery
+    enrolled, other = gallery.templates_of("salley")[0], gallery.templates_of("savage")[0]
+    limits = RefreshLimits(max_distance=0.35, min_interval_s=3600, max_refreshed=2)
+    enrolment = FaceEnrolment(
+        env.store, EventFactory(GW, ClockSync()), DeviceRef("door-main", "door"), SETTINGS, None
+    )
+    enrolment.refresh_limits = limits
+    hour_ms = 3_600_000
+    t0 = int(time.time() * 1000) - 24 * hour_ms  # a day ago; FaceEnrolment uses the clock
+
+    async def offer(encoding: np.ndarray, at_ms: int) -> RefreshOutcome:
+        return await env.store.refresh(
+            "salley",
+            encoding,
+            limits,
+            event=lambda d, r, t: EventFactory(GW, ClockSync()).make(
+                "face.template_refreshed", data={"person": "salley", "distance": d}
+            ),
+            actor="door:door-main",
+            now_ms=at_ms,
+        )
+
+    near = enrolled + 0.2 * direction(1)
+    first = await offer(near, t0)
+    assert first.done and first.distance == pytest.approx(0.2, abs=1e-3)
+    assert (await offer(enrolled + 0.1 * direction(2), t0 + 60_000)).reason == "too_soon"
+    assert (await offer(other, t0 + 2 * hour_ms)).reason == "too_far_from_enrolment"
+    # A step further from the refreshed template, but too far from the enrolment: no drift.
+    drifted = near + 0.2 * direction(1)
+    assert (await offer(drifted, t0 + 3 * hour_ms)).reason == "too_far_from_enrolment"
+    assert (await offer(enrolled + 0.25 * direction(3), t0 + 4 * hour_ms)).done
+    third = await offer(enrolled + 0.3 * direction(4), t0 + 5 * hour_ms)
+    assert third.done  # the oldest refreshed template was replaced: 1 enrolled + 2 refreshed
+    templates = (await env.store.snapshot()).gallery.templates_of("salley")
+    assert len(templates) == 3
+    assert float(np.linalg.norm(templates - near, axis=1).min()) > 0.01  # the first is gone
+    audit = [a.action for a in await env.store.audit.tail(50)]
+    assert audit.count("face.template_refreshed") == 3
+
+    # Through FaceEnrolment (what the door calls): the event names the grant and the door.
+    outcome = await enrolment.refresh("salley", enrolled + 0.1 * direction(5), "grant-1")
+    assert outcome.done and enrolment.refreshes == {"refreshed": 1}
+    event = [e for e in await env.events() if e.kind == "face.template_refreshed"][-1]
+    assert event.data["grant"] == "grant-1" and event.data["door"] == "door-main"
+    assert event.data["replaced"] == 1 and event.data["templates_total"] == 3
+    assert "encoding" not in event.data and len(str(event.data)) < 400
+    assert (await enrolment.refresh("nobody", enrolled, "grant-2")).reason == "not_enrolled"

@@ -37,7 +37,7 @@ from gateway.events import DeviceRef, Event, EventFactory
 from gateway.faces.audit import AuditLog
 from gateway.faces.crypto import TemplateCipher
 from gateway.faces.enrolment import FaceEnrolment, enrolment_settings, max_templates
-from gateway.faces.store import FaceStore
+from gateway.faces.store import FaceStore, RefreshLimits
 from gateway.outbox import Outbox
 from gateway.sealing import PayloadCipher
 from gateway.store import Database
@@ -210,8 +210,16 @@ class AccessFeature:
         # Enrolment needs the models even without a camera: a broken install fails here, loudly.
         await asyncio.to_thread(ensure_face_models)
         self.store = FaceStore(self._db, cipher, self.audit, max_templates=max_templates(self.cfg))
+        ref = a.template_refresh
         self.enrolment = FaceEnrolment(
-            self.store, self._events, self.door_ref, enrolment_settings(self.cfg), self.workers
+            self.store,
+            self._events,
+            self.door_ref,
+            enrolment_settings(self.cfg),
+            self.workers,
+            RefreshLimits(ref.max_distance, ref.min_interval_s, ref.max_refreshed)
+            if ref.enabled
+            else None,
         )
         self.enrolment.register_commands(commands)
         self.door.register_commands(commands)
@@ -289,6 +297,7 @@ class AccessFeature:
             events=self._events,
             door_ref=self.door_ref,
             face_checks=self.face_checks,
+            refresh=self.enrolment.refresh if ref.enabled else None,
         )
         await self.service.load()
         self.camera.start(asyncio.get_running_loop())
@@ -408,6 +417,8 @@ class AccessFeature:
             }
         if self.service is not None:
             report["faces"] = {**self.service.health(), "worker_restarts": self.workers.restarts}
+            if self.enrolment is not None and self.enrolment.refresh_limits is not None:
+                report["faces"]["template_refresh"] = dict(self.enrolment.refreshes)
         if self.cards is not None:
             report["card_reader"] = self.cards.health()
         return report

@@ -100,6 +100,11 @@ class GallerySource(Protocol):
     async def snapshot(self) -> GallerySnapshot: ...
 
 
+# (person, the track's fused encoding, the access.granted event id): a template refresh from
+# a confident live grant (FaceEnrolment.refresh, bounded and audited by the face store).
+Refresh = Callable[[str, npt.NDArray[np.float32], str], Awaitable[object]]
+
+
 @dataclass(frozen=True, slots=True)
 class AccessSettings:
     camera_name: str = "door-camera"
@@ -165,8 +170,12 @@ class AccessService:
         events: EventFactory,
         door_ref: DeviceRef,
         face_checks: FaceChecks | None = None,
+        refresh: Refresh | None = None,
     ) -> None:
         self.settings = settings
+        # Only where the face was shown to be live: a photo must never become a template.
+        self._refresh = refresh if settings.liveness != "off" else None
+        self._background: set[asyncio.Task[None]] = set()
         # "card_and_face" (gateway.access.second_factor): a face alone never opens; it is
         # checked 1:1 against the person whose card was read.
         self._checks = face_checks
@@ -236,9 +245,11 @@ class AccessService:
             await self._frames()
         finally:
             watcher.cancel()
-            for task in list(self._inflight):
+            for task in [*self._inflight, *self._background]:
                 task.cancel()
-            await asyncio.gather(watcher, *self._inflight, return_exceptions=True)
+            await asyncio.gather(
+                watcher, *self._inflight, *self._background, return_exceptions=True
+            )
 
     async def _frames(self) -> None:
         last_index = 0
@@ -381,6 +392,7 @@ class AccessService:
             _LOGGER.info("access granted to %s (track %d)", decision.person, track.id)
             await self._door.grant("face", decision.person, event.id)
             await self._snapshot(event, frame, face)
+            self._refresh_from(track, decision.person, event.id, now)
         elif isinstance(decision, Deny):
             await self._deny(track, decision.reason.value, decision.persons, frame, face)
         elif isinstance(decision, Unknown):
@@ -481,6 +493,32 @@ class AccessService:
         _LOGGER.info("access granted to %s: card, then face (track %d)", claim.person, track.id)
         await self._door.grant("card+face", claim.person, event.id)
         await self._snapshot(event, frame, face)
+        self._refresh_from(track, claim.person, event.id, frame.timestamp)
+
+    def _refresh_from(self, track: Track, person: str, grant_id: str, now: float) -> None:
+        """After a live grant: offer the track's fused encoding as a fresh template (the store
+        decides whether it is confident and due), in the background: the door never waits."""
+        if self._refresh is None:
+            return
+        observations = list(track.observations)
+        count = fusion_window([o.timestamp for o in observations], now, self.settings.policy)
+        if count == 0:
+            return
+        encoding = np.mean(list(track.encodings)[-count:], axis=0).astype(np.float32)
+        task = asyncio.create_task(self._refresh_quietly(person, encoding, grant_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _refresh_quietly(
+        self, person: str, encoding: npt.NDArray[np.float32], grant_id: str
+    ) -> None:
+        assert self._refresh is not None
+        try:
+            await self._refresh(person, encoding, grant_id)
+        except StorageError as exc:
+            _LOGGER.error("cannot refresh a template of %s: %s", person, exc)
+        finally:
+            encoding.fill(0.0)
 
     async def _expire_claims(self, now: float) -> None:
         """Cards whose holder's face did not pass in time: one access.denied each."""

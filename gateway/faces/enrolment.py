@@ -50,6 +50,8 @@ from gateway.faces.store import (
     DEFAULT_MAX_TEMPLATES,
     EnrolmentRefused,
     FaceStore,
+    RefreshLimits,
+    RefreshOutcome,
     check_consent_ref,
     check_doors,
     check_person_id,
@@ -294,6 +296,7 @@ class FaceEnrolment:
         gateway_device: DeviceRef | None,
         settings: EnrolmentSettings,
         executor: concurrent.futures.Executor | None,
+        refresh_limits: RefreshLimits | None = None,
     ) -> None:
         self._store = store
         self._events = events
@@ -301,6 +304,8 @@ class FaceEnrolment:
         self._settings = settings
         self._executor = executor
         self._encode_lock = asyncio.Lock()  # one dlib encoding at a time: the Pi has 4 cores
+        self.refresh_limits = refresh_limits  # None: templates are never refreshed
+        self.refreshes: dict[str, int] = {}  # refresh offers by outcome
 
     @property
     def settings(self) -> EnrolmentSettings:
@@ -391,6 +396,32 @@ class FaceEnrolment:
                     "the face worker stopped while encoding the photo; new workers are "
                     "started, but this photo was not enrolled",
                 ) from exc
+
+    async def refresh(
+        self, person_id: str, encoding: npt.NDArray[np.float32], grant_id: str
+    ) -> RefreshOutcome:
+        """A template refresh offered by the door after a live grant (`FaceStore.refresh`,
+        within `refresh_limits`); counted by outcome in `refreshes`."""
+        if self.refresh_limits is None:
+            return RefreshOutcome(False, "off")
+        door = self._device.id if self._device is not None else None
+
+        def event(distance: float, replaced: int, total: int) -> Event:
+            data: dict[str, Any] = {
+                "person": person_id,
+                "distance": round(distance, 3),
+                "replaced": replaced,
+                "templates_total": total,
+                "grant": grant_id,
+                "door": door,
+            }
+            return self._events.make("face.template_refreshed", device=self._device, data=data)
+
+        outcome = await self._store.refresh(
+            person_id, encoding, self.refresh_limits, event=event, actor=f"door:{door}"
+        )
+        self.refreshes[outcome.reason] = self.refreshes.get(outcome.reason, 0) + 1
+        return outcome
 
     async def set_doors(
         self,

@@ -74,6 +74,27 @@ class GallerySnapshot:
     door: str | None = None  # the door this gallery is for; None = everybody enrolled
 
 
+REFRESH_SOURCE = "refresh"  # face_templates.source of a template refreshed at the door
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshLimits:
+    max_distance: float = 0.35  # from the nearest *enrolled* template
+    min_interval_s: float = 7 * 86400.0
+    max_refreshed: int = 2  # refreshed templates kept per person (the oldest is replaced)
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshOutcome:
+    done: bool
+    reason: str  # "refreshed", or why not
+    distance: float | None = None  # from the enrolled templates
+    event_id: str | None = None
+
+
+RefreshEventMaker = Callable[[float, int, int], Event]
+
+
 def check_doors(doors: Sequence[str]) -> tuple[str, ...]:
     """Door ids (as `access.door.id`), sorted, without repeats; () means every door."""
     found = tuple(sorted(set(doors)))
@@ -209,19 +230,9 @@ class FaceStore:
         """Delete every template of `person_id`; returns how many (0: nothing changed, no
         event). `event(templates_removed)` makes the `face.removed` event."""
         async with self._db.transaction("removing a face") as conn:
-            async with conn.execute("PRAGMA secure_delete") as cursor:
-                found = await cursor.fetchone()
-            previous = int(found[0]) if found else 0
-            # Overwrite the deleted rows in the file (pragma is per connection: restored).
-            await conn.execute("PRAGMA secure_delete = ON")
-            try:
-                cursor = await conn.execute(
-                    "DELETE FROM face_templates WHERE person_id = ?", (person_id,)
-                )
-                removed = cursor.rowcount
-                await cursor.close()
-            finally:
-                await conn.execute(f"PRAGMA secure_delete = {previous}")
+            removed = await _delete_securely(
+                conn, "DELETE FROM face_templates WHERE person_id = ?", (person_id,)
+            )
             if removed <= 0:
                 return 0
             await conn.execute("DELETE FROM face_doors WHERE person_id = ?", (person_id,))
@@ -234,6 +245,91 @@ class FaceStore:
         self._changed()
         await self._forward(made, row)
         return removed
+
+    async def refresh(
+        self,
+        person_id: str,
+        encoding: npt.ArrayLike,
+        limits: RefreshLimits,
+        *,
+        event: RefreshEventMaker,
+        actor: str,
+        now_ms: int | None = None,
+    ) -> RefreshOutcome:
+        """Add one template from a confident live grant (the track's fused encoding), as
+        bounded by `limits`; returns what was done, or why not (nothing changed then).
+
+        Faces change with age, weight, a new pair of glasses: a template refreshed from the
+        door keeps a resident recognised without a new enrolment. It must never drift to
+        somebody else, so the new encoding must lie within `max_distance` of the person's
+        *enrolled* templates (never only of earlier refreshed ones); at most one refresh per
+        `min_interval_s`, at most `max_refreshed` refreshed templates (the oldest is replaced,
+        overwritten in the file), never beyond `max_templates`; each one audited with its
+        event `event(distance, replaced, templates_total)`."""
+        vector = np.asarray(encoding, dtype=np.float32).reshape(-1)
+        if vector.shape != (TEMPLATE_DIM,) or not np.isfinite(vector).all():
+            raise ValueError(f"expected a finite ({TEMPLATE_DIM},) encoding")
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        async with self._db.transaction("refreshing a face template") as conn:
+            async with conn.execute(
+                "SELECT id, consent_ref, nonce, ciphertext, enrolled_ms, source "
+                "FROM face_templates WHERE person_id = ? ORDER BY id",
+                (person_id,),
+            ) as cursor:
+                rows = list(await cursor.fetchall())
+            enrolled = [r for r in rows if r[5] != REFRESH_SOURCE]
+            refreshed = [r for r in rows if r[5] == REFRESH_SOURCE]
+            if not enrolled:
+                return RefreshOutcome(False, "not_enrolled")
+            if refreshed and now_ms - int(refreshed[-1][4]) < limits.min_interval_s * 1000:
+                return RefreshOutcome(False, "too_soon")
+            try:
+                originals = np.vstack(
+                    [self._cipher.decrypt(person_id, bytes(r[2]), bytes(r[3])) for r in enrolled]
+                )
+            except TemplateDecryptError:
+                return RefreshOutcome(False, "undecryptable")
+            distance = float(np.linalg.norm(originals - vector, axis=1).min())
+            if distance > limits.max_distance:
+                return RefreshOutcome(False, "too_far_from_enrolment", distance)
+            replacing = len(refreshed) >= limits.max_refreshed
+            total = len(rows) - replacing + 1
+            if total > self._max_templates:  # checked before any change: nothing to undo
+                return RefreshOutcome(False, "too_many_templates", distance)
+            replaced = 0
+            if replacing:
+                replaced = await _delete_securely(
+                    conn, "DELETE FROM face_templates WHERE id = ?", (refreshed[0][0],)
+                )
+            nonce, ciphertext = self._cipher.encrypt(person_id, vector)
+            await conn.execute(
+                "INSERT INTO face_templates "
+                "(person_id, consent_ref, key_id, nonce, ciphertext, enrolled_ms, source) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    person_id,
+                    enrolled[-1][1],  # under the consent of the latest enrolment
+                    self._cipher.key_id,
+                    nonce,
+                    ciphertext,
+                    now_ms,
+                    REFRESH_SOURCE,
+                ),
+            )
+            await conn.execute("UPDATE face_state SET version = version + 1")
+            made = event(distance, replaced, total)
+            row = await self._audit.insert(
+                conn, made, action="face.template_refreshed", subject=person_id, actor=actor
+            )
+        _LOGGER.info(
+            "refreshed a template of %s at %.3f from its enrolment (%d in total)",
+            person_id,
+            distance,
+            total,
+        )
+        self._changed()
+        await self._forward(made, row)
+        return RefreshOutcome(True, "refreshed", distance, made.id)
 
     async def set_doors(
         self, person_id: str, doors: Sequence[str], *, event: EventMaker, actor: str
@@ -393,3 +489,19 @@ async def _replace_doors(
         "INSERT INTO face_doors (person_id, door_id) VALUES (?, ?)",
         [(person_id, door) for door in doors],
     )
+
+
+async def _delete_securely(conn: aiosqlite.Connection, sql: str, params: tuple[object, ...]) -> int:
+    """Run a DELETE with secure_delete on, so the deleted rows are overwritten in the file
+    (the pragma is per connection: restored after); returns the rows deleted."""
+    async with conn.execute("PRAGMA secure_delete") as cursor:
+        found = await cursor.fetchone()
+    previous = int(found[0]) if found else 0
+    await conn.execute("PRAGMA secure_delete = ON")
+    try:
+        cursor = await conn.execute(sql, params)
+        deleted = cursor.rowcount
+        await cursor.close()
+    finally:
+        await conn.execute(f"PRAGMA secure_delete = {previous}")
+    return max(deleted, 0)
