@@ -109,3 +109,21 @@ def subscriber(broker: MosquittoBroker) -> Iterator[SubscriberFactory]:
             sub.close()
         except Exception as exc:  # keep closing the others
             print(f"closing {sub!r} failed: {exc!r}")
+
+
+# -- the shared face photos ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def encoded() -> Any:
+    """Encodings of every shared photo (../shared/data/faces, read in place) with the daemon's
+    settings, computed once per test session (~15 s) by benchmarks/face_accuracy.py."""
+    from tests.support.benchmarks import load_benchmark
+
+    fa = load_benchmark("face_accuracy")
+    root = fa.faces_dir()
+    if not root.is_dir():
+        pytest.skip(f"face photos not found at {root}")
+    photos = fa.list_photos(root)
+    assert len(photos) >= 20, f"only {len(photos)} photos in {root}"
+    return fa.encode_photos(photos, fa.EncodeConfig(upsample=0, landmarks="small", jitters=1))

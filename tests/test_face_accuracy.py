@@ -10,14 +10,12 @@ Needs the face stack (scripts/install-face-stack.sh): without it these tests fai
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import statistics
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -33,37 +31,19 @@ from gateway.vision.decision import (
 )
 from gateway.vision.matcher import Gallery
 from gateway.vision.models_check import MODEL_FILES, FaceStackError, ensure_face_models
+from tests.support.benchmarks import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
 
 
-def _load_benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "eldergate_face_accuracy", REPO / "benchmarks" / "face_accuracy.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses need the module registered
-    spec.loader.exec_module(module)
-    return module
-
-
-fa = _load_benchmark()
+fa = load_benchmark("face_accuracy")
 
 needs_photos = pytest.mark.skipif(
     not FACES.is_dir(),
     reason=f"face photos not found at {FACES} (shared/data/faces beside the repo, "
     "or set ELDERGATE_FACES_DIR)",
 )
-
-
-@pytest.fixture(scope="session")
-def encoded() -> Any:
-    """Encodings of every shared photo, computed once per test session."""
-    photos = fa.list_photos(FACES)
-    assert len(photos) >= 20, f"only {len(photos)} photos in {FACES}"
-    return fa.encode_photos(photos, fa.EncodeConfig(upsample=0, landmarks="small", jitters=1))
 
 
 @needs_photos

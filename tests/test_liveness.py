@@ -8,10 +8,7 @@ run through the access service in tests/test_access_service.py.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import cv2
 import numpy as np
@@ -28,6 +25,7 @@ from gateway.vision.liveness import (
     judge,
     measure_pair,
 )
+from tests.support.benchmarks import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,18 +120,7 @@ def test_face_crop_is_fixed_size_and_refuses_degenerate_boxes() -> None:
     assert face_crop(gray, (390, 420, 460, 395)) is None  # off the frame
 
 
-def _load_benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "eldergate_bench_liveness", REPO / "benchmarks" / "bench_liveness.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bl = _load_benchmark()
+bl = load_benchmark("bench_liveness")
 needs_photos = pytest.mark.skipif(not bl.faces_dir().is_dir(), reason="no shared photos")
 
 
