@@ -295,6 +295,15 @@ class AccessSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     template_refresh: TemplateRefreshSection = msgspec.field(default_factory=TemplateRefreshSection)
     enrol_upsample: int = 1
     enrol_min_face_px: int = 80
+    # Enrolment quality gates (gateway.faces.quality.QualityLimits, same defaults; 0 for a
+    # minimum turns that gate off): see benchmarks/enrolment_quality.py for how they were chosen.
+    enrol_min_sharpness: float = 27.0  # 0-100
+    enrol_max_yaw: float = 0.25  # nose offset from the eyes' midpoint, in eye distances
+    enrol_max_roll_deg: float = 25.0
+    enrol_min_brightness: float = 25.0  # mean grey level of the inner face, 0-255
+    enrol_max_brightness: float = 225.0
+    enrol_max_clipped: float = 0.06  # fraction of the inner face blown out to white
+    enrol_min_contrast: float = 9.0  # 100 x standard deviation / mean of the inner face
     max_templates_per_person: int = 10
 
 
@@ -750,6 +759,17 @@ def _access_checks(a: AccessSection) -> list[tuple[str, str]]:
         )
     need(0 <= a.enrol_upsample <= 3, "access.enrol_upsample", "must be 0-3")
     need(20 <= a.enrol_min_face_px <= 4000, "access.enrol_min_face_px", "must be 20-4000")
+    need(0 <= a.enrol_min_sharpness <= 90, "access.enrol_min_sharpness", "must be 0-90")
+    need(0.05 <= a.enrol_max_yaw <= 10, "access.enrol_max_yaw", "must be 0.05-10")
+    need(5 <= a.enrol_max_roll_deg <= 180, "access.enrol_max_roll_deg", "must be 5-180 degrees")
+    need(0 <= a.enrol_min_brightness <= 200, "access.enrol_min_brightness", "must be 0-200")
+    need(
+        a.enrol_min_brightness < a.enrol_max_brightness <= 255,
+        "access.enrol_max_brightness",
+        "must be above access.enrol_min_brightness and at most 255",
+    )
+    need(0 <= a.enrol_max_clipped <= 1, "access.enrol_max_clipped", "must be a fraction, 0-1")
+    need(0 <= a.enrol_min_contrast <= 100, "access.enrol_min_contrast", "must be 0-100")
     need(1 <= a.max_templates_per_person <= 100, "access.max_templates_per_person", "must be 1-100")
     ref = a.template_refresh
     need(

@@ -95,7 +95,18 @@ def enrolment_settings(cfg: Config) -> EnrolmentSettings:
         return EnrolmentSettings()
     a = cfg.access
     return EnrolmentSettings(
-        upsample=a.enrol_upsample, jitters=a.recognition.jitters, min_face_px=a.enrol_min_face_px
+        upsample=a.enrol_upsample,
+        jitters=a.recognition.jitters,
+        min_face_px=a.enrol_min_face_px,
+        quality=QualityLimits(
+            min_sharpness=a.enrol_min_sharpness,
+            max_yaw=a.enrol_max_yaw,
+            max_roll_deg=a.enrol_max_roll_deg,
+            min_brightness=a.enrol_min_brightness,
+            max_brightness=a.enrol_max_brightness,
+            max_clipped=a.enrol_max_clipped,
+            min_contrast=a.enrol_min_contrast,
+        ),
     )
 
 
