@@ -281,7 +281,7 @@ def image_size(data: bytes) -> tuple[int, int] | None:
 
 class _EnrollArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     person: str
-    photo_jpeg_b64: str = ""  # one photo, or several in photos_jpeg_b64
+    photo_jpeg_b64: str | None = None  # one photo, or several in photos_jpeg_b64
     photos_jpeg_b64: list[str] = msgspec.field(default_factory=list)
     consent_ref: str = ""
     doors: list[str] | None = None  # the doors the face may open; [] = every door
@@ -491,8 +491,9 @@ class FaceEnrolment:
     def register_commands(self, service: CommandService) -> None:
         async def enroll(command: Command) -> Mapping[str, Any]:
             args: _EnrollArgs = args_as(command, _EnrollArgs)
-            encoded = [args.photo_jpeg_b64] if args.photo_jpeg_b64 else args.photos_jpeg_b64
-            if args.photo_jpeg_b64 and args.photos_jpeg_b64:
+            one = args.photo_jpeg_b64
+            encoded = [one] if one is not None else args.photos_jpeg_b64
+            if one is not None and args.photos_jpeg_b64:
                 raise CommandRefused(
                     "invalid_args", "give photo_jpeg_b64 or photos_jpeg_b64, not both"
                 )
