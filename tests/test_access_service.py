@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from gateway.outbox import Outbox, OutboxLimits
 from gateway.store import Database
 from gateway.vision.decision import DEFAULT_MIN_MARGIN, DEFAULT_THRESHOLD
 from gateway.vision.engine import EngineSettings, FaceEngine
-from gateway.vision.liveness import Mode
+from gateway.vision.liveness import MIN_PAIR_INTERVAL_S, Mode
 from gateway.vision.matcher import Gallery
 from gateway.vision.workers import FaceWorkerPool, analyse_frame
 
@@ -152,19 +152,34 @@ class FakeFrame:
 
 
 class ListCamera:
-    """Hands out prepared frames in order at `interval_s` (a camera's newest-frame slot)."""
+    """Hands out prepared frames in order at `interval_s` (a camera's newest-frame slot),
+    stamped with the monotonic clock or, given `fps`, with the video's own time (frame i at
+    i / fps: the service then sees the camera's rate however fast it analyses)."""
 
-    def __init__(self, images: Sequence[np.ndarray], interval_s: float = 0.25) -> None:
+    def __init__(
+        self, images: Sequence[np.ndarray], interval_s: float = 0.25, fps: float | None = None
+    ) -> None:
         self.images = list(images)
         self.interval_s = interval_s
+        self.fps = fps
+        self.started = time.monotonic()
         self.done = asyncio.Event()
+        # When set: hold each frame until this says the service can take it (no frame dropped
+        # because the workers are busy, as a recorded video is analysed whole).
+        self.ready: Callable[[], bool] | None = None
 
     async def wait_frame(self, after_index: int, limit_s: float) -> FakeFrame | None:
         await asyncio.sleep(min(limit_s, self.interval_s))
+        deadline = time.monotonic() + limit_s
+        while self.ready is not None and not self.ready():
+            if time.monotonic() > deadline:
+                return None  # the service asks again
+            await asyncio.sleep(0.005)
         if after_index >= len(self.images):
             self.done.set()
             return None
-        return FakeFrame(self.images[after_index], after_index + 1, time.monotonic())
+        stamp = time.monotonic() if self.fps is None else self.started + after_index / self.fps
+        return FakeFrame(self.images[after_index], after_index + 1, stamp)
 
 
 class RecordingDoor:
@@ -371,6 +386,26 @@ async def test_the_real_clip_is_granted_with_liveness_on(
     assert gallery.distances_to("p-lin", offered[0][1])[0] < DEFAULT_THRESHOLD
     assert not [d for k, d in kinds if k == "access.denied" and d["reason"] == "liveness"]
     assert pipeline.service.health()["liveness_ms"] is not None
+
+
+@needs_faces
+@needs_clip
+async def test_at_10_frames_a_second_liveness_measures_pairs_a_fifth_of_a_second_apart(
+    engine: FaceEngine, pipeline_factory
+) -> None:
+    """At a camera's full rate successive frames hardly differ: each crop is measured against
+    the last measured one once MIN_PAIR_INTERVAL_S has passed (as bench_liveness measures),
+    and the clip is still judged live and granted."""
+    frames = clip_images(every=3)[:60]  # the clip's first 6 s at 10 frames/s
+    camera = ListCamera(frames, interval_s=0.0, fps=10.0)
+    door = RecordingDoor()
+    pipeline = await pipeline_factory(camera, still_gallery(engine), door, "passive")
+    camera.ready = lambda: not pipeline.service._slots.locked()
+    await run_until_done(pipeline, camera)
+    assert pipeline.service.stats.frames_busy == 0
+    assert [g[:2] for g in door.grants] == [("face", "p-lin")], await pipeline.kinds()
+    measured = len(pipeline.service.stats.liveness_ms)
+    assert 3 <= measured <= 6.0 / MIN_PAIR_INTERVAL_S + 1, measured  # not one per frame (59)
 
 
 @needs_faces

@@ -61,7 +61,14 @@ from gateway.vision.decision import (
     verify,
 )
 from gateway.vision.engine import FaceFinding, FrameAnalysis
-from gateway.vision.liveness import Attack, Mode, Pending, judge, measure_pair
+from gateway.vision.liveness import (
+    MIN_PAIR_INTERVAL_S,
+    Attack,
+    Mode,
+    Pending,
+    judge,
+    measure_pair,
+)
 from gateway.vision.matcher import Gallery, MatchResult
 from gateway.vision.workers import FaceWorkerPool, analyse_frame
 
@@ -313,10 +320,14 @@ class AccessService:
             await self._decide(track, face, frame, now)
 
     async def _measure_liveness(self, track: Track, face: FaceFinding, now: float) -> None:
-        """How the face moved since the track's previous frame (gateway.vision.liveness)."""
+        """How the face moved since the track's last measured frame, at least
+        MIN_PAIR_INTERVAL_S before this one (gateway.vision.liveness)."""
         if self.settings.liveness == "off" or face.crop is None:
             return
-        previous, track.last_crop = track.last_crop, face.crop
+        previous = track.last_crop
+        if previous is not None and now - track.last_crop_at < MIN_PAIR_INTERVAL_S:
+            return
+        track.last_crop, track.last_crop_at = face.crop, now
         if previous is None:
             return
         started = time.perf_counter()

@@ -45,9 +45,10 @@ class Track:
     encodings: deque[FloatArray] = field(
         default_factory=lambda: deque(maxlen=_MAX_OBSERVATIONS), repr=False
     )
-    # The face crop of the latest frame and how the face moved between frames, for the
-    # liveness check (gateway.vision.liveness); in memory only.
+    # The face crop last measured (and its frame's time) and how the face moved between
+    # measured frames, for the liveness check (gateway.vision.liveness); in memory only.
     last_crop: Gray | None = field(default=None, repr=False)
+    last_crop_at: float = 0.0
     liveness: deque[PairSample] = field(
         default_factory=lambda: deque(maxlen=_MAX_OBSERVATIONS), repr=False
     )
