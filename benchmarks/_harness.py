@@ -34,10 +34,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from gateway.clock import ClockSync  # noqa: E402
+from gateway.config import ForwardingSection, OutboxSection  # noqa: E402
 from gateway.events import DeviceRef, Event, EventFactory, Lane  # noqa: E402
-from gateway.forwarder import Forwarder, ForwarderSettings  # noqa: E402
+from gateway.forwarder import Forwarder  # noqa: E402
 from gateway.mqtt import Uplink, UplinkSettings, UplinkState  # noqa: E402
-from gateway.outbox import Outbox, OutboxLimits  # noqa: E402
+from gateway.outbox import Outbox  # noqa: E402
 from gateway.store import Database, StoreOptions  # noqa: E402
 from tests.support.broker import MosquittoBroker  # noqa: E402
 
@@ -165,15 +166,15 @@ class Stack:
         path: Path,
         port: int,
         *,
-        forwarding: ForwarderSettings,
-        limits: OutboxLimits | None = None,
+        forwarding: ForwardingSection,
+        limits: OutboxSection | None = None,
         store: StoreOptions | None = None,
         client_id: str = "bench-gateway",
     ) -> None:
         self.path = path
         self.port = port
         self.forwarding = forwarding
-        self.limits = limits or OutboxLimits()
+        self.limits = limits or OutboxSection()
         self.store = store or StoreOptions()
         self.client_id = client_id
         self._tasks: list[asyncio.Task[None]] = []
@@ -248,7 +249,7 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def stack(
-    path: Path, port: int, forwarding: ForwarderSettings, **kwargs: Any
+    path: Path, port: int, forwarding: ForwardingSection, **kwargs: Any
 ) -> AsyncIterator[Stack]:
     s = Stack(path, port, forwarding=forwarding, **kwargs)
     await s.open()

@@ -45,9 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 
+from gateway.config import ForwardingSection, OutboxSection
 from gateway.events import Event
-from gateway.forwarder import ForwarderSettings
-from gateway.outbox import Outbox, OutboxLimits
+from gateway.outbox import Outbox
 from gateway.store import MIGRATIONS
 
 _ids = itertools.count(1)
@@ -105,15 +105,15 @@ async def gateway_writes(
     wal = Path(f"{path}-wal")
     window = args.telemetry_window_ms / 1000
     limits = (
-        OutboxLimits(checkpoint_interval_s=1e9, telemetry_window_s=window)
+        OutboxSection(checkpoint_interval_s=1e9, telemetry_commit_window_ms=window * 1000)
         if crosscheck
-        else OutboxLimits(telemetry_window_s=window)
+        else OutboxSection(telemetry_commit_window_ms=window * 1000)
     )
     events = h.make_events(n)
     async with h.stack(
         path,
         port,
-        ForwarderSettings(replay_rate=0.0),
+        ForwardingSection(replay_rate=0.0),
         limits=limits,
         client_id=f"bench-gw-{next(_ids)}",
     ) as s:

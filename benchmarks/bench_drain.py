@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h
 from bench_throughput import run_raw
 
-from gateway.forwarder import ForwarderSettings
+from gateway.config import ForwardingSection
 
 _ids = itertools.count(1)
 ALARM_TOPIC = f"{h.PREFIX}/event/alarm.raised"
@@ -86,7 +86,7 @@ async def drain(
     args: argparse.Namespace,
 ) -> DrainResult:
     events = h.mixed_backlog(backlog)
-    fwd = ForwarderSettings(replay_rate=replay_rate)
+    fwd = ForwardingSection(replay_rate=replay_rate)
     async with h.stack(
         work / f"drain-{next(_ids)}.db", port, fwd, client_id=f"bench-gw-{next(_ids)}"
     ) as s:
@@ -131,7 +131,7 @@ async def idle_live(
     async with h.stack(
         work / f"idle-{next(_ids)}.db",
         port,
-        ForwarderSettings(),
+        ForwardingSection(),
         client_id=f"bench-gw-{next(_ids)}",
     ) as s:
         await s.connect()

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 
-from gateway.forwarder import ForwarderSettings
+from gateway.config import ForwardingSection
 from gateway.mqtt import Connection, UplinkSettings
 from gateway.store import MIGRATIONS, Database
 
@@ -165,7 +165,7 @@ async def gateway_latency(
     await asyncio.sleep(0.2)
     before = sub.poll()  # the raw baseline's messages went to the same subscriber
     async with h.stack(
-        work / f"gw-{next(_ids)}.db", port, ForwarderSettings(), client_id=f"bench-gw-{next(_ids)}"
+        work / f"gw-{next(_ids)}.db", port, ForwardingSection(), client_id=f"bench-gw-{next(_ids)}"
     ) as s:
         await s.connect()
         await asyncio.sleep(0.2)  # the 'online' status PUBACK is not ours

@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h
 
 from gateway.aio import wait_event
+from gateway.config import ForwardingSection, OutboxSection
 from gateway.events import Event
-from gateway.forwarder import ForwarderSettings
 from gateway.mqtt import Connection, UplinkSettings
-from gateway.outbox import Outbox, OutboxLimits
+from gateway.outbox import Outbox
 
 _ids = itertools.count(1)
 
@@ -57,8 +57,8 @@ async def _produce(outbox: Outbox, events: list[Event], producers: int, mark: bo
     return time.monotonic()
 
 
-def _limits(window_ms: float) -> OutboxLimits:
-    return OutboxLimits(group_commit_window_s=window_ms / 1000)
+def _limits(window_ms: float) -> OutboxSection:
+    return OutboxSection(group_commit_window_ms=window_ms)
 
 
 async def run_gateway(
@@ -69,7 +69,7 @@ async def run_gateway(
     producers: int | None = None,
     commit_window_ms: float | None = None,
 ) -> dict[str, float]:
-    fwd = ForwarderSettings(window=args.window, replay_rate=0.0)
+    fwd = ForwardingSection(window=args.window, replay_rate=0.0)
     path = work / f"gw-{next(_ids)}.db"
     window_ms = args.commit_window_ms if commit_window_ms is None else commit_window_ms
     async with h.stack(
@@ -96,7 +96,7 @@ async def run_outbox_only(work: Path, events: list[Event], args: argparse.Namesp
     path = work / f"ob-{next(_ids)}.db"
     # The forwarder is never connected: nothing is published.
     async with h.stack(
-        path, 1, ForwarderSettings(replay_rate=0.0), limits=_limits(args.commit_window_ms)
+        path, 1, ForwardingSection(replay_rate=0.0), limits=_limits(args.commit_window_ms)
     ) as s:
         t0 = time.monotonic()
         await _produce(s.outbox, events, args.producers, mark=True)

@@ -40,9 +40,10 @@ sys.path.insert(0, str(REPO))
 
 from gateway.access.service import AccessService, AccessSettings  # noqa: E402
 from gateway.clock import ClockSync  # noqa: E402
+from gateway.config import OutboxSection  # noqa: E402
 from gateway.events import DeviceRef, Event, EventFactory  # noqa: E402
 from gateway.faces.store import GallerySnapshot  # noqa: E402
-from gateway.outbox import Outbox, OutboxLimits  # noqa: E402
+from gateway.outbox import Outbox  # noqa: E402
 from gateway.store import Database  # noqa: E402
 from gateway.vision.decision import DecisionPolicy  # noqa: E402
 from gateway.vision.engine import EngineSettings, FaceEngine  # noqa: E402
@@ -169,7 +170,7 @@ async def one_run(
     workdir: Path,
 ) -> Run:
     db = await Database.open(workdir / f"outbox-{time.monotonic_ns()}.db")
-    outbox = Outbox(db, OutboxLimits())
+    outbox = Outbox(db, OutboxSection())
     await outbox.load()
     writer = asyncio.create_task(outbox.run())
     camera, door = ClipCamera(images), Door()

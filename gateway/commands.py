@@ -41,6 +41,7 @@ import msgspec
 from gateway.aio import get_within, wait_event
 from gateway.clock import parse_iso_utc, utc_now
 from gateway.command_clock import CommandClock
+from gateway.config import CommandsSection
 from gateway.errors import StorageError
 from gateway.events import Lane, OutboundMessage
 from gateway.mqtt import IncomingMessage
@@ -135,30 +136,6 @@ class ResultRecord:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class CommandSettings:
-    gateway_id: str
-    prefix: str
-    key: bytes | None = None
-    require_signature: frozenset[str] = frozenset()
-    max_ttl_s: float = 3600.0
-    max_clock_skew_s: float = 300.0
-    max_payload_bytes: int = 4 * 1024 * 1024
-    max_depth: int = 32
-    queue_size: int = 64
-    queue_max_bytes: int = 16 * 1024 * 1024
-    # MQTT 5 response topics are obeyed only under these prefixes; None: `{prefix}/reply/`.
-    response_topic_prefixes: tuple[str, ...] | None = None
-    unsigned_results_per_s: float = 20.0
-    unsigned_results_burst: int = 200
-
-    @property
-    def reply_prefixes(self) -> tuple[str, ...]:
-        if self.response_topic_prefixes is None:
-            return (f"{self.prefix}/reply/",)
-        return self.response_topic_prefixes
-
-
 @dataclass(slots=True)
 class CommandStats:
     received: int = 0
@@ -181,14 +158,22 @@ class CommandService:
         self,
         db: Database,
         outbox: Outbox,
-        settings: CommandSettings,
+        settings: CommandsSection,
         *,
+        gateway_id: str,
+        prefix: str,
+        key: bytes | None,
         wall: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
         self._outbox = outbox
         self.settings = settings
+        self.gateway_id = gateway_id
+        self.prefix = prefix
+        self._key = key
+        self._require_signature = frozenset(settings.require_signature)
+        self._reply_prefixes = settings.reply_prefixes(gateway_id, prefix)
         self._wall = wall
         self._monotonic = monotonic
         self._clock: CommandClock | None = None
@@ -204,7 +189,7 @@ class CommandService:
         self._log_unanswered = LimitedLog(_LOGGER, logging.WARNING)
         self._log_reply_topic = LimitedLog(_LOGGER, logging.WARNING)
         self._last_prune = float("-inf")
-        self._topic_root = f"{settings.prefix}/cmd/"
+        self._topic_root = f"{prefix}/cmd/"
         self.stats = CommandStats()
         self.last_progress = time.monotonic()
 
@@ -343,7 +328,7 @@ class CommandService:
         topic = message.response_topic
         if not topic:
             return None
-        if _allowed_reply_topic(topic, self.settings) and (
+        if _allowed_reply_topic(topic, self._reply_prefixes, self.prefix) and (
             message.correlation_data is None
             or len(message.correlation_data) <= _MAX_CORRELATION_BYTES
         ):
@@ -353,7 +338,7 @@ class CommandService:
             "not answering on response topic %r: only under %s (commands.response_topic_prefixes)"
             ", with correlation data of at most %d bytes",
             topic[:_MAX_RESPONSE_TOPIC_CHARS],
-            ", ".join(self.settings.reply_prefixes) or "(none)",
+            ", ".join(self._reply_prefixes) or "(none)",
             _MAX_CORRELATION_BYTES,
         )
         return None
@@ -426,7 +411,7 @@ class CommandService:
         if (issued - now).total_seconds() > s.max_clock_skew_s:
             raise CommandRefused("not_yet_valid", f"issued_at {env.issued_at} is in the future")
         signed = False
-        if spec.signed or name in s.require_signature or env.sig is not None:
+        if spec.signed or name in self._require_signature or env.sig is not None:
             self._check_signature(name, env)
             signed = True
         await self._remember(env.id, expires, signed=signed)
@@ -445,15 +430,15 @@ class CommandService:
     def _check_signature(self, name: str, env: _Envelope) -> None:
         if env.sig is None:
             raise CommandRefused("signature_required", f"{name} must be signed (HMAC-SHA256)")
-        if self.settings.key is None:
+        if self._key is None:
             raise CommandRefused(
                 "signing_key_not_configured",
                 "this gateway has no command key (commands.hmac_key_file)",
             )
         canonical = canonical_bytes(
-            self.settings.gateway_id, name, env.id, env.issued_at, env.expires_at, env.args
+            self.gateway_id, name, env.id, env.issued_at, env.expires_at, env.args
         )
-        if not verify(self.settings.key, canonical, env.sig):
+        if not verify(self._key, canonical, env.sig):
             raise CommandRefused("bad_signature", "the HMAC-SHA256 signature does not match")
 
     async def _remember(self, command_id: str, expires: datetime, *, signed: bool) -> None:
@@ -517,11 +502,11 @@ async def _insert_id(conn: aiosqlite.Connection, key: str, expires_ms: int) -> b
     return fresh
 
 
-def _allowed_reply_topic(topic: str, settings: CommandSettings) -> bool:
+def _allowed_reply_topic(topic: str, reply_prefixes: tuple[str, ...], prefix: str) -> bool:
     return (
         _valid_topic(topic)
-        and any(topic.startswith(prefix) for prefix in settings.reply_prefixes)
-        and not topic.startswith(_own_roots(settings.prefix))
+        and any(topic.startswith(reply) for reply in reply_prefixes)
+        and not topic.startswith(_own_roots(prefix))
     )
 
 

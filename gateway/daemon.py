@@ -28,20 +28,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from drivers.outputs import Output, build_output, output_spec
 from gateway import __version__
 from gateway.builtin_commands import register_builtin_commands
-from gateway.buttons.alarms import AlarmBook, AlarmSettings
+from gateway.buttons.alarms import AlarmBook
 from gateway.buttons.registry import Device, DeviceRegistry
 from gateway.buttons.service import ButtonService
 from gateway.clock import ClockSync
-from gateway.commands import CommandService, CommandSettings
+from gateway.commands import CommandService
 from gateway.config import Config
 from gateway.config_files import load_command_key, read_password_file
 from gateway.errors import StartupTimeoutError, StorageError
 from gateway.events import EventFactory, Lane
-from gateway.forwarder import Forwarder, ForwarderSettings
+from gateway.forwarder import Forwarder
 from gateway.health import HealthReporter
 from gateway.ingest import IngestServer
 from gateway.mqtt import Uplink, UplinkSettings
-from gateway.outbox import Outbox, OutboxLimits
+from gateway.outbox import Outbox
 from gateway.settings import RuntimeSetting, RuntimeSettings
 from gateway.store import Database, StoreOptions
 from gateway.systemd import SystemdNotifier, watchdog_interval_s
@@ -173,58 +173,21 @@ class Gateway:
         self.hooks = hooks
         self.started = time.monotonic()
         self.events = EventFactory(cfg.gateway.id, ClockSync())
-        box = cfg.outbox
         self.outbox = Outbox(
             db,
-            OutboxLimits(
-                max_rows=box.max_rows,
-                max_bytes=box.max_bytes,
-                min_free_disk_bytes=box.min_free_disk_bytes,
-                group_commit_window_s=box.group_commit_window_ms / 1000,
-                telemetry_window_s=box.telemetry_commit_window_ms / 1000,
-                delete_batch=box.delete_batch,
-                delete_interval_s=box.delete_interval_ms / 1000,
-                checkpoint_interval_s=box.checkpoint_interval_s,
-                reserve_bytes=box.reserve_bytes,
-            ),
+            cfg.outbox,
             on_commit=self._committed,
         )
         self.uplink = Uplink(uplink_settings(cfg))
-        fwd = cfg.forwarding
-        self.forwarder = Forwarder(
-            self.outbox,
-            self.uplink,
-            ForwarderSettings(
-                window=fwd.window,
-                lane0_reserved=fwd.lane0_reserved,
-                ack_timeout_s=fwd.ack_timeout_s,
-                replay_rate=fwd.replay_rate,
-                require_consumer_lanes=frozenset(fwd.require_consumer_lanes),
-                retry_min_s=fwd.no_consumer_retry_min_s,
-                retry_max_s=fwd.no_consumer_retry_max_s,
-                fetch_batch=fwd.fetch_batch,
-            ),
-        )
+        self.forwarder = Forwarder(self.outbox, self.uplink, cfg.forwarding)
         key = load_command_key(cfg.command_key_path) if cfg.command_key_path else None
-        cmd = cfg.commands
         self.commands = CommandService(
             db,
             self.outbox,
-            CommandSettings(
-                gateway_id=cfg.gateway.id,
-                prefix=cfg.topic_prefix,
-                key=key,
-                require_signature=frozenset(cmd.require_signature),
-                max_ttl_s=cmd.max_ttl_s,
-                max_clock_skew_s=cmd.max_clock_skew_s,
-                max_payload_bytes=cmd.max_payload_bytes,
-                max_depth=cmd.max_depth,
-                queue_size=cmd.queue_size,
-                queue_max_bytes=cmd.queue_max_bytes,
-                response_topic_prefixes=cfg.response_topic_prefixes,
-                unsigned_results_per_s=cmd.unsigned_results_per_s,
-                unsigned_results_burst=cmd.unsigned_results_burst,
-            ),
+            cfg.commands,
+            gateway_id=cfg.gateway.id,
+            prefix=cfg.topic_prefix,
+            key=key,
         )
         self.uplink.set_message_handler(self.commands.on_message)
         self.health = HealthReporter(
@@ -274,7 +237,7 @@ class Gateway:
             self.outbox,
             self.events,
             output,
-            AlarmSettings(b.ack_deadline_s, b.escalation_repeat_s, b.dedup_window_s),
+            b,
         )
         registry.register_commands(self.commands)
         alarms.register_commands(self.commands)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from gateway.aio import wait_event
 from gateway.backoff import Backoff
+from gateway.config import ForwardingSection
 from gateway.errors import StorageError, TransientError
 from gateway.events import LANES, NEVER_DROPPED, Lane
 from gateway.mqtt import Connection, Uplink, UplinkListener
@@ -39,18 +40,6 @@ NO_MATCHING_SUBSCRIBERS = 0x10
 # PUBACK failures that no retry can fix: the row would block its lane for ever.
 PERMANENT_FAILURES = frozenset({0x90, 0x95, 0x99})  # topic name invalid, too large, bad format
 _TICK_S = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class ForwarderSettings:
-    window: int = 64
-    lane0_reserved: int = 8
-    ack_timeout_s: float = 15.0
-    replay_rate: float = 500.0  # messages/s for the backlog; 0 = unlimited
-    require_consumer_lanes: frozenset[int] = frozenset({0})
-    retry_min_s: float = 1.0
-    retry_max_s: float = 30.0
-    fetch_batch: int = 256
 
 
 @dataclass(slots=True)
@@ -141,12 +130,15 @@ class _TokenBucket:
 
 
 class Forwarder(UplinkListener):
-    def __init__(self, outbox: Outbox, uplink: Uplink, settings: ForwarderSettings) -> None:
+    def __init__(self, outbox: Outbox, uplink: Uplink, settings: ForwardingSection) -> None:
         self._outbox = outbox
         self._uplink = uplink
         self.settings = settings
         self._lanes = [
-            _LaneState(lane, Backoff(settings.retry_min_s, settings.retry_max_s)) for lane in LANES
+            _LaneState(
+                lane, Backoff(settings.no_consumer_retry_min_s, settings.no_consumer_retry_max_s)
+            )
+            for lane in LANES
         ]
         self._inflight: dict[int, _InFlight] = {}
         self._inflight_rows: set[int] = set()
@@ -273,7 +265,9 @@ class Forwarder(UplinkListener):
             refusal.since, refusal.refusals = known.since, known.refusals + 1
         self.stats.refused_lanes[refusal.lane] = refusal
         if lane.hold_retry is None:
-            lane.hold_retry = Backoff(self.settings.retry_min_s, self.settings.retry_max_s)
+            lane.hold_retry = Backoff(
+                self.settings.no_consumer_retry_min_s, self.settings.no_consumer_retry_max_s
+            )
         lane.held[stored.row] = time.monotonic() + lane.hold_retry.next()
         if known is not None and known.code == code:
             _LOGGER.debug("lane %d row %d still refused (0x%02X)", stored.lane, stored.row, code)

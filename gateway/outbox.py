@@ -26,6 +26,7 @@ import aiosqlite
 import msgspec
 
 from gateway.aio import wait_event
+from gateway.config import OutboxSection
 from gateway.errors import StorageError, StorageFullError
 from gateway.events import LANES, NEVER_DROPPED, Lane, Outbound, OutboundMessage
 from gateway.store import Database, translate
@@ -39,22 +40,6 @@ _NORMAL_AUTOCHECKPOINT = 1000  # SQLite's default, in pages
 _LOW_DISK_AUTOCHECKPOINT = 64
 _OVER_CAPACITY_LOG_EVERY_S = 60.0
 _DELETE_RETRY_AFTER_FULL_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxLimits:
-    max_rows: int = 1_000_000
-    max_bytes: int = 512 * 1024 * 1024
-    min_free_disk_bytes: int = 64 * 1024 * 1024
-    group_commit_window_s: float = 0.020
-    # Telemetry (lane 3) alone waits this long for company: heartbeats from many devices share
-    # one commit instead of one 3-page commit each (SD-card wear). 0 (default): commit at once;
-    # a producer that awaits each telemetry append is slowed to one per window.
-    telemetry_window_s: float = 0.0
-    delete_batch: int = 512
-    delete_interval_s: float = 0.100
-    checkpoint_interval_s: float = 60.0
-    reserve_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,12 +165,12 @@ class Outbox:
     def __init__(
         self,
         db: Database,
-        limits: OutboxLimits,
+        settings: OutboxSection,
         *,
         on_commit: Callable[[frozenset[Lane]], None] | None = None,
     ) -> None:
         self._db = db
-        self._limits = limits
+        self._settings = settings
         self._on_commit = on_commit
         self._counters = _Counters()
         self._appends: list[_Pending] = []
@@ -199,7 +184,7 @@ class Outbox:
         self._last_commit_started = float("-inf")
         self._last_batch_size = 0
         self._last_delete_flush = time.monotonic()
-        self._next_checkpoint = time.monotonic() + limits.checkpoint_interval_s
+        self._next_checkpoint = time.monotonic() + settings.checkpoint_interval_s
         self._low_disk = False
         self._over_capacity_logged = float("-inf")
         self._dead_letters = 0
@@ -207,7 +192,7 @@ class Outbox:
         self._full_logged = float("-inf")
         self._delete_failed = False
         self._commits = 0
-        self._reserve = DiskReserve(db.path.parent / ".disk-reserve", limits.reserve_bytes)
+        self._reserve = DiskReserve(db.path.parent / ".disk-reserve", settings.reserve_bytes)
         self.last_progress = time.monotonic()
 
     @property
@@ -280,7 +265,7 @@ class Outbox:
     def mark_delivered(self, row: int) -> None:
         """The broker acknowledged this row; it is deleted in the next batch."""
         self._deletes.add(row)
-        if len(self._deletes) == 1 or len(self._deletes) >= self._limits.delete_batch:
+        if len(self._deletes) == 1 or len(self._deletes) >= self._settings.delete_batch:
             self._wake.set()  # the first one starts the delete timer; a full batch goes at once
 
     async def dead_letter(self, row: int, reason_code: int) -> None:
@@ -365,10 +350,10 @@ class Outbox:
                 elif self._deletes and (self._closing or self._delete_due()):
                     await self._commit_batch()
                 if time.monotonic() >= self._next_checkpoint:
-                    self._next_checkpoint = time.monotonic() + self._limits.checkpoint_interval_s
+                    self._next_checkpoint = time.monotonic() + self._settings.checkpoint_interval_s
                     await self._db.checkpoint()
                     self._reserve.restore_if_room(
-                        self._free_disk(), self._limits.min_free_disk_bytes
+                        self._free_disk(), self._settings.min_free_disk_bytes
                     )
                 if self._closing and not self._appends:
                     if self._deletes and self._delete_failed:
@@ -394,13 +379,14 @@ class Outbox:
         until_checkpoint = max(0.0, self._next_checkpoint - time.monotonic())
         if not self._deletes:
             return max(0.05, until_checkpoint)
-        due = self._last_delete_flush + self._limits.delete_interval_s - time.monotonic()
+        due = self._last_delete_flush + self._settings.delete_interval_ms / 1000 - time.monotonic()
         return max(0.001, min(due, until_checkpoint))
 
     def _delete_due(self) -> bool:
         return (
-            len(self._deletes) >= self._limits.delete_batch
-            or time.monotonic() - self._last_delete_flush >= self._limits.delete_interval_s
+            len(self._deletes) >= self._settings.delete_batch
+            or time.monotonic() - self._last_delete_flush
+            >= self._settings.delete_interval_ms / 1000
         )
 
     async def _wait_for_window(self) -> None:
@@ -416,7 +402,9 @@ class Outbox:
         if len(self._appends) <= 1 and self._last_batch_size <= 1:
             return
         remaining = (
-            self._last_commit_started + self._limits.group_commit_window_s - time.monotonic()
+            self._last_commit_started
+            + self._settings.group_commit_window_ms / 1000
+            - time.monotonic()
         )
         if remaining <= 0 or self._closing or self._urgent.is_set():
             return
@@ -424,7 +412,7 @@ class Outbox:
 
     async def _telemetry_waited(self) -> bool:
         """Hold a batch of telemetry only; True when the batch is still telemetry only."""
-        window = self._limits.telemetry_window_s
+        window = self._settings.telemetry_commit_window_ms / 1000
         if window <= 0 or not self._only_telemetry():
             return False
         self._prompt.clear()
@@ -573,7 +561,7 @@ class Outbox:
     async def _enforce_capacity(
         self, conn: aiosqlite.Connection, counters: _Counters, stored_before: int
     ) -> None:
-        max_rows, max_bytes = self._limits.max_rows, self._byte_budget(stored_before)
+        max_rows, max_bytes = self._settings.max_rows, self._byte_budget(stored_before)
         for lane in _DROPPABLE:
             over_rows = sum(counters.rows) - max_rows
             over_bytes = sum(counters.bytes) - max_bytes
@@ -598,8 +586,8 @@ class Outbox:
         """max_bytes; but while free disk is below min_free_disk_bytes the store may not grow:
         new rows then take the place of old droppable ones (their pages are reused)."""
         if self._low_disk:
-            return min(self._limits.max_bytes, stored_before)
-        return self._limits.max_bytes
+            return min(self._settings.max_bytes, stored_before)
+        return self._settings.max_bytes
 
     def _free_disk(self) -> int:
         try:
@@ -611,7 +599,7 @@ class Outbox:
     async def _adapt_to_disk(self) -> None:
         """Below min_free_disk_bytes the store stops growing and the WAL is folded back often
         (every 64 pages instead of SQLite's 1,000), so the WAL cannot fill the last of it."""
-        low = self._free_disk() < self._limits.min_free_disk_bytes
+        low = self._free_disk() < self._settings.min_free_disk_bytes
         if low != self._low_disk:
             self._low_disk = low
             pages = _LOW_DISK_AUTOCHECKPOINT if low else _NORMAL_AUTOCHECKPOINT
@@ -620,7 +608,7 @@ class Outbox:
             log(
                 "free disk %s %d bytes in %s: the outbox %s",
                 "below" if low else "back above",
-                self._limits.min_free_disk_bytes,
+                self._settings.min_free_disk_bytes,
                 self._db.path.parent,
                 "no longer grows (low lanes make room)" if low else "may grow again",
             )

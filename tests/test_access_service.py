@@ -31,9 +31,10 @@ from gateway.access.snapshots import (
 )
 from gateway.access.tracks import Tracker, TrackSettings
 from gateway.clock import ClockSync
+from gateway.config import OutboxSection
 from gateway.events import DeviceRef, EventFactory, Lane, decode_envelope
 from gateway.faces.store import GallerySnapshot
-from gateway.outbox import Outbox, OutboxLimits
+from gateway.outbox import Outbox
 from gateway.store import Database
 from gateway.vision.decision import DEFAULT_MIN_MARGIN, DEFAULT_THRESHOLD
 from gateway.vision.engine import EngineSettings, FaceEngine
@@ -111,7 +112,7 @@ async def test_undelivered_snapshots_expire_after_retention_and_counters_follow(
     tmp_path: Path,
 ) -> None:
     db = await Database.open(tmp_path / "outbox.db")
-    outbox = Outbox(db, OutboxLimits())
+    outbox = Outbox(db, OutboxSection())
     await outbox.load()
     writer = asyncio.create_task(outbox.run())
     try:
@@ -135,7 +136,7 @@ async def test_undelivered_snapshots_expire_after_retention_and_counters_follow(
         await writer
         await db.close()
     db = await Database.open(tmp_path / "outbox.db")  # and on disk
-    outbox = Outbox(db, OutboxLimits())
+    outbox = Outbox(db, OutboxSection())
     await outbox.load()
     assert outbox.stats().rows[SNAPSHOT_LANE] == 2
     await db.close()
@@ -265,7 +266,7 @@ async def pipeline_factory(tmp_path: Path, workers: FaceWorkerPool) -> AsyncIter
         """The access service on a real outbox and real face workers. Liveness is off unless
         asked for: most tests here show still photos, to test the identity path alone."""
         db = await Database.open(tmp_path / f"outbox{len(made)}.db")
-        outbox = Outbox(db, OutboxLimits())
+        outbox = Outbox(db, OutboxSection())
         await outbox.load()
         made.append((db, outbox, asyncio.create_task(outbox.run())))
         service = AccessService(
@@ -505,12 +506,21 @@ def test_a_dead_face_worker_is_replaced_and_the_next_frame_is_analysed() -> None
 
 
 async def run_until_claims_end(pipeline: Pipeline, camera: ListCamera, checks: FaceChecks) -> None:
-    """Play the camera, then keep the service running until no card waits for its face."""
+    """Play the camera, then keep the service running until no card waits for its face and
+    each card's outcome (granted or denied, method card+face) is in the outbox."""
     task = asyncio.create_task(pipeline.service.run())
     try:
         async with asyncio.timeout(60):
             await camera.done.wait()
             while pipeline.service._inflight or len(checks):  # bounded by the timeout above
+                await asyncio.sleep(0.01)
+            stats = checks.stats
+            decided = stats.verified + stats.mismatched + stats.timed_out
+            while decided > sum(  # the last outcome may still be on its way to the outbox
+                1
+                for kind, data in await pipeline.kinds()
+                if kind in ("access.granted", "access.denied") and data["method"] == "card+face"
+            ):
                 await asyncio.sleep(0.01)
     finally:
         task.cancel()

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 
 from gateway.clock import ClockSync
+from gateway.config import OutboxSection
 from gateway.errors import StorageError
 from gateway.events import Event, EventFactory, Lane, decode_envelope
 from gateway.faces.audit import MAX_NUMBERS_IN_A_LIST, AuditLog, BiometricDataError
 from gateway.faces.crypto import TemplateCipher
 from gateway.faces.store import FaceStore
-from gateway.outbox import Outbox, OutboxLimits
+from gateway.outbox import Outbox
 from gateway.store import Database
 
 EVENTS = EventFactory("gw-audit", ClockSync())
@@ -40,7 +41,7 @@ class Env:
     @classmethod
     async def open(cls, path: Path) -> Env:
         db = await Database.open(path)
-        outbox = Outbox(db, OutboxLimits(reserve_bytes=0))
+        outbox = Outbox(db, OutboxSection(reserve_bytes=0))
         await outbox.load()
         return cls(db, outbox, asyncio.create_task(outbox.run()))
 
@@ -135,7 +136,7 @@ async def test_failed_append_leaves_the_row_for_forward_pending(tmp_path: Path) 
     with pytest.raises(StorageError):
         await env.audit.record(event, action="access.granted", subject="bob", actor="t")
     # The row is committed though its event is not: a fresh outbox on the same log sends it.
-    env.outbox = Outbox(env.db, OutboxLimits(reserve_bytes=0))
+    env.outbox = Outbox(env.db, OutboxSection(reserve_bytes=0))
     await env.outbox.load()
     env.task = asyncio.create_task(env.outbox.run())
     env.audit = AuditLog(env.db, env.outbox)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.outbox import Outbox, OutboxLimits
+from gateway.config import OutboxSection
+from gateway.outbox import Outbox
 from gateway.store import SCHEMA_VERSION, Database
 from tests.support.benchmarks import load_benchmark
 
@@ -21,7 +22,7 @@ async def test_the_backlog_benchmark_writes_a_file_the_store_opens(tmp_path: Pat
     try:
         async with db.reader.execute("PRAGMA user_version") as cursor:
             assert (await cursor.fetchone())[0] == SCHEMA_VERSION  # type: ignore[index]
-        outbox = Outbox(db, OutboxLimits())
+        outbox = Outbox(db, OutboxSection())
         await outbox.load()
         assert outbox.stats().depth == 200
     finally:

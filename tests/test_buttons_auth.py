@@ -26,14 +26,15 @@ from drivers.buttons.terminal_codec import (
     seal,
 )
 from drivers.outputs import LoggingOutput
-from gateway.buttons.alarms import AlarmBook, AlarmSettings
+from gateway.buttons.alarms import AlarmBook
+from gateway.buttons.config import ButtonsSection, DeviceSection
 from gateway.buttons.registry import Device, DeviceRegistry
 from gateway.buttons.service import ButtonService, _Heard
 from gateway.clock import ClockSync
-from gateway.config import ButtonsSection, DeviceSection, config_from_mapping
+from gateway.config import OutboxSection, config_from_mapping
 from gateway.errors import ConfigError
 from gateway.events import EventFactory, decode_envelope
-from gateway.outbox import Outbox, OutboxLimits
+from gateway.outbox import Outbox
 from gateway.store import Database
 
 EVENTS = EventFactory("gw-auth", ClockSync())
@@ -106,15 +107,13 @@ async def boot(
     devices = devices or [DeviceSection(id=ID1), DeviceSection(id=ID2)]
     section = ButtonsSection(devices=devices, ack_deadline_s=ACK_S, **cfg)
     db = await Database.open(path)
-    outbox = Outbox(db, OutboxLimits())
+    outbox = Outbox(db, OutboxSection())
     await outbox.load()
     writer = asyncio.create_task(outbox.run(), name="outbox-writer")
     registry = DeviceRegistry(db, outbox, EVENTS, [Device(d.id, "terminal") for d in devices])
     await registry.load()
     output = LoggingOutput()
-    alarms = AlarmBook(
-        db, outbox, EVENTS, output, AlarmSettings(ack_deadline_s=ACK_S), monotonic=clock
-    )
+    alarms = AlarmBook(db, outbox, EVENTS, output, section, monotonic=clock)
     await alarms.load()
     service = ButtonService(section, registry, alarms, outbox, EVENTS, monotonic=clock)
     await service.load_auth()

@@ -13,13 +13,14 @@ import pytest
 
 from drivers.buttons.terminal_codec import Heartbeat
 from drivers.outputs import LoggingOutput
-from gateway.buttons.alarms import AlarmBook, AlarmSettings
+from gateway.buttons.alarms import AlarmBook
+from gateway.buttons.config import ButtonsSection
 from gateway.buttons.registry import Device, DeviceRegistry
 from gateway.buttons.service import ButtonService, _Heard
 from gateway.clock import ClockSync
-from gateway.config import ButtonsSection
+from gateway.config import OutboxSection
 from gateway.events import EventFactory, decode_envelope
-from gateway.outbox import Outbox, OutboxLimits
+from gateway.outbox import Outbox
 from gateway.store import Database
 
 EVENTS = EventFactory("gw-sup", ClockSync())
@@ -70,12 +71,13 @@ class Gw:
         cls, path: Path, clock: Clock, configured: list[Device], *, load: bool = True
     ) -> Gw:
         db = await Database.open(path)
-        outbox = Outbox(db, OutboxLimits())
+        # Telemetry committed at once: the tests await each heartbeat's append.
+        outbox = Outbox(db, OutboxSection(telemetry_commit_window_ms=0))
         await outbox.load()
         writer = asyncio.create_task(outbox.run(), name="outbox-writer")
         registry = DeviceRegistry(db, outbox, EVENTS, configured)
         await registry.load()
-        alarms = AlarmBook(db, outbox, EVENTS, LoggingOutput(), AlarmSettings())
+        alarms = AlarmBook(db, outbox, EVENTS, LoggingOutput(), ButtonsSection())
         service = ButtonService(
             ButtonsSection(),
             registry,

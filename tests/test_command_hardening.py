@@ -18,8 +18,9 @@ import pytest
 
 from gateway.clock import iso_utc
 from gateway.command_clock import CommandClock
-from gateway.commands import Command, CommandService, CommandSettings, CommandSpec
-from gateway.outbox import Outbox, OutboxLimits
+from gateway.commands import Command, CommandService, CommandSpec
+from gateway.config import CommandsSection, OutboxSection
+from gateway.outbox import Outbox
 from gateway.signing import canonical_bytes, sign
 from gateway.store import Database
 from gateway.untrusted_json import (
@@ -68,7 +69,10 @@ class Rig:
         service = CommandService(
             self.db,
             self.outbox,
-            CommandSettings(gateway_id=GW, prefix=f"eldergate/{GW}", key=self.key),
+            CommandsSection(),
+            gateway_id=GW,
+            prefix=f"eldergate/{GW}",
+            key=self.key,
             wall=self.clocks.wall,
             monotonic=self.clocks.monotonic,
         )
@@ -107,7 +111,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     import asyncio
 
     db = await Database.open(tmp_path / "outbox.db")
-    outbox = Outbox(db, OutboxLimits())
+    outbox = Outbox(db, OutboxSection())
     await outbox.load()
     writer = asyncio.create_task(outbox.run())
     yield Rig(db, outbox, secrets.token_bytes(32), Clocks(), [])

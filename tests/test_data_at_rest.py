@@ -29,11 +29,11 @@ from gateway.access.cards import CardKey, CardRegister
 from gateway.access.cards_cli import run as cards_hash
 from gateway.access.snapshots import Snapshot
 from gateway.clock import ClockSync
-from gateway.config import Config, config_from_mapping, credential_path, parse_config
+from gateway.config import Config, OutboxSection, config_from_mapping, credential_path, parse_config
 from gateway.errors import ConfigError
 from gateway.events import DeviceRef, EventFactory, Lane
 from gateway.faces.audit import AuditLog
-from gateway.outbox import Outbox, OutboxLimits
+from gateway.outbox import Outbox
 from gateway.sealing import SEALED_CONTENT_TYPE, PayloadCipher, SealedPayloads
 from gateway.store import MIGRATIONS, Database
 from tests.conftest import SubscriberFactory
@@ -182,7 +182,7 @@ async def test_clear_card_rows_of_an_earlier_release_are_hashed_and_scrubbed(
     key = CardKey(os.urandom(32))
     db = await Database.open(path)
     try:
-        outbox = Outbox(db, OutboxLimits())
+        outbox = Outbox(db, OutboxSection())
         await outbox.load()
         register = CardRegister([("00deadbeef", "p-config")], key=key)
         admin = CardAdmin(db, register, AuditLog(db, outbox), EventFactory("gw", ClockSync()), DOOR)

@@ -25,10 +25,11 @@ from drivers.serial_port import SerialSettings
 from gateway.access.cards import CardAccess, CardRegister, mask_card
 from gateway.access.door import DoorController, DoorSettings
 from gateway.clock import ClockSync, iso_utc, utc_now
-from gateway.commands import CommandService, CommandSettings
+from gateway.commands import CommandService
+from gateway.config import CommandsSection, OutboxSection
 from gateway.errors import ConfigError, StorageError
 from gateway.events import LANES, DeviceRef, Event, EventFactory, WireEnvelope, decode_envelope
-from gateway.outbox import Outbox, OutboxLimits
+from gateway.outbox import Outbox
 from gateway.signing import canonical_bytes, sign
 from gateway.store import Database
 
@@ -65,7 +66,7 @@ class Store:
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     db = await Database.open(tmp_path / "gateway.db")
-    outbox = Outbox(db, OutboxLimits())
+    outbox = Outbox(db, OutboxSection())
     await outbox.load()
     task = asyncio.create_task(outbox.run(), name="outbox")
     yield Store(db, outbox, task)
@@ -368,7 +369,7 @@ def signed_command(key: bytes, name: str, args: dict[str, Any], sig: bool = True
 async def test_door_open_command(store: Store) -> None:
     key = secrets.token_bytes(32)
     service = CommandService(
-        store.db, store.outbox, CommandSettings(gateway_id=GW, prefix=f"eldergate/{GW}", key=key)
+        store.db, store.outbox, CommandsSection(), gateway_id=GW, prefix=f"eldergate/{GW}", key=key
     )
     r = rig(store.record)
     r.door.register_commands(service)

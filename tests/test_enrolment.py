@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from gateway.clock import ClockSync, iso_utc, utc_now
-from gateway.commands import CommandService, CommandSettings
-from gateway.config import Config, config_from_mapping
+from gateway.commands import CommandService
+from gateway.config import CommandsSection, Config, OutboxSection, config_from_mapping
 from gateway.events import DeviceRef, EventFactory, Lane, WireEnvelope, decode_envelope
 from gateway.faces import cli
 from gateway.faces.audit import AuditLog
@@ -38,7 +38,7 @@ from gateway.faces.enrolment import (
     image_size,
 )
 from gateway.faces.store import FaceStore
-from gateway.outbox import Outbox, OutboxLimits
+from gateway.outbox import Outbox
 from gateway.signing import canonical_bytes, sign
 from gateway.store import Database
 
@@ -152,14 +152,14 @@ class Env:
             None,
         )
         self.commands = CommandService(
-            db, outbox, CommandSettings(gateway_id=GW, prefix=f"eldergate/{GW}", key=key)
+            db, outbox, CommandsSection(), gateway_id=GW, prefix=f"eldergate/{GW}", key=key
         )
         self.enrolment.register_commands(self.commands)
 
     @classmethod
     async def open(cls, path: Path) -> Env:
         db = await Database.open(path)
-        outbox = Outbox(db, OutboxLimits(reserve_bytes=0))
+        outbox = Outbox(db, OutboxSection(reserve_bytes=0))
         await outbox.load()
         return cls(db, outbox, asyncio.create_task(outbox.run()), secrets.token_bytes(32))
 

@@ -17,13 +17,14 @@ import numpy.typing as npt
 import pytest
 
 from gateway.clock import ClockSync
+from gateway.config import OutboxSection
 from gateway.errors import ConfigError
 from gateway.events import Event, EventFactory, Lane
 from gateway.faces.audit import AuditLog
 from gateway.faces.crypto import TemplateCipher, TemplateDecryptError
 from gateway.faces.enrolment import EnrolmentSettings, encode_photo
 from gateway.faces.store import EnrolmentRefused, FaceStore
-from gateway.outbox import Outbox, OutboxLimits
+from gateway.outbox import Outbox
 from gateway.store import Database
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ class Env:
     @classmethod
     async def open(cls, path: Path, cipher: TemplateCipher) -> Env:
         db = await Database.open(path)
-        outbox = Outbox(db, OutboxLimits(reserve_bytes=0))
+        outbox = Outbox(db, OutboxSection(reserve_bytes=0))
         await outbox.load()
         task = asyncio.create_task(outbox.run())
         return cls(db, outbox, task, FaceStore(db, cipher, AuditLog(db, outbox)))

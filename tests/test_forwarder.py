@@ -9,13 +9,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from gateway.clock import ClockSync
+from gateway.config import ForwardingSection, OutboxSection
 from gateway.events import DeviceRef, EventFactory, Lane
-from gateway.forwarder import Forwarder, ForwarderSettings
+from gateway.forwarder import Forwarder
 from gateway.mqtt import Uplink, UplinkSettings, UplinkState
-from gateway.outbox import Outbox, OutboxLimits
+from gateway.outbox import Outbox
 from gateway.store import Database
 from tests.support.broker import MosquittoBroker
 from tests.support.subscriber import ReceivedMessage, Subscriber
@@ -58,9 +60,11 @@ async def pipeline(broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator[Pip
     made: list[Pipeline] = []
 
     async def make(port: int | None = None, **overrides: Any) -> Pipeline:
-        fwd_keys = set(ForwarderSettings.__dataclass_fields__)
-        fwd_settings = ForwarderSettings(replay_rate=0, retry_min_s=0.2, retry_max_s=1.0)
-        fwd_settings = replace(
+        fwd_keys = set(ForwardingSection.__struct_fields__)
+        fwd_settings = ForwardingSection(
+            replay_rate=0, no_consumer_retry_min_s=0.2, no_consumer_retry_max_s=1.0
+        )
+        fwd_settings = msgspec.structs.replace(
             fwd_settings, **{k: v for k, v in overrides.items() if k in fwd_keys}
         )
         up_settings = UplinkSettings(
@@ -81,7 +85,9 @@ async def pipeline(broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator[Pip
         db = await Database.open(tmp_path / f"outbox-{len(made)}.db")
         holder: list[Forwarder] = []
         outbox = Outbox(
-            db, OutboxLimits(), on_commit=lambda lanes: holder[0].notify_committed(lanes)
+            db,
+            OutboxSection(telemetry_commit_window_ms=0),  # the tests await each append
+            on_commit=lambda lanes: holder[0].notify_committed(lanes),
         )
         await outbox.load()
         uplink = Uplink(up_settings)
@@ -389,7 +395,7 @@ async def test_lanes_0_and_1_are_never_dead_lettered(
     """0x90 (topic name invalid) from an ACL'd broker moved an alarm to dead letters. Now the
     row stays, its lane pauses with back-off, the refusal is logged at ERROR once, shown in
     the forwarder's stats (health) and the refusal listener is told; the lane resumes."""
-    pipe: Pipeline = await pipeline(retry_min_s=0.2, retry_max_s=0.5)
+    pipe: Pipeline = await pipeline(no_consumer_retry_min_s=0.2, no_consumer_retry_max_s=0.5)
     await pipe.wait_state(UplinkState.CONNECTED)
     told: list[Any] = []
     pipe.forwarder.add_refusal_listener(told.append)
@@ -500,7 +506,7 @@ async def test_a_refused_alarm_does_not_hold_up_the_alarms_behind_it(
     """The refused row is set aside with its own back-off (here 30 s); the lane is not
     paused, so the next alarm goes at once."""
     sub: Subscriber = subscriber(f"{PREFIX}/event/#")
-    pipe: Pipeline = await pipeline(retry_min_s=30.0, retry_max_s=30.0)
+    pipe: Pipeline = await pipeline(no_consumer_retry_min_s=30.0, no_consumer_retry_max_s=30.0)
     await pipe.wait_state(UplinkState.CONNECTED)
     pipe.forwarder._conn = None  # hold publishing while we stage the broker's answer
     refused = await pipe.append(0, 1)

@@ -36,7 +36,8 @@ import numpy as np
 import pytest
 
 from gateway.clock import ClockSync, iso_utc, utc_now
-from gateway.commands import CommandService, CommandSettings
+from gateway.commands import CommandService
+from gateway.config import CommandsSection, OutboxSection
 from gateway.events import DeviceRef, EventFactory
 from gateway.faces.audit import AuditLog
 from gateway.faces.crypto import TemplateCipher
@@ -48,7 +49,7 @@ from gateway.faces.enrolment import (
     image_size,
 )
 from gateway.faces.store import FaceStore
-from gateway.outbox import Outbox, OutboxLimits
+from gateway.outbox import Outbox
 from gateway.signing import canonical_bytes, sign
 from gateway.store import Database
 from gateway.vision.engine import EngineSettings
@@ -269,7 +270,7 @@ class Env:
             EnrolmentSettings(), pool,
         )  # fmt: skip
         self.commands = CommandService(
-            db, outbox, CommandSettings(gateway_id=GW, prefix=f"eldergate/{GW}", key=self.key)
+            db, outbox, CommandsSection(), gateway_id=GW, prefix=f"eldergate/{GW}", key=self.key
         )
         self.enrolment.register_commands(self.commands)
 
@@ -298,7 +299,7 @@ class Env:
 @pytest.fixture
 async def env(tmp_path: Path, pool: FaceWorkerPool) -> AsyncIterator[Env]:
     db = await Database.open(tmp_path / "state" / "outbox.db")
-    outbox = Outbox(db, OutboxLimits(reserve_bytes=0))
+    outbox = Outbox(db, OutboxSection(reserve_bytes=0))
     await outbox.load()
     e = Env(db, outbox, asyncio.create_task(outbox.run()), pool)
     yield e

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from gateway.clock import ClockSync
+from gateway.config import OutboxSection
 from gateway.errors import StorageError, StorageFullError
 from gateway.events import DeviceRef, EventFactory, Lane, decode_envelope
-from gateway.outbox import Outbox, OutboxLimits
+from gateway.outbox import Outbox
 from gateway.store import Database, StoreOptions
 
 EVENTS = EventFactory("gw-test", ClockSync())
@@ -37,10 +38,12 @@ class Running:
 
     @classmethod
     async def open(
-        cls, path: Path, limits: OutboxLimits | None = None, options: StoreOptions | None = None
+        cls, path: Path, limits: OutboxSection | None = None, options: StoreOptions | None = None
     ) -> Running:
         db = await Database.open(path, options)
-        outbox = Outbox(db, limits or OutboxLimits())
+        # Telemetry committed at once unless a test asks for the daemon's window (500 ms):
+        # these tests await each append.
+        outbox = Outbox(db, limits or OutboxSection(telemetry_commit_window_ms=0))
         await outbox.load()
         return cls(db, outbox, asyncio.create_task(outbox.run()))
 
@@ -127,7 +130,7 @@ async def test_delivered_rows_are_deleted_in_batches(box: Running) -> None:
 async def test_overflow_drops_oldest_telemetry_then_status_never_lanes_0_and_1(
     tmp_path: Path,
 ) -> None:
-    running = await Running.open(tmp_path / "o.db", OutboxLimits(max_rows=100))
+    running = await Running.open(tmp_path / "o.db", OutboxSection(max_rows=100))
     try:
         ob = running.outbox
         await ob.append_many(event(3, n) for n in range(40))  # type: ignore[misc]
@@ -154,10 +157,10 @@ async def test_overflow_drops_oldest_telemetry_then_status_never_lanes_0_and_1(
 
 async def test_drop_counters_survive_restart(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
-    running = await Running.open(path, OutboxLimits(max_rows=10))
+    running = await Running.open(path, OutboxSection(max_rows=10))
     await running.outbox.append_many(event(3, n) for n in range(25))  # type: ignore[misc]
     await running.close()
-    again = await Running.open(path, OutboxLimits(max_rows=10))
+    again = await Running.open(path, OutboxSection(max_rows=10))
     try:
         assert again.outbox.stats().dropped == (0, 15)
         assert again.outbox.stats().rows == (0, 0, 0, 10)
@@ -291,7 +294,9 @@ def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]
 
 
 async def test_os_full_disk_refuses_clearly_and_recovers(small_disk: Path) -> None:
-    limits = OutboxLimits(min_free_disk_bytes=0, reserve_bytes=128 * 1024)  # the disk runs out
+    limits = OutboxSection(  # the disk runs out
+        min_free_disk_bytes=0, reserve_bytes=128 * 1024, telemetry_commit_window_ms=0
+    )
     running = await Running.open(small_disk / "outbox.db", limits)
     try:
         ob = running.outbox
@@ -314,7 +319,9 @@ async def test_os_full_disk_refuses_clearly_and_recovers(small_disk: Path) -> No
 
 @pytest.mark.parametrize("small_disk", ["8m"], indirect=True)
 async def test_free_disk_floor_drops_telemetry_before_the_disk_fills(small_disk: Path) -> None:
-    limits = OutboxLimits(min_free_disk_bytes=6 * 1024 * 1024, reserve_bytes=64 * 1024)
+    limits = OutboxSection(
+        min_free_disk_bytes=6 * 1024 * 1024, reserve_bytes=64 * 1024, telemetry_commit_window_ms=0
+    )
     running = await Running.open(small_disk / "outbox.db", limits)
     try:
         ob = running.outbox
@@ -344,7 +351,9 @@ async def test_store_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
 async def test_telemetry_waits_for_company_and_goes_with_the_next_commit(tmp_path: Path) -> None:
     """Heartbeats alone wait (telemetry_window_s) so many share one commit; anything more
     urgent takes them along at once, and close() never leaves them behind."""
-    running = await Running.open(tmp_path / "outbox.db", OutboxLimits(telemetry_window_s=5.0))
+    running = await Running.open(
+        tmp_path / "outbox.db", OutboxSection(telemetry_commit_window_ms=5000)
+    )
     outbox = running.outbox
     try:
         before = outbox.stats().commits

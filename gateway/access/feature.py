@@ -25,13 +25,15 @@ from drivers.outputs import Output, build_output, output_spec
 from drivers.serial_port import SerialSettings
 from gateway.access.card_admin import CardAdmin
 from gateway.access.cards import CardAccess, CardKey, CardRegister
+from gateway.access.config import AccessSection
 from gateway.access.door import DoorController, DoorSettings
 from gateway.access.second_factor import FaceChecks
 from gateway.access.service import AccessService, AccessSettings
 from gateway.access.snapshots import SnapshotSettings
 from gateway.access.tracks import TrackSettings
 from gateway.commands import CommandService
-from gateway.config import AccessSection, Config, InputSection
+from gateway.config import Config
+from gateway.config_base import InputSection
 from gateway.errors import ConfigError, StorageError
 from gateway.events import DeviceRef, Event, EventFactory
 from gateway.faces.audit import AuditLog

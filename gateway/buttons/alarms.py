@@ -46,6 +46,7 @@ from typing import Any, Literal
 import msgspec
 
 from drivers.outputs import Output
+from gateway.buttons.config import ButtonsSection
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
 from gateway.errors import StorageError
 from gateway.events import DeviceRef, Event, EventFactory
@@ -75,13 +76,6 @@ class OpenAlarm:
     escalation_reported: bool = False  # alarm.escalated already stored (before a restart)
 
 
-@dataclass(frozen=True, slots=True)
-class AlarmSettings:
-    ack_deadline_s: float = 60.0
-    escalation_repeat_s: float = 30.0
-    dedup_window_s: float = 120.0
-
-
 class _TargetArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     alarm: str = ""
     device: str = ""
@@ -101,7 +95,7 @@ class AlarmBook:
         outbox: Outbox,
         events: EventFactory,
         output: Output,
-        settings: AlarmSettings,
+        settings: ButtonsSection,
         *,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:

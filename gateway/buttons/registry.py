@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
-from gateway.config import DEVICE_ID_RE
+from gateway.config_base import DEVICE_ID_RE
 from gateway.errors import StorageError
 from gateway.events import DeviceRef, EventFactory
 from gateway.outbox import Outbox

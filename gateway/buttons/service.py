@@ -84,8 +84,8 @@ from drivers.buttons.terminal_codec import (
 from drivers.serial_port import SerialLink, SerialSettings
 from gateway.buttons.alarms import AlarmBook, DownlinkKind
 from gateway.buttons.auth import DeviceAuth, DeviceAuthSetting, Verdict
+from gateway.buttons.config import ButtonsSection, ReceiverSection
 from gateway.buttons.registry import Device, DeviceRegistry
-from gateway.config import ButtonsSection, ReceiverSection
 from gateway.errors import StorageError, TransientError
 from gateway.events import EventFactory
 from gateway.outbox import Outbox
