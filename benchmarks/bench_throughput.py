@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 
-from gateway.aio import wait_event
+from common.aio import wait_event
 from gateway.config import ForwardingSection, OutboxSection
 from gateway.events import Event
 from gateway.mqtt import Connection, UplinkSettings

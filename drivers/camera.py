@@ -54,7 +54,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from gateway.backoff import Backoff
+from common.backoff import Backoff
 
 __all__ = [
     "Camera",

@@ -27,8 +27,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from common.errors import ConfigError, TransientError
 from drivers.relay_board import RelayError, SerialRelayBoard
-from gateway.errors import ConfigError, TransientError
 
 __all__ = [
     "LCUS1_OFF",

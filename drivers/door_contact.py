@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from gateway.errors import ConfigError
+from common.errors import ConfigError
 
 __all__ = [
     "ContactInput",

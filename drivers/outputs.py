@@ -29,9 +29,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from common.backoff import Backoff
+from common.errors import ConfigError
 from drivers.relay_board import RelayError, SerialRelayBoard
-from gateway.backoff import Backoff
-from gateway.errors import ConfigError
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import serial
 
-from gateway.errors import ConfigError, TransientError
+from common.errors import ConfigError, TransientError
 
 __all__ = ["WRITE_TIMEOUT_S", "RelayError", "SerialRelayBoard"]
 

@@ -21,7 +21,7 @@ URLs (one wrapper, :func:`open_serial`, habit 3): a device path (``/dev/serial/b
 pyserial in an executor, exclusively (``flock``, so two gateways cannot read one receiver) and
 driven by pyserial-asyncio-fast's transport; ``socket://host:port`` (a serial-over-TCP server) is
 an asyncio TCP connection. pyserial and socket errors are translated here into
-:class:`~gateway.errors.TransientError` (retry) or :class:`~gateway.errors.ConfigError` (a URL that
+:class:`~common.errors.TransientError` (retry) or :class:`~common.errors.ConfigError` (a URL that
 can never work).
 
 Buffering policy (habit 12):
@@ -51,8 +51,8 @@ from urllib.parse import urlsplit
 import serial
 import serial_asyncio_fast
 
-from gateway.backoff import Backoff
-from gateway.errors import ConfigError, TransientError
+from common.backoff import Backoff
+from common.errors import ConfigError, TransientError
 
 __all__ = [
     "OnBytes",

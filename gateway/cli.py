@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
+from common.errors import ConfigError, StartupTimeoutError, StorageError
 from gateway import __version__
 from gateway.clock import iso_utc, utc_now
 from gateway.config import Config, config_warnings, load_config
 from gateway.config_files import check_config_files
-from gateway.errors import ConfigError, StartupTimeoutError, StorageError
 from gateway.signing import canonical_bytes, load_key, sign
 from gateway.vision.models_check import FaceStackError
 

@@ -38,11 +38,11 @@ from typing import Any
 import aiosqlite
 import msgspec
 
-from gateway.aio import get_within, wait_event
+from common.aio import get_within, wait_event
+from common.errors import StorageError
 from gateway.clock import parse_iso_utc, utc_now
 from gateway.command_clock import CommandClock
 from gateway.config import CommandsSection
-from gateway.errors import StorageError
 from gateway.events import Lane, OutboundMessage
 from gateway.mqtt import IncomingMessage
 from gateway.outbox import Outbox

@@ -20,10 +20,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from common.errors import ConfigError
 from gateway.access.config import AccessSection, clear_cards_warning
 from gateway.buttons.config import ButtonsSection
 from gateway.config_base import Problem, Section, convert
-from gateway.errors import ConfigError
 
 _MiB = 1024 * 1024
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.errors import ConfigError
 from gateway.config import Config
-from gateway.errors import ConfigError
 from gateway.signing import load_key
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from common.errors import StartupTimeoutError, StorageError
 from drivers.outputs import Output, build_output, output_spec
 from gateway import __version__
 from gateway.builtin_commands import register_builtin_commands
@@ -35,7 +36,6 @@ from gateway.clock import ClockSync
 from gateway.commands import CommandService
 from gateway.config import Config
 from gateway.config_files import load_command_key, read_password_file
-from gateway.errors import StartupTimeoutError, StorageError
 from gateway.events import EventFactory, Lane
 from gateway.forwarder import Forwarder
 from gateway.health import HealthReporter

@@ -41,12 +41,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from common.errors import ConfigError
 from drivers.buttons.simulator import SimulatedReceiver
 from drivers.buttons.terminal_codec import HelpComing
 from gateway import daemon, demo_door
 from gateway.clock import iso_utc, utc_now
 from gateway.config import config_from_mapping
-from gateway.errors import ConfigError
 from gateway.signing import canonical_bytes, sign
 
 _LOGGER = logging.getLogger(__name__)

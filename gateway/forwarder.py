@@ -25,10 +25,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.aio import wait_event
-from gateway.backoff import Backoff
+from common.aio import wait_event
+from common.backoff import Backoff
+from common.errors import StorageError, TransientError
 from gateway.config import ForwardingSection
-from gateway.errors import StorageError, TransientError
 from gateway.events import LANES, NEVER_DROPPED, Lane
 from gateway.mqtt import Connection, Uplink, UplinkListener
 from gateway.outbox import Outbox, StoredMessage

@@ -15,8 +15,8 @@ from typing import Any
 
 import msgspec
 
-from gateway.aio import wait_event
-from gateway.errors import StorageError, TransientError
+from common.aio import wait_event
+from common.errors import StorageError, TransientError
 from gateway.events import EventFactory
 from gateway.forwarder import Forwarder, Refusal
 from gateway.mqtt import Uplink

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.errors import StorageError
+from common.errors import StorageError
 from gateway.events import DeviceRef, EventFactory, is_valid_kind
 from gateway.outbox import Outbox
 

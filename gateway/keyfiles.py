@@ -17,7 +17,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import ConfigError
+from common.errors import ConfigError
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.aio import wait_event
-from gateway.backoff import Backoff
-from gateway.errors import AuthError, ConfigError, TransientError
+from common.aio import wait_event
+from common.backoff import Backoff
+from common.errors import AuthError, ConfigError, TransientError
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import aiosqlite
 import msgspec
 
-from gateway.aio import wait_event
+from common.aio import wait_event
+from common.errors import StorageError, StorageFullError
 from gateway.config import OutboxSection
-from gateway.errors import StorageError, StorageFullError
 from gateway.events import LANES, NEVER_DROPPED, Lane, Outbound, OutboundMessage
 from gateway.store import Database, translate
 

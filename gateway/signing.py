@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import ConfigError
+from common.errors import ConfigError
 
 MIN_KEY_BYTES = 32
 

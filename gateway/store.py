@@ -20,7 +20,7 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.errors import StorageError, StorageFullError, StoreCorruptError
+from common.errors import StorageError, StorageFullError, StoreCorruptError
 
 _LOGGER = logging.getLogger(__name__)
 

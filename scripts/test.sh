@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check gateway drivers tests benchmarks
-.venv/bin/ruff format --check gateway drivers tests benchmarks
+.venv/bin/ruff check common gateway drivers tests benchmarks
+.venv/bin/ruff format --check common gateway drivers tests benchmarks
 .venv/bin/mypy
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -16,9 +16,9 @@ import msgspec
 import numpy as np
 import pytest
 
+from common.errors import StorageError
 from gateway.clock import ClockSync
 from gateway.config import OutboxSection
-from gateway.errors import StorageError
 from gateway.events import Event, EventFactory, Lane, decode_envelope
 from gateway.faces.audit import MAX_NUMBERS_IN_A_LIST, AuditLog, BiometricDataError
 from gateway.faces.crypto import TemplateCipher

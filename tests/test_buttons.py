@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from common.errors import ConfigError
 from drivers.buttons import ev1527_codec, terminal_codec
 from drivers.buttons.simulator import SimulatedReceiver
 from drivers.buttons.terminal_codec import (
@@ -32,7 +33,6 @@ from gateway import daemon
 from gateway.clock import iso_utc, utc_now
 from gateway.config import Config, config_from_mapping, parse_config
 from gateway.daemon import DaemonHooks, Gateway
-from gateway.errors import ConfigError
 from gateway.signing import canonical_bytes, sign
 from tests.conftest import SubscriberFactory
 from tests.support.broker import MosquittoBroker

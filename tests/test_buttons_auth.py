@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from common.errors import ConfigError
 from drivers.buttons.terminal_codec import (
     Authenticated,
     Cancel,
@@ -32,7 +33,6 @@ from gateway.buttons.registry import Device, DeviceRegistry
 from gateway.buttons.service import ButtonService, _Heard
 from gateway.clock import ClockSync
 from gateway.config import OutboxSection, config_from_mapping
-from gateway.errors import ConfigError
 from gateway.events import EventFactory, decode_envelope
 from gateway.outbox import Outbox
 from gateway.store import Database

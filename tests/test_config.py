@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from common.errors import ConfigError
 from gateway.config import (
     AccessSection,
     Config,
@@ -27,7 +28,6 @@ from gateway.config import (
     parse_config,
 )
 from gateway.daemon import DaemonHooks, Gateway, run, uplink_settings
-from gateway.errors import ConfigError
 from gateway.mqtt import UplinkState
 from tests.conftest import BrokerFactory
 

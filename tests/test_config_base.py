@@ -10,9 +10,9 @@ import msgspec
 import msgspec.inspect as mi
 import pytest
 
+from common.errors import ConfigError
 from gateway.config import Config, config_from_mapping, parse_config
 from gateway.config_base import Section, convert, range_text
-from gateway.errors import ConfigError
 
 GATEWAY = {"gateway": {"id": "gw-1"}}
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from common.errors import StartupTimeoutError
 from gateway import daemon
 from gateway.config import config_from_mapping
 from gateway.daemon import DaemonHooks, StateDirLocked, lock_state_dir
-from gateway.errors import StartupTimeoutError
 from tests.support.broker import MosquittoBroker
 from tests.support.gateway_process import REPO_ROOT, GatewayProcess
 from tests.support.proxy import TcpProxy

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import pytest
 
+from common.errors import ConfigError
 from drivers.card_reader import encode_em4100
 from gateway import cli
 from gateway.access.card_admin import CardAdmin
@@ -30,7 +31,6 @@ from gateway.access.cards_cli import run as cards_hash
 from gateway.access.snapshots import Snapshot
 from gateway.clock import ClockSync
 from gateway.config import Config, OutboxSection, config_from_mapping, credential_path, parse_config
-from gateway.errors import ConfigError
 from gateway.events import DeviceRef, EventFactory, Lane
 from gateway.faces.audit import AuditLog
 from gateway.outbox import Outbox

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from common.errors import ConfigError, StorageError
 from drivers.card_reader import encode_em4100, encode_line
 from drivers.door import LoggingDoor
 from drivers.door_contact import SimulatedContact
@@ -27,7 +28,6 @@ from gateway.access.door import DoorController, DoorSettings
 from gateway.clock import ClockSync, iso_utc, utc_now
 from gateway.commands import CommandService
 from gateway.config import CommandsSection, OutboxSection
-from gateway.errors import ConfigError, StorageError
 from gateway.events import LANES, DeviceRef, Event, EventFactory, WireEnvelope, decode_envelope
 from gateway.outbox import Outbox
 from gateway.signing import canonical_bytes, sign

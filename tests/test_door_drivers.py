@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.errors import ConfigError
 from drivers.door import (
     LCUS1_OFF,
     LCUS1_ON,
@@ -28,7 +29,6 @@ from drivers.door import (
 )
 from drivers.door_contact import MAX_PENDING, Debouncer, GpioContact, SimulatedContact
 from drivers.relay_board import RelayError, SerialRelayBoard
-from gateway.errors import ConfigError
 from tests.support.pty_board import PtyBoard
 
 LIMIT_S = 5.0

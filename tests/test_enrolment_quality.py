@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from common.errors import ConfigError
 from gateway.config import config_from_mapping
-from gateway.errors import ConfigError
 from gateway.faces.enrolment import EnrolmentSettings, encode_photo, enrolment_settings
 from gateway.faces.quality import FaceQuality, QualityLimits, check, measure
 from gateway.faces.store import EnrolmentRefused

@@ -16,9 +16,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from common.errors import ConfigError
 from gateway.clock import ClockSync
 from gateway.config import OutboxSection
-from gateway.errors import ConfigError
 from gateway.events import Event, EventFactory, Lane
 from gateway.faces.audit import AuditLog
 from gateway.faces.crypto import TemplateCipher, TemplateDecryptError

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import StorageError, StorageFullError
 from gateway.clock import ClockSync
 from gateway.config import OutboxSection
-from gateway.errors import StorageError, StorageFullError
 from gateway.events import DeviceRef, EventFactory, Lane, decode_envelope
 from gateway.outbox import Outbox
 from gateway.store import Database, StoreOptions

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import ConfigError
 from drivers.outputs import (
     LoggingOutput,
     OutputSpec,
@@ -17,7 +18,6 @@ from drivers.outputs import (
 )
 from drivers.relay_board import SerialRelayBoard
 from gateway.config import parse_config
-from gateway.errors import ConfigError
 from tests.support.pty_board import PtyBoard
 
 ON = bytes.fromhex("A00101A2")

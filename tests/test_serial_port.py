@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import serial
 
+from common.errors import ConfigError, TransientError
 from drivers.buttons.simulator import SimulatedReceiver
 from drivers.buttons.terminal_codec import (
     Cleared,
@@ -31,7 +32,6 @@ from drivers.buttons.terminal_codec import (
     encode,
 )
 from drivers.serial_port import SerialLink, SerialSettings, open_serial
-from gateway.errors import ConfigError, TransientError
 
 LIMIT_S = 5.0
 DEVICE = 0x2000001A

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import ConfigError
 from gateway.cli import main as cli_main
-from gateway.errors import ConfigError
 from gateway.signing import MIN_KEY_BYTES, canonical_bytes, load_key, sign, verify
 
 KEY = bytes(range(32))

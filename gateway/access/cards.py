@@ -48,12 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from common.errors import ConfigError
 from drivers.card_reader import CardDecoder, CardRead, make_decoder
 from drivers.serial_port import SerialLink, SerialSettings
 from gateway.access.config import clear_cards_warning
 from gateway.access.door import DoorController, Record
 from gateway.access.second_factor import FaceChecks
-from gateway.errors import ConfigError
 from gateway.events import DeviceRef, Event, EventFactory
 from gateway.keyfiles import KeyKind, load_or_create_key
 

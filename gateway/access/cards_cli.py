@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.errors import ConfigError
+from common.errors import ConfigError
 
 _CARD_RE = re.compile(r"^[0-9a-f]{4,20}$")
 

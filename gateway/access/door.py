@@ -47,13 +47,13 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from common.aio import wait_event
+from common.errors import StorageError
 from drivers.door import DoorActuator
 from drivers.door_contact import ContactInput, Debouncer
 from drivers.outputs import Output
-from gateway.aio import wait_event
 from gateway.clock import utc_now
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
-from gateway.errors import StorageError
 from gateway.events import DeviceRef, Event, EventFactory, Lane
 
 __all__ = [

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from common.errors import ConfigError, StorageError
 from drivers.door import DoorActuator, DoorSpec, build_door
 from drivers.door_contact import ContactInput, GpioContact, SimulatedContact
 from drivers.outputs import Output, build_output, output_spec
@@ -34,7 +35,6 @@ from gateway.access.tracks import TrackSettings
 from gateway.commands import CommandService
 from gateway.config import Config
 from gateway.config_base import InputSection
-from gateway.errors import ConfigError, StorageError
 from gateway.events import DeviceRef, Event, EventFactory
 from gateway.faces.audit import AuditLog
 from gateway.faces.crypto import TemplateCipher

@@ -32,6 +32,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from common.errors import StorageError
 from gateway.access.second_factor import Claim, FaceChecks
 from gateway.access.snapshots import (
     SNAPSHOT_LANE,
@@ -42,7 +43,6 @@ from gateway.access.snapshots import (
     encode_snapshot,
 )
 from gateway.access.tracks import Track, Tracker, TrackSettings
-from gateway.errors import StorageError
 from gateway.events import DeviceRef, Event, EventFactory
 from gateway.faces.store import GallerySnapshot
 from gateway.outbox import Outbox

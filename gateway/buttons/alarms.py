@@ -45,10 +45,10 @@ from typing import Any, Literal
 
 import msgspec
 
+from common.errors import StorageError
 from drivers.outputs import Output
 from gateway.buttons.config import ButtonsSection
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
-from gateway.errors import StorageError
 from gateway.events import DeviceRef, Event, EventFactory
 from gateway.outbox import Outbox
 from gateway.store import Database

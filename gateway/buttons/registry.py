@@ -17,9 +17,9 @@ from typing import Any
 
 import msgspec
 
+from common.errors import StorageError
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
 from gateway.config_base import DEVICE_ID_RE
-from gateway.errors import StorageError
 from gateway.events import DeviceRef, EventFactory
 from gateway.outbox import Outbox
 from gateway.store import Database

@@ -62,6 +62,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from common.errors import StorageError, TransientError
 from drivers.buttons import ev1527_codec
 from drivers.buttons.terminal_codec import (
     Authenticated,
@@ -86,7 +87,6 @@ from gateway.buttons.alarms import AlarmBook, DownlinkKind
 from gateway.buttons.auth import DeviceAuth, DeviceAuthSetting, Verdict
 from gateway.buttons.config import ButtonsSection, ReceiverSection
 from gateway.buttons.registry import Device, DeviceRegistry
-from gateway.errors import StorageError, TransientError
 from gateway.events import EventFactory
 from gateway.outbox import Outbox
 from gateway.store import translate

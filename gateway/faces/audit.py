@@ -26,7 +26,7 @@ from typing import Any
 import aiosqlite
 import msgspec
 
-from gateway.errors import GatewayError
+from common.errors import GatewayError
 from gateway.events import Event
 from gateway.outbox import Outbox
 from gateway.store import Database

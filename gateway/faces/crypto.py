@@ -22,7 +22,7 @@ import numpy.typing as npt
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.errors import GatewayError
+from common.errors import GatewayError
 from gateway.keyfiles import KEY_BYTES, KeyKind, load_or_create_key
 
 _LOGGER = logging.getLogger(__name__)

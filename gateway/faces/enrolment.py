@@ -40,9 +40,9 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from common.errors import StorageError
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
 from gateway.config import Config
-from gateway.errors import StorageError
 from gateway.events import DeviceRef, Event, EventFactory
 from gateway.faces import quality
 from gateway.faces.quality import QualityLimits

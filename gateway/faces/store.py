@@ -27,7 +27,7 @@ import aiosqlite
 import numpy as np
 import numpy.typing as npt
 
-from gateway.errors import GatewayError, StorageError
+from common.errors import GatewayError, StorageError
 from gateway.events import Event
 from gateway.faces.audit import AuditLog
 from gateway.faces.crypto import TEMPLATE_DIM, TemplateCipher, TemplateDecryptError

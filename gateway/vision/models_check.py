@@ -23,7 +23,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from gateway.errors import GatewayError
+from common.errors import GatewayError
 
 _LOGGER = logging.getLogger(__name__)
 

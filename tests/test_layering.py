@@ -1,0 +1,35 @@
+"""The arrows between packages point one way: gateway/ may import drivers/ and common/,
+drivers/ only common/, common/ neither (so a driver never reaches back into the gateway)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FORBIDDEN = {"drivers": {"gateway"}, "common": {"gateway", "drivers"}}
+
+
+def imported_packages(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):  # also the imports inside functions
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_import_runs_back_up(package: str) -> None:
+    files = sorted((REPO / package).rglob("*.py"))
+    assert files
+    wrong = {
+        str(path.relative_to(REPO)): sorted(imported_packages(path) & FORBIDDEN[package])
+        for path in files
+        if imported_packages(path) & FORBIDDEN[package]
+    }
+    assert wrong == {}
