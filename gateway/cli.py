@@ -16,6 +16,7 @@ from pathlib import Path
 
 from common.errors import ConfigError, StartupTimeoutError, StorageError
 from gateway import __version__
+from gateway.cli_help import CONFIG, add_command, examples_text
 from gateway.clock import iso_utc, utc_now
 from gateway.config import Config, config_warnings, load_config
 from gateway.config_files import check_config_files
@@ -44,14 +45,33 @@ def setup_logging(level: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eldergate", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="eldergate",
+        description="The eldergate edge gateway: emergency buttons, the face door, durable "
+        "store-and-forward to MQTT.",
+        epilog=examples_text(
+            "eldergate demo --duration 60          # simulated devices, a local broker",
+            f"eldergate check-config {CONFIG}",
+            f"eldergate run --config {CONFIG}       # what the systemd unit runs",
+            "eldergate faces enroll --help",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"eldergate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the gateway daemon")
+    run = add_command(
+        sub, "run", "run the gateway daemon (as systemd does)", f"eldergate run --config {CONFIG}"
+    )
     run.add_argument("--config", type=Path, required=True)
 
-    demo = sub.add_parser("demo", help="run the gateway on simulated devices with a local broker")
+    demo = add_command(
+        sub,
+        "demo",
+        "run the gateway on simulated devices with a local broker",
+        "eldergate demo --duration 60",
+        "eldergate demo --duration 0 --state-dir /tmp/eg-demo   # until Ctrl-C, state kept",
+    )
     demo.add_argument("--duration", type=float, default=30.0, help="seconds to run (0: until ^C)")
     demo.add_argument("--state-dir", type=Path, default=None)
 
@@ -61,7 +81,13 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
-    check = sub.add_parser("check-config", help="validate a configuration file")
+    check = add_command(
+        sub,
+        "check-config",
+        "validate a configuration file and the files it names (exit 78 if wrong)",
+        f"eldergate check-config {CONFIG}",
+        "eldergate check-config --syntax-only config/gateway.toml",
+    )
     check.add_argument("file", type=Path)
     check.add_argument(
         "--syntax-only",
@@ -70,10 +96,20 @@ def _parser() -> argparse.ArgumentParser:
         "names (e.g. an example checked on another machine)",
     )
 
-    outbox = sub.add_parser("outbox", help="show what waits in the outbox (read-only)")
+    outbox = add_command(
+        sub,
+        "outbox",
+        "show what waits in the outbox (read-only)",
+        f"sudo -u eldergate eldergate outbox --config {CONFIG}",
+    )
     outbox.add_argument("--config", type=Path, required=True)
 
-    settings = sub.add_parser("settings", help="show runtime setting overrides (config.set)")
+    settings = add_command(
+        sub,
+        "settings",
+        "show runtime setting overrides (config.set)",
+        f"sudo -u eldergate eldergate settings --config {CONFIG}",
+    )
     settings.add_argument("--config", type=Path, required=True)
 
     from gateway.faces import cli as faces_cli
@@ -84,7 +120,12 @@ def _parser() -> argparse.ArgumentParser:
 
     cards_cli.add_parsers(sub)
 
-    signer = sub.add_parser("sign-command", help="print a signed command for testing a platform")
+    signer = add_command(
+        sub,
+        "sign-command",
+        "print a signed command for testing a platform",
+        "eldergate sign-command --key-file cmd.key --gateway gw-1 --name device.list --id c-1",
+    )
     signer.add_argument("--key-file", type=Path, required=True)
     signer.add_argument("--gateway", required=True)
     signer.add_argument("--name", required=True)

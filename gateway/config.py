@@ -308,7 +308,15 @@ def load_config(path: Path) -> Config:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror or exc}") from exc
+        hint = (
+            "; start from the annotated example config/gateway.toml (systemd/README.md shows "
+            "how to install it as /etc/eldergate/gateway.toml)"
+            if isinstance(exc, FileNotFoundError)
+            else ""
+        )
+        raise ConfigError(
+            f"{path}: cannot read configuration: {exc.strerror or exc}{hint}"
+        ) from exc
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -405,6 +405,7 @@ def test_missing_file(tmp_path: Path) -> None:
     result = check_config(path)
     assert result.returncode == EX_CONFIG
     assert str(path) in result.stderr and "cannot read" in result.stderr
+    assert "config/gateway.toml" in result.stderr  # the next step: where to start from
     assert "Traceback" not in result.stderr
 
 

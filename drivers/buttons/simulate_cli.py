@@ -316,22 +316,47 @@ async def serve(link_dir: str | os.PathLike[str], *, stop: asyncio.Event | None 
             await server.close()
 
 
+_LINK = "--link /tmp/eldergate-sim"
+
+
+def _command(sub: Any, name: str, summary: str, example: str) -> argparse.ArgumentParser:
+    """A sub-command with its one-line summary and an example (as every eldergate command)."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=f"{summary[0].upper()}{summary[1:]}.",
+        epilog=f"example:\n  eldergate simulate {_LINK} {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="simulate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="eldergate simulate",
+        description=__doc__.split("\n")[0].replace("``", "`"),
+        epilog="examples:\n"
+        f"  eldergate simulate {_LINK} serve      # prints the port to configure\n"
+        f"  eldergate simulate {_LINK} press --device 0x2000001a",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--link", required=True, help="link directory (stable port path + socket)")
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("serve", help="run a simulated receiver until interrupted")
-    for name in ("status", "unplug", "replug"):
-        sub.add_parser(name)
-    noise = sub.add_parser("noise", help="random bytes on the line")
+    _command(sub, "serve", "run a simulated receiver until interrupted", "serve")
+    _command(sub, "status", "show the simulated receiver's state", "status")
+    _command(sub, "unplug", "unplug the simulated receiver (its port disappears)", "unplug")
+    _command(sub, "replug", "plug the simulated receiver back in (a new pty)", "replug")
+    noise = _command(sub, "noise", "random bytes on the line", "noise --count 64")
     noise.add_argument("--count", type=int, default=32)
-    rf = sub.add_parser("rf", help="an EV1527 press (the group repeated)")
+    rf = _command(
+        sub, "rf", "an EV1527 press (the group repeated)", "rf --address 0x12345 --key 0xa"
+    )
     rf.add_argument("--address", required=True, type=lambda v: int(v, 0))
     rf.add_argument("--key", required=True, type=lambda v: int(v, 0))
     rf.add_argument("--repeats", type=int, default=4)
 
     def device_command(name: str, help_text: str) -> argparse.ArgumentParser:
-        cmd = sub.add_parser(name, help=help_text)
+        cmd = _command(sub, name, help_text, f"{name} --device 0x2000001a")
         cmd.add_argument(
             "--device", required=True, type=lambda v: int(v, 0), help="e.g. 0x2000001a"
         )

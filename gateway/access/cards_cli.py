@@ -16,16 +16,26 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from common.errors import ConfigError
+from gateway.cli_help import CONFIG, add_command
 
 _CARD_RE = re.compile(r"^[0-9a-f]{4,20}$")
 
 
 def add_parsers(sub: Any) -> None:
     """Add `cards hash` to the `eldergate` sub-command parsers."""
-    cards = sub.add_parser("cards", help="door cards: hash a card number for the configuration")
+    cards = add_command(
+        sub,
+        "cards",
+        "door cards: hash a card number for the configuration",
+        f"eldergate cards hash --config {CONFIG} --card 00DEADBEEF",
+    )
     verbs = cards.add_subparsers(dest="cards_command", required=True)
-    hasher = verbs.add_parser(
-        "hash", help='print the `card_hash = "hmac-sha256:…"` line for [[access.cards]]'
+    hasher = add_command(
+        verbs,
+        "hash",
+        'print the `card_hash = "hmac-sha256:..."` line for [[access.cards]]',
+        f"eldergate cards hash --config {CONFIG} --card 00DEADBEEF",
+        f"read-card-number | eldergate cards hash --config {CONFIG}   # from stdin",
     )
     hasher.add_argument("--config", type=Path, required=True)
     hasher.add_argument(

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from gateway.cli_help import CONFIG, add_command
 from gateway.clock import ClockSync
 from gateway.config import Config
 from gateway.events import EventFactory
@@ -43,15 +44,21 @@ EX_UNAVAILABLE = 69  # sysexits.h: the face-recognition stack is not installed
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    faces = sub.add_parser("faces", help="enrol, list and remove faces; show the audit log")
+    faces = add_command(
+        sub,
+        "faces",
+        "enrol, list and remove faces; set their doors; show the audit log",
+        f"eldergate faces list --config {CONFIG}",
+        "eldergate faces enroll --help",
+    )
     commands = faces.add_subparsers(dest="faces_command", required=True)
 
-    enroll = commands.add_parser(
+    enroll = add_command(
+        commands,
         "enroll",
-        help="enrol a face from 1-5 photos (JPEG or PNG)",
-        description="Enrol a face from 1-5 photos, each with exactly one face; all or none "
-        "are stored. Example: eldergate faces enroll --config /etc/eldergate/config.toml "
-        "--person p-0042 --photo front.jpg --photo glasses.jpg --consent C-2026-118",
+        "enrol a face from 1-5 photos (JPEG or PNG, one face each; all or none are stored)",
+        f"eldergate faces enroll --config {CONFIG} --person p-0042 "
+        "--photo front.jpg --photo glasses.jpg --consent C-2026-118",
     )
     enroll.add_argument("--config", type=Path, required=True)
     enroll.add_argument("--person", required=True, help="person id (A-Z a-z 0-9 . _ -)")
@@ -69,26 +76,41 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="a door the face may open (repeat; default: every door, or as before)",
     )
 
-    doors = commands.add_parser(
+    doors = add_command(
+        commands,
         "doors",
-        help="set the doors a person's face may open",
-        description="Set the doors a person's face may open; without --door, every door. "
-        "Example: eldergate faces doors --config /etc/eldergate/config.toml --person p-0042 "
-        "--door door-main --door door-garden",
+        "set the doors a person's face may open (without --door: every door)",
+        f"eldergate faces doors --config {CONFIG} --person p-0042 --door door-main "
+        "--door door-garden",
     )
     doors.add_argument("--config", type=Path, required=True)
     doors.add_argument("--person", required=True)
     doors.add_argument("--door", action="append", default=[], help="a door id (repeat)")
 
-    listing = commands.add_parser("list", help="list enrolled persons (never the templates)")
+    listing = add_command(
+        commands,
+        "list",
+        "list enrolled persons, their templates and doors (never the templates themselves)",
+        f"eldergate faces list --config {CONFIG}",
+    )
     listing.add_argument("--config", type=Path, required=True)
 
-    remove = commands.add_parser("remove", help="delete every face template of a person")
+    remove = add_command(
+        commands,
+        "remove",
+        "delete every face template of a person (securely, audited)",
+        f'eldergate faces remove --config {CONFIG} --person p-0042 --reason "moved out"',
+    )
     remove.add_argument("--config", type=Path, required=True)
     remove.add_argument("--person", required=True)
     remove.add_argument("--reason", default="", help="why (goes to the audit log)")
 
-    audit = commands.add_parser("audit", help="show the last entries of the audit log")
+    audit = add_command(
+        commands,
+        "audit",
+        "show the last entries of the audit log",
+        f"eldergate faces audit --config {CONFIG} -n 50",
+    )
     audit.add_argument("--config", type=Path, required=True)
     audit.add_argument("-n", type=int, default=20, help="how many entries (default 20)")
 
