@@ -47,6 +47,7 @@ from drivers.buttons.terminal_codec import HelpComing
 from gateway import daemon, demo_door
 from gateway.clock import iso_utc, utc_now
 from gateway.config import config_from_mapping
+from gateway.demo_output import fit, say, shown_args
 from gateway.signing import canonical_bytes, sign
 
 _LOGGER = logging.getLogger(__name__)
@@ -142,10 +143,10 @@ class PlatformConsole:
                 device = (event.get("device") or {}).get("id", "-")
                 data = json.dumps(event["data"])[:60]
                 line = (
-                    f"{event['kind']:<26} seq={event['seq']:<4} lane={event['priority']} "
+                    f"{event['kind']:<24} seq={event['seq']:<3} lane={event['priority']} "
                     f"device={device} data={data}"
                 )
-            print(f"[platform] {line}", flush=True)
+            print(fit(f"[platform] {line}"), flush=True)
             if event["kind"] == "alarm.raised" and event["id"] not in self.acked:
                 self.acked.add(event["id"])
                 self.command(
@@ -157,9 +158,9 @@ class PlatformConsole:
         elif topic.startswith("snapshot/"):
             print(f"[platform] snapshot {topic[9:]}: JPEG, {len(msg.payload)} bytes", flush=True)
         elif topic.startswith("cmd_result/"):
-            print(f"[platform] command result {msg.payload.decode()}", flush=True)
+            print(fit(f"[platform] command result {msg.payload.decode()}"), flush=True)
         elif topic in ("status",):
-            print(f"[platform] gateway status: {msg.payload.decode()}", flush=True)
+            print(fit(f"[platform] gateway status: {msg.payload.decode()}"), flush=True)
 
     def command(self, name: str, command_id: str, args: dict[str, Any], signed: bool) -> None:
         now = utc_now()
@@ -178,11 +179,9 @@ class PlatformConsole:
                     GATEWAY_ID, name, command_id, body["issued_at"], body["expires_at"], args
                 ),
             )
-        shown = {k: (f"<{len(v)} characters>" if len(str(v)) > 64 else v) for k, v in args.items()}
-        print(
-            f"[platform] -> command {name} {json.dumps(shown)}{' (signed)' if signed else ''}",
-            flush=True,
-        )
+        signed_note = " (signed)" if signed else ""
+        shown = " ".join(f"{k}={v}" for k, v in shown_args(args).items())
+        print(fit(f"[platform] -> command {name} {shown}{signed_note}"), flush=True)
         self.client.publish(f"{PREFIX}/cmd/{name}", json.dumps(body), qos=1)
 
     def close(self) -> None:
@@ -236,8 +235,8 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
     )
     receiver = SimulatedReceiver(link_path=workdir / "receiver")
     receiver.plug()
-    print(f"[demo] state directory {state}; broker on 127.0.0.1:{port}", flush=True)
-    print(f"[demo] simulated receiver on {receiver.slave_path} ({receiver.path})", flush=True)
+    say(f"[demo] state directory {state}; broker on 127.0.0.1:{port}")
+    say(f"[demo] simulated receiver on {receiver.slave_path} ({receiver.path})")
     console = PlatformConsole(port, key)
     stop = asyncio.Event()
     ready = asyncio.Event()
@@ -264,10 +263,7 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
         receiver.close()
         console.close()
         broker.stop()
-    print(
-        f"[demo] done: the platform received {console.received} messages; state kept in {state}",
-        flush=True,
-    )
+    say(f"[demo] done: the platform received {console.received} messages; state kept in {state}")
     return code
 
 
@@ -282,17 +278,16 @@ async def _script(
     await asyncio.sleep(0.5)  # the gateway opens the receiver
     for device in (TERMINAL_1, TERMINAL_2):
         receiver.heartbeat(device)
-        print(f"[device]   heartbeat from t-{device:08x}", flush=True)
+        say(f"[device]   heartbeat from t-{device:08x}")
     await asyncio.sleep(1)
     terminal = receiver.terminal(TERMINAL_1, repeat_s=0.5)
     press = await terminal.press(timeout_s=10)
-    print(
+    say(
         f"[device]   t-{TERMINAL_1:08x} pressed (seq {press.seq}): RECEIVED after "
-        f"{terminal.transmissions} transmission(s)",
-        flush=True,
+        f"{terminal.transmissions} transmission(s)"
     )
     await terminal.wait_for(HelpComing, timeout_s=10)
-    print(f"[device]   t-{TERMINAL_1:08x} got HELP_COMING: help is on the way", flush=True)
+    say(f"[device]   t-{TERMINAL_1:08x} got HELP_COMING: help is on the way")
     console.command("ping", "demo-ping-1", {}, signed=False)
     console.command(
         "config.set", "demo-set-1", {"name": "health.interval_s", "value": 10}, signed=True
@@ -301,21 +296,20 @@ async def _script(
         "config.set", "demo-set-2", {"name": "health.interval_s", "value": 10}, signed=False
     )
     await asyncio.sleep(2)
-    print("[demo] --- stopping the broker: the internet is down ---", flush=True)
+    say("[demo] --- stopping the broker: the internet is down ---")
     broker.stop()
     cord = receiver.terminal(TERMINAL_2, repeat_s=0.5)
     pulled = receiver.pull_cord(TERMINAL_2)
     await cord.send_until_received(pulled, timeout_s=10)
-    print(
+    say(
         f"[device]   t-{TERMINAL_2:08x} pull cord: RECEIVED although the uplink is down; "
-        "nobody can acknowledge, so the gateway escalates locally (see the log)",
-        flush=True,
+        "nobody can acknowledge, so the gateway escalates locally (see the log)"
     )
     await asyncio.sleep(6)
-    print("[demo] --- broker back: the backlog is delivered, the alarm first ---", flush=True)
+    say("[demo] --- broker back: the backlog is delivered, the alarm first ---")
     broker.start()
     with contextlib.suppress(TimeoutError):
         await cord.wait_for(HelpComing, timeout_s=15)
-        print(f"[device]   t-{TERMINAL_2:08x} got HELP_COMING", flush=True)
+        say(f"[device]   t-{TERMINAL_2:08x} got HELP_COMING")
     remaining = started + duration - time.monotonic() if duration > 0 else None
     await asyncio.wait({gateway}, timeout=remaining)

@@ -21,6 +21,7 @@ from drivers.card_reader import encode_em4100
 from drivers.door_contact import SimulatedContact
 from drivers.video_sim import Scene, write_door_video
 from gateway.access.cards import CardKey
+from gateway.demo_output import say
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CARD, DEMO_CARD_PERSON = "0100a1b2c3", "p-zhao-lan"
@@ -95,7 +96,7 @@ class _Gateway(Protocol):
 async def script(gateway: _Gateway, console: Console, demo: DoorDemo) -> None:
     """Enrol, let the video play, swipe a card, and force the door once."""
     if not demo.residents:
-        print("[demo] no clip found (shared/data/video): door by card only", flush=True)
+        say("[demo] no clip found (shared/data/video): door by card only")
     for n, (person, photo) in enumerate(demo.residents.items(), start=1):
         args = {
             "person": person,
@@ -105,16 +106,16 @@ async def script(gateway: _Gateway, console: Console, demo: DoorDemo) -> None:
         console.command("face.enroll", f"demo-enrol-{n}", args, signed=True)
     contact = gateway.access.contact if gateway.access is not None else None
     await asyncio.sleep(8)
-    print(f"[device]   card {DEMO_CARD} held to the reader", flush=True)
+    say(f"[device]   card {DEMO_CARD} held to the reader")
     os.write(demo.card_master, encode_em4100(DEMO_CARD))
     await asyncio.sleep(1)
     if isinstance(contact, SimulatedContact):
-        print("[device]   the door is opened (authorised by the card) and closed", flush=True)
+        say("[device]   the door is opened (authorised by the card) and closed")
         contact.set_open(True)
         await asyncio.sleep(2)
         contact.set_open(False)
         await asyncio.sleep(5.5)  # the grants so far have lapsed; the next resident comes later
-        print("[device]   the door is forced open from outside", flush=True)
+        say("[device]   the door is forced open from outside")
         contact.set_open(True)
         await asyncio.sleep(1.5)
         contact.set_open(False)
