@@ -55,8 +55,19 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating the virtual environment .venv"
     python3 -m venv .venv
 fi
+# pip and the face stack write to setup.log; this script prints a few lines of its own and,
+# on a failure, the log's last lines.
+log="$(pwd)/setup.log"
+: >"$log"
+quiet() {
+    if ! "$@" >>"$log" 2>&1; then
+        echo "setup: failed: $* (the last lines of $log follow)" >&2
+        tail -n 20 "$log" >&2
+        exit 1
+    fi
+}
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-input)
-"${pip[@]}" --upgrade pip
-"${pip[@]}" -e '.[dev]'
-bash scripts/install-face-stack.sh .venv/bin/python
-echo "setup: ready ($(.venv/bin/python --version))"
+quiet "${pip[@]}" --upgrade pip
+quiet "${pip[@]}" -e '.[dev]'
+quiet bash scripts/install-face-stack.sh .venv/bin/python
+echo "setup: ready ($(.venv/bin/python --version); pip and the face stack logged to setup.log)"
