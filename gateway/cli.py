@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
+from common.cli_help import CONFIG, add_command, examples_text
 from common.errors import ConfigError, StartupTimeoutError, StorageError
 from gateway import __version__
-from gateway.cli_help import CONFIG, add_command, examples_text
 from gateway.clock import iso_utc, utc_now
 from gateway.config import Config, config_warnings, load_config
 from gateway.config_files import check_config_files

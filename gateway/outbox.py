@@ -171,6 +171,10 @@ class Outbox:
     ) -> None:
         self._db = db
         self._settings = settings
+        # The section's windows are in milliseconds (as configured); the loop works in seconds.
+        self._delete_interval_s = settings.delete_interval_ms / 1000
+        self._group_window_s = settings.group_commit_window_ms / 1000
+        self._telemetry_window_s = settings.telemetry_commit_window_ms / 1000
         self._on_commit = on_commit
         self._counters = _Counters()
         self._appends: list[_Pending] = []
@@ -379,14 +383,13 @@ class Outbox:
         until_checkpoint = max(0.0, self._next_checkpoint - time.monotonic())
         if not self._deletes:
             return max(0.05, until_checkpoint)
-        due = self._last_delete_flush + self._settings.delete_interval_ms / 1000 - time.monotonic()
+        due = self._last_delete_flush + self._delete_interval_s - time.monotonic()
         return max(0.001, min(due, until_checkpoint))
 
     def _delete_due(self) -> bool:
         return (
             len(self._deletes) >= self._settings.delete_batch
-            or time.monotonic() - self._last_delete_flush
-            >= self._settings.delete_interval_ms / 1000
+            or time.monotonic() - self._last_delete_flush >= self._delete_interval_s
         )
 
     async def _wait_for_window(self) -> None:
@@ -394,25 +397,21 @@ class Outbox:
         card). Load means concurrent producers: more than one append waiting now, or the
         previous commit carrying more than one. A lone append after a lone append commits at
         once (a producer that awaits each append is never slowed to one per window); lanes 0
-        and 1, or a full batch, never wait. Telemetry alone waits up to `telemetry_window_s`
+        and 1, or a full batch, never wait. Telemetry alone waits up to `telemetry_commit_window_ms`
         for other appends (its producers do not wait for it: heartbeats are appended in the
         background), and goes with the first commit anything else needs."""
         if await self._telemetry_waited():
             return
         if len(self._appends) <= 1 and self._last_batch_size <= 1:
             return
-        remaining = (
-            self._last_commit_started
-            + self._settings.group_commit_window_ms / 1000
-            - time.monotonic()
-        )
+        remaining = self._last_commit_started + self._group_window_s - time.monotonic()
         if remaining <= 0 or self._closing or self._urgent.is_set():
             return
         await wait_event(self._urgent, remaining)
 
     async def _telemetry_waited(self) -> bool:
         """Hold a batch of telemetry only; True when the batch is still telemetry only."""
-        window = self._settings.telemetry_commit_window_ms / 1000
+        window = self._telemetry_window_s
         if window <= 0 or not self._only_telemetry():
             return False
         self._prompt.clear()

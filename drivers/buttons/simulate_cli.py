@@ -51,6 +51,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from common.cli_help import add_command, examples_text
 from drivers.buttons.simulator import SimulatedReceiver, SimulatedTerminal
 from drivers.buttons.terminal_codec import Cancel, Heartbeat, Press, PressKind, UplinkFrame
 
@@ -320,13 +321,8 @@ _LINK = "--link /tmp/eldergate-sim"
 
 
 def _command(sub: Any, name: str, summary: str, example: str) -> argparse.ArgumentParser:
-    """A sub-command with its one-line summary and an example (as every eldergate command)."""
-    parser: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=summary,
-        description=f"{summary[0].upper()}{summary[1:]}.",
-        epilog=f"example:\n  eldergate simulate {_LINK} {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser: argparse.ArgumentParser = add_command(
+        sub, name, summary, f"eldergate simulate {_LINK} {example}"
     )
     return parser
 
@@ -335,9 +331,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="eldergate simulate",
         description=__doc__.split("\n")[0].replace("``", "`"),
-        epilog="examples:\n"
-        f"  eldergate simulate {_LINK} serve      # prints the port to configure\n"
-        f"  eldergate simulate {_LINK} press --device 0x2000001a",
+        epilog=examples_text(
+            f"eldergate simulate {_LINK} serve      # prints the port to configure",
+            f"eldergate simulate {_LINK} press --device 0x2000001a",
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--link", required=True, help="link directory (stable port path + socket)")

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from common.cli_help import CONFIG, add_command
 from common.errors import ConfigError
-from gateway.cli_help import CONFIG, add_command
 
 _CARD_RE = re.compile(r"^[0-9a-f]{4,20}$")
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from gateway.cli_help import CONFIG, add_command
+from common.cli_help import CONFIG, add_command
 from gateway.clock import ClockSync
 from gateway.config import Config
 from gateway.events import EventFactory
