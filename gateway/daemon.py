@@ -23,20 +23,18 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from common.errors import StartupTimeoutError, StorageError
-from drivers.outputs import Output, build_output, output_spec
+from drivers.outputs import Output
 from gateway import __version__
 from gateway.builtin_commands import register_builtin_commands
-from gateway.buttons.alarms import AlarmBook
-from gateway.buttons.registry import Device, DeviceRegistry
-from gateway.buttons.service import ButtonService
 from gateway.clock import ClockSync
 from gateway.commands import CommandService
 from gateway.config import Config
 from gateway.config_files import load_command_key, read_password_file
 from gateway.events import EventFactory, Lane
+from gateway.feature import Core, Feature
 from gateway.forwarder import Forwarder
 from gateway.health import HealthReporter
 from gateway.ingest import IngestServer
@@ -48,6 +46,8 @@ from gateway.systemd import SystemdNotifier, watchdog_interval_s
 
 if TYPE_CHECKING:
     from gateway.access.feature import AccessFeature
+    from gateway.buttons.feature import ButtonsFeature
+    from gateway.buttons.service import ButtonService
 
 _LOGGER = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -63,13 +63,12 @@ SHUTDOWN_DRAIN_S = 2.0
 # outbox.integrity_check_sync_max_bytes (larger ones are checked in the background).
 STEP_TIMEOUT_S = 30.0
 OPEN_STORE_TIMEOUT_S = 75.0
-ACCESS_START_TIMEOUT_S = 75.0  # loading the face models on a Pi
+FEATURE_START_TIMEOUT_S = 75.0  # face access loads its models: seconds on a Pi
 CLEANUP_TIMEOUT_S = 10.0
 LOCK_FILE = "eldergate.lock"
 # The watchdog is fed only while each of these made progress within its limit (seconds).
 _FORWARDER_STALL_S = 10.0  # its loop ticks at least every 0.5 s
 _COMMANDS_STALL_S = 45.0  # a handler may take up to 30 s
-_ALARM_TIMERS_STALL_S = 30.0
 _COMMIT_STUCK_S = 30.0
 
 
@@ -131,6 +130,21 @@ class DaemonHooks:
     on_ready: Callable[[Gateway], None] | None = None
     before_build: Callable[[], Awaitable[None]] | None = None  # a slow start-up step (tests)
     output: Output | None = None  # replaces the configured alarm output (tests, demo)
+
+
+def build_features(cfg: Config, core: Core, hooks: DaemonHooks) -> list[Feature]:
+    """The features the file enables, in the order they start: the buttons answer before
+    face access loads its models (benchmarks/bench_press_at_start.py)."""
+    features: list[Feature] = []
+    if cfg.buttons is not None:
+        from gateway.buttons import feature as buttons
+
+        features.append(buttons.build(cfg.buttons, core, output=hooks.output))
+    if cfg.access is not None:
+        from gateway.access import feature as access  # the face stack: only if configured
+
+        features.append(access.build(cfg.access, core))
+    return features
 
 
 def uplink_settings(cfg: Config) -> UplinkSettings:
@@ -211,39 +225,23 @@ class Gateway:
             else None
         )
         self._reported_drops = self.outbox.stats().dropped
-        self.buttons: ButtonService | None = None
-        if cfg.buttons is not None:
-            self.buttons = self._build_buttons(cfg)
-        self.access: AccessFeature | None = None
-        if cfg.access is not None:
-            from gateway.access.feature import AccessFeature  # the face stack: only if configured
+        core = Core(cfg, db, self.outbox, self.events, self.commands, self.forwarder.sealed)
+        self.features = build_features(cfg, core, hooks)
+        for feature in self.features:
+            self.health.add_source(feature.name, feature.health)
 
-            self.access = AccessFeature(cfg, cfg.access, db, self.outbox, self.events)
-            self.health.add_source("access", self.access.health)
+    def feature(self, name: str) -> Feature | None:
+        return next((f for f in self.features if f.name == name), None)
 
-    def _build_buttons(self, cfg: Config) -> ButtonService:
-        b = cfg.buttons
-        assert b is not None
-        output = self.hooks.output or build_output(output_spec(b.output))
-        registry = DeviceRegistry(
-            self.db,
-            self.outbox,
-            self.events,
-            (Device(d.id, d.type, d.resident, d.location, d.supervision_s) for d in b.devices),
-            unknown_report_interval_s=b.unknown_report_interval_s,
-        )
-        alarms = AlarmBook(
-            self.db,
-            self.outbox,
-            self.events,
-            output,
-            b,
-        )
-        registry.register_commands(self.commands)
-        alarms.register_commands(self.commands)
-        service = ButtonService(b, registry, alarms, self.outbox, self.events)
-        self.health.add_source("buttons", service.health)
-        return service
+    @property
+    def buttons(self) -> ButtonService | None:
+        """The buttons feature's service (tests and the demo look into it)."""
+        feature = cast("ButtonsFeature | None", self.feature("buttons"))
+        return None if feature is None else feature.service
+
+    @property
+    def access(self) -> AccessFeature | None:
+        return cast("AccessFeature | None", self.feature("access"))
 
     @classmethod
     async def build(cls, cfg: Config, hooks: DaemonHooks | None = None) -> Gateway:
@@ -273,13 +271,9 @@ class Gateway:
             await startup_step("loading the outbox counters", gateway.outbox.load())
             gateway._reported_drops = gateway.outbox.stats().dropped
             await startup_step("loading runtime settings", gateway.runtime.load_overrides())
-            if gateway.buttons is not None:
-                await startup_step("loading the button registry", gateway.buttons.registry.load())
-                await startup_step("loading open alarms", gateway.buttons.alarms.load())
-            if gateway.access is not None:
-                # Only the keys here: the face stack starts once the buttons answer (_serve).
-                await startup_step("loading the door's keys", gateway.access.load_keys())
-                gateway.forwarder.sealed.add(gateway.access.snapshot_cipher)
+            for feature in gateway.features:
+                # Fast reads only (keys, registers): what is slow starts in _serve.
+                await startup_step(f"loading {feature.name}: {feature.loads}", feature.load())
         except BaseException:
             # Bounded and shielded: a stop request during start-up still releases the
             # camera, the relay and the store.
@@ -359,12 +353,10 @@ class Gateway:
             return False, f"forwarder stalled for {now - self.forwarder.last_progress:.0f} s"
         if now - self.commands.last_progress > _COMMANDS_STALL_S:
             return False, f"command handling stalled for {now - self.commands.last_progress:.0f} s"
-        alarms = self.buttons.alarms if self.buttons is not None else None
-        if alarms is not None and now - alarms.last_progress > _ALARM_TIMERS_STALL_S:
-            stalled = now - alarms.last_progress
-            return False, f"alarm escalation timers stalled for {stalled:.0f} s"
-        if self.access is not None:
-            return self.access.healthy(now)
+        for feature in self.features:
+            ok, why = feature.healthy(now)
+            if not ok:
+                return ok, why
         return True, "ok"
 
     def status_line(self) -> str:
@@ -376,8 +368,9 @@ class Gateway:
 
 
 async def _close_partial(gateway: Gateway | None, db: Database) -> None:
-    if gateway is not None and gateway.access is not None:
-        await gateway.access.close()
+    if gateway is not None:
+        for feature in reversed(gateway.features):
+            await feature.close()
     await db.close()
 
 
@@ -472,30 +465,26 @@ async def _serve(
     spawn("health", gateway.health.run())
     spawn("overflow-reporter", _every(2.0, gateway.report_overflow))
     spawn("watchdog", _watchdog(gateway, notifier))
-    if gateway.buttons is not None:
-        spawn("alarms", gateway.buttons.alarms.run())
-        spawn("buttons", gateway.buttons.run())
     if gateway.db.deferred_check:
         spawn("integrity-check", _background_check(gateway), finite=True)
     try:
-        if gateway.access is not None:
-            # The buttons already answer: a press is never held up by the face models (seconds
-            # to load; benchmarks/bench_press_at_start.py). A stop request is honoured here too.
+        for feature in gateway.features:
+            # Each starts once the one before it runs: a press is never held up by the face
+            # models (seconds to load). A stop request is honoured here too.
             starting = await _unless_stopped(
                 startup_step(
-                    "starting face access (models, gallery, camera)",
-                    gateway.access.start(gateway.commands),
-                    ACCESS_START_TIMEOUT_S,
+                    f"starting {feature.name}" + (f": {feature.starts}" if feature.starts else ""),
+                    feature.start(),
+                    FEATURE_START_TIMEOUT_S,
                 ),
-                "the start of face access",
+                f"the start of {feature.name}",
                 stop,
                 notifier,
             )
             if starting is None:
                 return 0
             starting.result()  # its error (a missing face stack: exit 69) stops the daemon
-            for name, coro in gateway.access.tasks().items():
-                spawn(name, coro)
+            spawn(_feature_task(feature), feature.run())
         if gateway.ingest is not None:
             await startup_step("opening the ingest socket", gateway.ingest.start())
         stats = gateway.outbox.stats()
@@ -532,17 +521,14 @@ async def _shutdown(
     notifier.stopping("stopping: draining")
     if gateway.ingest is not None:
         await gateway.ingest.stop()
-    # Stop intake: no frame is half handled after this.
-    for name in ("buttons", "alarms", "face-access", "card-reader", "door"):
-        task = tasks.get(name)
+    # Stop intake, the last feature first: no frame is half handled after this.
+    for feature in reversed(gateway.features):
+        task = tasks.pop(_feature_task(feature), None)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-    if gateway.buttons is not None:
-        with contextlib.suppress(Exception):
-            await gateway.buttons.alarms.output.close()
-    if gateway.access is not None:
-        await gateway.access.close()
+    for feature in reversed(gateway.features):
+        await feature.close()
     if not tasks["outbox-writer"].done():
         with contextlib.suppress(StorageError):
             async with asyncio.timeout(2):
@@ -550,18 +536,8 @@ async def _shutdown(
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(SHUTDOWN_DRAIN_S):
             await gateway.forwarder.wait_no_inflight()
-    for name in (
-        "watchdog",
-        "health",
-        "commands",
-        "overflow-reporter",
-        "forwarder",
-        "integrity-check",
-        "face-store-watch",
-        "snapshot-retention",
-    ):
-        task = tasks.get(name)
-        if task is not None:
+    for name, task in tasks.items():
+        if name not in _LAST_TO_STOP:
             task.cancel()
     await gateway.uplink.stop()
     uplink_task = tasks["uplink"]
@@ -574,6 +550,15 @@ async def _shutdown(
     await gateway.db.close()
     notifier.close()
     _LOGGER.info("stopped")
+
+
+# The core tasks that outlive the others at a stop: the uplink publishes `offline` and
+# disconnects, then the writer commits what is pending.
+_LAST_TO_STOP = frozenset({"uplink", "outbox-writer"})
+
+
+def _feature_task(feature: Feature) -> str:
+    return f"feature-{feature.name}"
 
 
 def dump_tasks() -> None:

@@ -90,7 +90,8 @@ def prepare(workdir: Path) -> DoorDemo:
 
 
 class _Gateway(Protocol):
-    access: Any
+    @property
+    def access(self) -> Any: ...
 
 
 async def script(gateway: _Gateway, console: Console, demo: DoorDemo) -> None:

@@ -87,8 +87,8 @@ def test_readme_flow_cli_enrolment_then_first_start(
         assert enrolled[0]["data"]["person"] == "p-readme"
         assert "gateway.started" in _kinds(sub.messages)
         statuses = [n.fields.get("STATUS", "") for n in gw.notifications]
-        assert "starting: loading the door's keys" in statuses
-        assert "starting: starting face access (models, gallery, camera)" in statuses
+        assert "starting: loading access: the door's keys" in statuses
+        assert "starting: starting access: face models, gallery, camera" in statuses
         assert gw.terminate() == 0
     finally:
         gw.close()

@@ -5,10 +5,10 @@
     decisions -> AuditLog (append-only, then the outbox)   door.* events -> outbox
     face.enroll / face.remove -> FaceEnrolment -> FaceStore (AES-GCM templates) -> AuditLog
 
-Built in two steps like the rest of the daemon: the constructor makes the objects (no device
-is opened), `start()` loads the key, the models and the gallery and starts the
-camera; `tasks()` are the long-running coroutines the daemon supervises; `close()` releases
-the camera, the relay and the inputs.
+The shape of every feature (gateway/feature.py): `build()` makes the objects (no device is
+opened), `load()` reads the keys, `start()` loads the models and the gallery and starts the
+camera, `run()` runs the door, the card reader, the frame loop and the store watch until
+cancelled, `close()` releases the camera, the relay and the inputs.
 """
 
 from __future__ import annotations
@@ -32,17 +32,14 @@ from gateway.access.second_factor import FaceChecks
 from gateway.access.service import AccessService, AccessSettings
 from gateway.access.snapshots import SnapshotSettings
 from gateway.access.tracks import TrackSettings
-from gateway.commands import CommandService
-from gateway.config import Config
 from gateway.config_base import InputSection
-from gateway.events import DeviceRef, Event, EventFactory
+from gateway.events import DeviceRef, Event
 from gateway.faces.audit import AuditLog
 from gateway.faces.crypto import TemplateCipher
 from gateway.faces.enrolment import FaceEnrolment, enrolment_settings, max_templates
 from gateway.faces.store import FaceStore, RefreshLimits
-from gateway.outbox import Outbox
+from gateway.feature import Core, run_all
 from gateway.sealing import PayloadCipher
-from gateway.store import Database
 from gateway.vision.decision import DecisionPolicy
 from gateway.vision.engine import EngineSettings
 from gateway.vision.models_check import ensure_face_models
@@ -77,16 +74,15 @@ def _hex(text: str) -> bytes:
 
 
 class AccessFeature:
-    def __init__(
-        self,
-        cfg: Config,
-        section: AccessSection,
-        db: Database,
-        outbox: Outbox,
-        events: EventFactory,
-    ) -> None:
-        self.cfg = cfg
+    name = "access"
+    loads = "the door's keys"
+    starts = "face models, gallery, camera"
+
+    def __init__(self, section: AccessSection, core: Core) -> None:
+        self.cfg = core.cfg
         self.section = section
+        self._core = core
+        db, outbox, events = core.db, core.outbox, core.events
         self._outbox = outbox
         self._events = events
         a = section
@@ -142,7 +138,7 @@ class AccessFeature:
             exit_request=self.exit_request,
         )
         self.card_register = CardRegister()  # filled in start(), once the card key is read
-        self.snapshot_cipher: PayloadCipher | None = None  # read in load_keys()
+        self.snapshot_cipher: PayloadCipher | None = None  # read in load()
         self._template_cipher: TemplateCipher | None = None
         self.card_admin = CardAdmin(db, self.card_register, self.audit, events, self.door_ref)
         self.face_checks = (
@@ -187,7 +183,7 @@ class AccessFeature:
 
     # -- start-up ----------------------------------------------------------------------------
 
-    async def load_keys(self) -> None:
+    async def load(self) -> None:
         """The three keys (milliseconds): in the daemon's build, so the forwarder can open
         the snapshots queued by an earlier run from its first publish. Raises ConfigError for
         a bad key file."""
@@ -200,15 +196,17 @@ class AccessFeature:
         self.snapshot_cipher = await asyncio.to_thread(
             PayloadCipher.load_or_create, self.cfg.snapshots_key_path
         )
+        self._core.sealed.add(self.snapshot_cipher)
 
-    async def start(self, commands: CommandService) -> None:
+    async def start(self) -> None:
         """Store, enrolment commands, models and gallery; then the camera (seconds: the
-        daemon runs it after the buttons answer). `load_keys()` first. Raises ConfigError for
+        daemon runs it after the buttons answer). `load()` first. Raises ConfigError for
         a missing face stack (the daemon exits non-zero)."""
         a = self.section
+        commands = self._core.commands
         cipher = self._template_cipher
         if cipher is None:
-            raise RuntimeError("AccessFeature.load_keys() must run before start()")
+            raise RuntimeError("AccessFeature.load() must run before start()")
         # Enrolment needs the models even without a camera: a broken install fails here, loudly.
         await asyncio.to_thread(ensure_face_models)
         self.store = FaceStore(self._db, cipher, self.audit, max_templates=max_templates(self.cfg))
@@ -325,7 +323,10 @@ class AccessFeature:
 
     # -- running -----------------------------------------------------------------------------
 
-    def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
+    async def run(self) -> None:
+        await run_all(self._tasks())
+
+    def _tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
         found: dict[str, Coroutine[Any, Any, None]] = {
             "door": self.door.run(),
             "face-store-watch": self._watch_store(),
@@ -378,12 +379,9 @@ class AccessFeature:
                 await self.service.expire_snapshots()
             await asyncio.sleep(_SNAPSHOT_EXPIRY_EVERY_S)
 
-    async def stop_intake(self) -> None:
+    async def close(self) -> None:
         if self.camera is not None:
             await self.camera.stop()
-
-    async def close(self) -> None:
-        await self.stop_intake()
         with contextlib.suppress(Exception):
             await self.door.close()
         with contextlib.suppress(Exception):
@@ -424,6 +422,11 @@ class AccessFeature:
         if self.cards is not None:
             report["card_reader"] = self.cards.health()
         return report
+
+
+def build(section: AccessSection, core: Core) -> AccessFeature:
+    """The feature `[access]` describes (imports the face stack: only when configured)."""
+    return AccessFeature(section, core)
 
 
 class _OpenGate:
