@@ -46,6 +46,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
+from drivers.stream_decoder import StreamDecoder
+
 __all__ = [
     "ETX",
     "FORMATS",
@@ -75,7 +77,6 @@ _CR: Final = 0x0D
 _LF: Final = 0x0A
 #: Hard cap on a decoder's buffer, including the chunk being decoded.
 MAX_BUFFER: Final = 256
-_CHUNK: Final = MAX_BUFFER - 32
 
 _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 _HEX_VALUE: Final = {c: int(chr(c), 16) for c in _HEX}
@@ -110,7 +111,7 @@ class CardDecoder(Protocol):
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[CardRead]: ...
 
-    def reset(self) -> None: ...
+    def reset(self) -> int: ...
 
 
 def make_decoder(card_format: str) -> CardDecoder:
@@ -143,16 +144,16 @@ def encode_line(card: str, ending: bytes = b"\r\n") -> bytes:
     return raw + ending
 
 
-class _Base:
-    __slots__ = ("_buf", "_bytes_discarded", "_checksum_errors", "_damaged", "_overflows", "_reads")
+class _Base(StreamDecoder[CardRead]):
+    __slots__ = ("_checksum_errors", "_damaged", "_reads")
+    max_buffer = MAX_BUFFER
+    longest = 32  # between chunks the buffer holds less than this
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        super().__init__()
         self._reads = 0
         self._damaged = 0
         self._checksum_errors = 0
-        self._bytes_discarded = 0
-        self._overflows = 0
 
     @property
     def counters(self) -> CardReaderCounters:
@@ -163,33 +164,6 @@ class _Base:
             self._bytes_discarded,
             self._overflows,
         )
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
-    def reset(self) -> None:
-        """Forget a partial frame (e.g. after the port was reopened); counts it as discarded."""
-        self._bytes_discarded += len(self._buf)
-        self._buf.clear()
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[CardRead]:
-        """Add received bytes; return the reads they complete, in order. Never raises."""
-        out: list[CardRead] = []
-        view = memoryview(data).cast("B")
-        for start in range(0, len(view), _CHUNK):
-            chunk = view[start : start + _CHUNK]
-            excess = len(self._buf) + len(chunk) - MAX_BUFFER
-            if excess > 0:  # cannot happen: between calls the buffer holds < 32 bytes
-                self._overflows += 1
-                self._bytes_discarded += excess
-                del self._buf[:excess]
-            self._buf += chunk
-            self._extract(out)
-        return out
-
-    def _extract(self, out: list[CardRead]) -> None:
-        raise NotImplementedError
 
 
 class Em4100Decoder(_Base):
@@ -258,9 +232,9 @@ class LineDecoder(_Base):
         super().__init__()
         self._overlong = False  # the current line is already too long: drop until its end
 
-    def reset(self) -> None:
-        super().reset()
+    def reset(self) -> int:
         self._overlong = False
+        return super().reset()
 
     def _extract(self, out: list[CardRead]) -> None:
         buf = self._buf

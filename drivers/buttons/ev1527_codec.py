@@ -43,6 +43,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
+from drivers.stream_decoder import StreamDecoder
+
 __all__ = [
     "END",
     "MAX_BUFFER",
@@ -64,7 +66,6 @@ _SHORT: Final = 5
 _LONG: Final = 6
 #: Hard cap on the framer's buffer, including the chunk being decoded.
 MAX_BUFFER: Final = 256
-_CHUNK: Final = MAX_BUFFER - _LONG
 #: Default cap on the number of codes tracked by the repeat filter.
 MAX_CODES: Final = 32
 
@@ -143,69 +144,28 @@ class Ev1527Counters:
     evictions: int = 0
 
 
-class Ev1527Framer:
+class Ev1527Framer(StreamDecoder[RfGroup]):
     """Streaming bytes -> :class:`RfGroup`. Never raises on input.
 
     Invariant (tested): ``groups bytes + bytes_discarded + buffered == total bytes fed``.
     """
 
-    __slots__ = (
-        "_allow_long",
-        "_allow_short",
-        "_buf",
-        "_bytes_discarded",
-        "_groups_ok",
-        "_groups_rejected",
-        "_high_water",
-        "_overflows",
-    )
+    __slots__ = ("_allow_long", "_allow_short", "_groups_ok", "_groups_rejected")
+    max_buffer = MAX_BUFFER
+    longest = _LONG
 
     def __init__(self, extra_byte: bool | None = None) -> None:
+        super().__init__()
         self._allow_short = extra_byte is not True
         self._allow_long = extra_byte is not False
-        self._buf = bytearray()
-        self._high_water = 0
         self._groups_ok = 0
         self._groups_rejected = 0
-        self._bytes_discarded = 0
-        self._overflows = 0
 
     @property
     def counters(self) -> FramerCounters:
         return FramerCounters(
             self._groups_ok, self._groups_rejected, self._bytes_discarded, self._overflows
         )
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
-    @property
-    def buffer_high_water(self) -> int:
-        return self._high_water
-
-    def flush(self) -> int:
-        """Discard a partial group; return how many bytes were dropped."""
-        dropped = len(self._buf)
-        self._bytes_discarded += dropped
-        self._buf.clear()
-        return dropped
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[RfGroup]:
-        out: list[RfGroup] = []
-        view = memoryview(data).cast("B")
-        for start in range(0, len(view), _CHUNK):
-            chunk = view[start : start + _CHUNK]
-            buf = self._buf
-            excess = len(buf) + len(chunk) - MAX_BUFFER
-            if excess > 0:  # cannot happen while _CHUNK + _LONG <= MAX_BUFFER
-                self._overflows += 1
-                self._bytes_discarded += excess
-                del buf[:excess]
-            buf += chunk
-            self._high_water = max(self._high_water, len(buf))
-            self._extract(out)
-        return out
 
     def _extract(self, out: list[RfGroup]) -> None:
         buf = self._buf
@@ -350,7 +310,7 @@ class Ev1527Decoder:
         if not now >= self._last_feed:  # also catches NaN
             now = self._last_feed if self._last_feed > -math.inf else 0.0
         if now - self._last_feed > self._stale_after and self._framer.buffered:
-            self._framer.flush()
+            self._framer.reset()
         self._last_feed = now
         if self._tracks and now > self._swept_at:
             self._sweep(now)

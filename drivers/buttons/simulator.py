@@ -46,7 +46,6 @@ from drivers.buttons.terminal_codec import (
     Cleared,
     DownlinkFrame,
     Fall,
-    FrameType,
     Heartbeat,
     HelpComing,
     Press,
@@ -57,6 +56,7 @@ from drivers.buttons.terminal_codec import (
     TerminalDecoder,
     UplinkFrame,
     encode,
+    frame_type,
     seal,
 )
 
@@ -80,15 +80,6 @@ _READ_SIZE: Final = 4096
 
 _D = TypeVar("_D", Received, HelpComing, Cleared)
 _F = TypeVar("_F", Press, Cancel, Heartbeat, BatteryLow, Tamper, PullCord, Fall)
-_FRAME_TYPE: Final[dict[type[UplinkFrame], FrameType]] = {
-    Press: FrameType.PRESS,
-    Cancel: FrameType.CANCEL,
-    Heartbeat: FrameType.HEARTBEAT,
-    BatteryLow: FrameType.BATTERY_LOW,
-    Tamper: FrameType.TAMPER,
-    PullCord: FrameType.PULL_CORD,
-    Fall: FrameType.FALL,
-}
 
 
 class SimulatedReceiver:
@@ -428,7 +419,7 @@ class SimulatedTerminal:
         """Send ``frame`` and repeat it unchanged until it is acknowledged; return the ack."""
         if frame.device_id != self.device_id:
             raise ValueError("the frame belongs to another device")
-        key = (int(_FRAME_TYPE[type(frame)]), frame.seq)
+        key = (int(frame_type(frame)), frame.seq)
         ack: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
         self._acks[key] = ack  # registered before the first send (habit 4)
         try:

@@ -63,6 +63,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, assert_never
 
+from drivers.stream_decoder import StreamDecoder
+
 __all__ = [
     "CRC_INIT",
     "MAGIC",
@@ -158,7 +160,6 @@ MIN_FRAME_LEN: Final = _HEADER_LEN + min(PAYLOAD_SIZE.values()) + _CRC_LEN  # 11
 MAX_FRAME_LEN: Final = _HEADER_LEN + _MAX_LEN_FIELD - _LEN_BASE + _CRC_LEN  # 27
 #: Hard cap on the decoder's buffer, including the chunk being decoded.
 MAX_BUFFER: Final = 512
-_CHUNK: Final = MAX_BUFFER - MAX_FRAME_LEN
 
 
 def crc16(data: bytes | bytearray | memoryview) -> int:
@@ -351,31 +352,48 @@ class Authenticated:
 
 
 TerminalFrame = UplinkFrame | DownlinkFrame | Authenticated
+_FRAME_TYPE: Final[dict[type[UplinkFrame | DownlinkFrame], FrameType]] = {
+    Press: FrameType.PRESS,
+    Cancel: FrameType.CANCEL,
+    Heartbeat: FrameType.HEARTBEAT,
+    BatteryLow: FrameType.BATTERY_LOW,
+    Tamper: FrameType.TAMPER,
+    PullCord: FrameType.PULL_CORD,
+    Fall: FrameType.FALL,
+    Received: FrameType.RECEIVED,
+    HelpComing: FrameType.HELP_COMING,
+    Cleared: FrameType.CLEARED,
+}
 
 
-def _type_and_payload(frame: UplinkFrame | DownlinkFrame) -> tuple[FrameType, bytes]:
+def frame_type(frame: UplinkFrame | DownlinkFrame) -> FrameType:
+    """The wire type of a frame (the inner frame's for what comes authenticated)."""
+    return _FRAME_TYPE[type(frame)]
+
+
+def _payload(frame: UplinkFrame | DownlinkFrame) -> bytes:
     match frame:
         case Press():
-            return FrameType.PRESS, bytes((frame.button, frame.kind))
+            return bytes((frame.button, frame.kind))
         case Cancel():
-            return FrameType.CANCEL, b""
+            return b""
         case Heartbeat():
             rssi = frame.rssi_dbm & 0xFF
-            return FrameType.HEARTBEAT, frame.battery_mv.to_bytes(2, "big") + bytes((rssi,))
+            return frame.battery_mv.to_bytes(2, "big") + bytes((rssi,))
         case BatteryLow():
-            return FrameType.BATTERY_LOW, frame.battery_mv.to_bytes(2, "big")
+            return frame.battery_mv.to_bytes(2, "big")
         case Tamper():
-            return FrameType.TAMPER, bytes((int(frame.opened),))
+            return bytes((int(frame.opened),))
         case PullCord():
-            return FrameType.PULL_CORD, b""
+            return b""
         case Fall():
-            return FrameType.FALL, bytes((frame.confidence,))
+            return bytes((frame.confidence,))
         case Received():
-            return FrameType.RECEIVED, bytes((frame.ack_type, frame.ack_seq))
+            return bytes((frame.ack_type, frame.ack_seq))
         case HelpComing():
-            return FrameType.HELP_COMING, b""
+            return b""
         case Cleared():
-            return FrameType.CLEARED, b""
+            return b""
         case _:
             assert_never(frame)
 
@@ -385,9 +403,9 @@ def encode(frame: TerminalFrame) -> bytes:
     if isinstance(frame, Authenticated):
         body = _auth_body(frame.frame, frame.counter) + frame.mac
     else:
-        frame_type, payload = _type_and_payload(frame)
+        payload = _payload(frame)
         body = (
-            bytes((_LEN_BASE + len(payload), frame_type))
+            bytes((_LEN_BASE + len(payload), frame_type(frame)))
             + frame.device_id.to_bytes(4, "big")
             + bytes((frame.seq,))
             + payload
@@ -396,7 +414,7 @@ def encode(frame: TerminalFrame) -> bytes:
 
 
 def _auth_body(inner: UplinkFrame, counter: int) -> bytes:
-    inner_type, payload = _type_and_payload(inner)
+    inner_type, payload = frame_type(inner), _payload(inner)
     return (
         bytes((_LEN_BASE + _AUTH_EXTRA + len(payload), FrameType.AUTHENTICATED))
         + inner.device_id.to_bytes(4, "big")
@@ -483,7 +501,7 @@ class TerminalCounters:
     abandoned: int = 0
 
 
-class TerminalDecoder:
+class TerminalDecoder(StreamDecoder[TerminalFrame]):
     """Streaming decoder: ``feed`` any bytes, get complete valid frames back. Never raises.
 
     The buffer holds at most :data:`MAX_BUFFER` bytes while decoding and less than
@@ -497,25 +515,20 @@ class TerminalDecoder:
         "_abandoned",
         "_bad_length",
         "_bad_payload",
-        "_buf",
-        "_bytes_discarded",
         "_crc_errors",
         "_frames_ok",
-        "_high_water",
-        "_overflows",
         "_unknown_type",
     )
+    max_buffer = MAX_BUFFER
+    longest = MAX_FRAME_LEN
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._high_water = 0
+        super().__init__()
         self._frames_ok = 0
         self._crc_errors = 0
         self._bad_length = 0
         self._unknown_type = 0
         self._bad_payload = 0
-        self._bytes_discarded = 0
-        self._overflows = 0
         self._abandoned = 0
 
     @property
@@ -530,38 +543,6 @@ class TerminalDecoder:
             overflows=self._overflows,
             abandoned=self._abandoned,
         )
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held back as the start of a possible frame."""
-        return len(self._buf)
-
-    @property
-    def buffer_high_water(self) -> int:
-        """Largest buffer size ever reached, including the chunk being decoded."""
-        return self._high_water
-
-    def reset(self) -> None:
-        """Forget any partial frame (e.g. after the port was reopened); counts it as discarded."""
-        self._bytes_discarded += len(self._buf)
-        self._buf.clear()
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[TerminalFrame]:
-        """Add received bytes; return the frames they complete, in order."""
-        out: list[TerminalFrame] = []
-        view = memoryview(data).cast("B")
-        for start in range(0, len(view), _CHUNK):
-            chunk = view[start : start + _CHUNK]
-            buf = self._buf
-            excess = len(buf) + len(chunk) - MAX_BUFFER
-            if excess > 0:  # cannot happen while _CHUNK + MAX_FRAME_LEN <= MAX_BUFFER
-                self._overflows += 1
-                self._bytes_discarded += excess
-                del buf[:excess]
-            buf += chunk
-            self._high_water = max(self._high_water, len(buf))
-            self._extract(out)
-        return out
 
     def _extract(self, out: list[TerminalFrame]) -> None:
         buf = self._buf

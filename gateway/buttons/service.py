@@ -82,6 +82,7 @@ from drivers.buttons.terminal_codec import (
     device_key,
     encode,
 )
+from drivers.buttons.terminal_codec import frame_type as terminal_frame_type
 from drivers.serial_port import SerialLink, SerialSettings
 from gateway.buttons.alarms import AlarmBook, DownlinkKind
 from gateway.buttons.auth import DeviceAuth, DeviceAuthSetting, Verdict
@@ -306,7 +307,7 @@ class ButtonService:
         frame = wrapped.frame if isinstance(wrapped, Authenticated) else wrapped
         device_id = device_key(frame.device_id)
         self._route[device_id] = heard.receiver
-        frame_type = _FRAME_TYPES[type(frame)]
+        frame_type = terminal_frame_type(frame)
         device = self.registry.get(device_id)
         now = self._monotonic()
         policy = self.auth.policy(device_id)
@@ -696,17 +697,6 @@ class ButtonService:
             "auth_key_problems": sorted(self.auth.key_problems),
             "uptime_s": round(now - self._started, 1),
         }
-
-
-_FRAME_TYPES: dict[type, FrameType] = {
-    Press: FrameType.PRESS,
-    Cancel: FrameType.CANCEL,
-    Heartbeat: FrameType.HEARTBEAT,
-    BatteryLow: FrameType.BATTERY_LOW,
-    Tamper: FrameType.TAMPER,
-    PullCord: FrameType.PULL_CORD,
-    Fall: FrameType.FALL,
-}
 
 
 def _store_every(device: Device) -> float:
