@@ -131,7 +131,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
         return True
 
     def render(self, seq: int) -> OutboundMessage:
-        envelope = _Envelope(
+        envelope = WireEnvelope(
             v=ENVELOPE_VERSION,
             id=self.id,
             seq=seq,
@@ -151,25 +151,12 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-class _Envelope(msgspec.Struct, frozen=True):
-    v: int
-    id: str
-    seq: int
-    gw: str
-    kind: str
-    priority: int
-    device_ts: str
-    gw_ts: str
-    clock_synced: bool
-    device: DeviceRef | None = None
-    data: dict[str, Any] = msgspec.field(default_factory=dict)
-
-
 _ENCODER = msgspec.json.Encoder()
 
 
 class WireEnvelope(msgspec.Struct, frozen=True):
-    """The envelope as a consumer decodes it (tests, the demo console, tools)."""
+    """The envelope on the wire: what `Event.render` encodes and a consumer decodes (tests,
+    the demo console, tools)."""
 
     v: int
     id: str
