@@ -1,4 +1,5 @@
-"""Shared fixtures. Sections: real broker, network faults, MQTT clients (add yours below).
+"""Shared fixtures. Sections: real broker, daemon configs, network faults, MQTT clients (add
+yours below).
 
 Everything here runs real processes and sockets on loopback only, and cleans up at teardown
 even when the test fails. When a test fails, the log tail of every broker it used is attached to
@@ -13,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from gateway.config import Config
 from tests.support.broker import MosquittoBroker
+from tests.support.configs import daemon_config
 from tests.support.proxy import TcpProxy
 from tests.support.subscriber import Subscriber
 
@@ -64,6 +67,25 @@ def broker_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[B
 def broker(broker_factory: BrokerFactory) -> MosquittoBroker:
     """A started mosquitto on a loopback port, persistence on, in ``tmp_path/broker``."""
     return broker_factory("broker")
+
+
+# -- daemon configs ----------------------------------------------------------------------------
+
+DaemonConfig = Callable[..., Config]
+
+
+@pytest.fixture
+def daemon_cfg(tmp_path: Path, broker: MosquittoBroker) -> DaemonConfig:
+    """`daemon_cfg(gateway_id=..., section={...}, ...)`: an in-process daemon's config on
+    `broker`, state in tmp_path/state, the sections merged over the shared base
+    (tests/support/configs.py)."""
+
+    def make(*, gateway_id: str = "gw-test", **sections: Any) -> Config:
+        return daemon_config(
+            tmp_path / "state", broker.host, broker.port, gateway_id=gateway_id, **sections
+        )
+
+    return make
 
 
 # -- network faults ----------------------------------------------------------------------------

@@ -31,11 +31,12 @@ from drivers.buttons.terminal_codec import (
 from drivers.outputs import LoggingOutput, OutputSpec, build_output
 from gateway import daemon
 from gateway.clock import iso_utc, utc_now
-from gateway.config import Config, config_from_mapping, parse_config
+from gateway.config import Config, parse_config
 from gateway.daemon import DaemonHooks, Gateway
 from gateway.signing import canonical_bytes, sign
 from tests.conftest import SubscriberFactory
 from tests.support.broker import MosquittoBroker
+from tests.support.configs import daemon_config, merged, signing_key
 from tests.support.subscriber import Subscriber, decode_events
 
 GW = "gw-buttons"
@@ -47,24 +48,13 @@ RF_ADDR = 0x12345
 
 def base_cfg(tmp_path: Path, broker: MosquittoBroker, **sections: Any) -> Config:
     """A daemon on `broker` with a signing key in tmp_path, plus the given sections."""
-    key_file = tmp_path / "command.key"
-    if not key_file.exists():
-        key_file.write_text(secrets.token_hex(32) + "\n")
-        key_file.chmod(0o600)
-    return config_from_mapping(
-        {
-            "gateway": {"id": GW, "state_dir": str(tmp_path / "state")},
-            "uplink": {
-                "host": "127.0.0.1",
-                "port": broker.port,
-                "keepalive_s": 5,
-                "reconnect": {"min_delay_s": 0.1, "max_delay_s": 0.5},
-            },
-            "forwarding": {"replay_rate": 0},
-            "health": {"interval_s": 3600},
-            "commands": {"hmac_key_file": str(key_file)},
-            **sections,
-        }
+    key_file = signing_key(tmp_path / "command.key")
+    return daemon_config(
+        tmp_path / "state",
+        broker.host,
+        broker.port,
+        gateway_id=GW,
+        **merged({"commands": {"hmac_key_file": str(key_file)}}, sections),
     )
 
 

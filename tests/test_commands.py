@@ -35,6 +35,7 @@ from gateway.events import Lane
 from gateway.signing import canonical_bytes, sign
 from tests.conftest import SubscriberFactory
 from tests.support.broker import MosquittoBroker
+from tests.support.configs import daemon_mapping, merged
 from tests.support.subscriber import ReceivedMessage, Subscriber, make_properties
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,16 +57,6 @@ def code_of(result: dict[str, Any]) -> str:
     """`"bad_signature: the HMAC..."` -> `"bad_signature"`."""
     assert result["ok"] is False, result
     return str(result["error"]).split(":", 1)[0]
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _toml(mapping: dict[str, Any], table: str = "") -> str:
@@ -104,20 +95,19 @@ class Harness:
     running: list[Daemon] = field(default_factory=list)
 
     def mapping(self, **overrides: Any) -> dict[str, Any]:
-        base = {
-            "gateway": {"id": GW, "state_dir": str(self.state_dir)},
-            "uplink": {
-                "host": self.broker.host,
-                "port": self.broker.port,
-                "reconnect": {"min_delay_s": 0.05, "max_delay_s": 0.5},
-            },
-            "commands": {
-                "hmac_key_file": str(self.key_file),
-                "max_clock_skew_s": 300,
-                "response_topic_prefixes": [f"{REPLIES}/"],
-            },
+        commands = {
+            "hmac_key_file": str(self.key_file),
+            "max_clock_skew_s": 300,
+            "response_topic_prefixes": [f"{REPLIES}/"],
         }
-        return _deep_merge(base, overrides)
+        return daemon_mapping(
+            self.state_dir,
+            self.broker.host,
+            self.broker.port,
+            gateway_id=GW,
+            quiet=False,  # these tests read and change health.interval_s's default
+            **merged({"commands": commands}, overrides),
+        )
 
     def config(self, **overrides: Any) -> Config:
         return config_from_mapping(self.mapping(**overrides))

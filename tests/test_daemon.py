@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 
 from gateway import daemon
-from gateway.config import Config, config_from_mapping
+from gateway.config import Config
 from gateway.daemon import DaemonHooks, Gateway
 from gateway.systemd import SystemdNotifier
 from tests.support.broker import MosquittoBroker
+from tests.support.configs import daemon_config, merged
 from tests.support.subscriber import Subscriber
 
 GW = "gw-daemon"
@@ -63,21 +64,13 @@ def notify(tmp_path: Path) -> Iterator[NotifyListener]:
 
 
 def make_config(tmp_path: Path, broker: MosquittoBroker, **sections: dict[str, Any]) -> Config:
-    data: dict[str, Any] = {
-        "gateway": {"id": GW, "state_dir": str(tmp_path / "state")},
-        "uplink": {
-            "host": "127.0.0.1",
-            "port": broker.port,
-            "keepalive_s": 5,
-            "reconnect": {"min_delay_s": 0.1, "max_delay_s": 0.5},
-        },
-        "forwarding": {"replay_rate": 0},
-        "health": {"interval_s": 3600},
-        "ingest": {"enabled": True},
-    }
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return config_from_mapping(data)
+    return daemon_config(
+        tmp_path / "state",
+        broker.host,
+        broker.port,
+        gateway_id=GW,
+        **merged({"ingest": {"enabled": True}}, sections),
+    )
 
 
 class InProcess:
@@ -115,11 +108,10 @@ async def test_ready_status_and_clean_stop_with_offline_status(
     gateway = await proc.gateway()
     await asyncio.to_thread(notify.wait_for, "READY=1")
     assert any(m.startswith("STATUS=") or "\nSTATUS=" in m for m in notify.messages)
-    ids = []
-    for n in range(50):
-        event = gateway.events.make("device.heartbeat", data={"n": n})
-        await gateway.outbox.append(event)
-        ids.append(event.id)
+    # Appended together: telemetry alone waits up to 500 ms for company before its commit.
+    events = [gateway.events.make("device.heartbeat", data={"n": n}) for n in range(50)]
+    await asyncio.gather(*(gateway.outbox.append(event) for event in events))
+    ids = [event.id for event in events]
     assert await proc.finish() == 0
     await asyncio.to_thread(notify.wait_for, "STOPPING=1")
     received = await sub.wait_for_async(

@@ -38,7 +38,8 @@ from gateway.sealing import SEALED_CONTENT_TYPE, PayloadCipher, SealedPayloads
 from gateway.store import MIGRATIONS, Database
 from tests.conftest import SubscriberFactory
 from tests.support.broker import MosquittoBroker
-from tests.test_buttons import PREFIX, WAIT_S, base_cfg, call, start, wait_events
+from tests.support.configs import daemon_config
+from tests.test_buttons import GW, PREFIX, WAIT_S, call, start, wait_events
 from tests.test_systemd_unit import UNIT, parse_unit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,27 +77,20 @@ def credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 def credential_cfg(tmp_path: Path, broker: MosquittoBroker, **access: Any) -> Config:
     """The example config's key paths (which do not exist on this machine): only the
     credentials directory can supply them."""
-    cfg = base_cfg(tmp_path, broker)
-    raw: dict[str, Any] = {
-        "gateway": {"id": cfg.gateway.id, "state_dir": cfg.gateway.state_dir},
-        "uplink": {
-            "host": "127.0.0.1",
-            "port": broker.port,
-            "keepalive_s": 5,
-            "reconnect": {"min_delay_s": 0.1, "max_delay_s": 0.5},
-        },
-        "forwarding": {"replay_rate": 0},
-        "health": {"interval_s": 3600},
-        "commands": {"hmac_key_file": "/etc/eldergate/credentials/command.key"},
-        "access": {
+    return daemon_config(
+        tmp_path / "state",
+        broker.host,
+        broker.port,
+        gateway_id=GW,
+        commands={"hmac_key_file": "/etc/eldergate/credentials/command.key"},
+        access={
             "key_file": "/etc/eldergate/credentials/faces.key",
             "cards_key_file": "/etc/eldergate/credentials/cards.key",
             "snapshots_key_file": "/etc/eldergate/credentials/snapshots.key",
             "door": {"id": "door-main", "location": "Bldg 3"},
             **access,
         },
-    }
-    return config_from_mapping(raw)
+    )
 
 
 # -- cards ------------------------------------------------------------------------------------

@@ -5,15 +5,14 @@ one supervised task each, stopped last-first and closed) without naming their ta
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway import daemon
 from gateway.feature import Core, Feature, TaskEnded, run_all
-from tests.support.broker import MosquittoBroker
-from tests.test_daemon import InProcess, make_config
+from tests.conftest import DaemonConfig
+from tests.test_daemon import InProcess
 
 
 async def test_run_all_runs_until_cancelled_and_cancels_every_task() -> None:
@@ -110,12 +109,12 @@ def _compose(monkeypatch: pytest.MonkeyPatch, *features: Recorder) -> None:
 
 
 async def test_features_load_start_in_order_and_stop_last_first(
-    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+    daemon_cfg: DaemonConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
     first, second = Recorder("first", calls), Recorder("second", calls)
     _compose(monkeypatch, first, second)
-    proc = InProcess(make_config(tmp_path, broker))
+    proc = InProcess(daemon_cfg())
     gateway = await proc.gateway()
     async with asyncio.timeout(10):
         await first.running.wait()
@@ -129,12 +128,12 @@ async def test_features_load_start_in_order_and_stop_last_first(
 
 
 async def test_a_feature_whose_run_fails_stops_the_daemon_with_exit_1(
-    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+    daemon_cfg: DaemonConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
     steady, broken = Recorder("steady", calls), Recorder("broken", calls, run_ends=True)
     _compose(monkeypatch, steady, broken)
-    proc = InProcess(make_config(tmp_path, broker))
+    proc = InProcess(daemon_cfg())
     async with asyncio.timeout(30):
         code = await proc.task  # nobody asked it to stop
     assert code == 1

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -29,11 +28,11 @@ from typing import Any
 import pytest
 
 from gateway import daemon
-from gateway.config import config_from_mapping
 from gateway.daemon import DaemonHooks, Gateway
 from gateway.events import Lane
 from gateway.mqtt import UplinkState
 from tests.support.broker import EjabberdBroker, ejabberd_available
+from tests.support.configs import daemon_config, signing_key
 from tests.support.gateway_process import IngestClient
 from tests.support.subscriber import ReceivedMessage, Subscriber
 
@@ -87,29 +86,18 @@ class Running:
 
 @pytest.fixture
 async def running(tmp_path: Path, ejabberd: EjabberdBroker) -> AsyncIterator[Running]:
-    key_file = tmp_path / "command.key"
-    key_file.write_text(secrets.token_bytes(32).hex() + "\n")
-    key_file.chmod(0o600)
+    key_file = signing_key(tmp_path / "command.key")
     password = tmp_path / "mqtt-password"
     password.write_text("anything\n")
     ingest = tmp_path / "ingest.sock"
-    cfg = config_from_mapping(
-        {
-            "gateway": {"id": GW, "state_dir": str(tmp_path / "state")},
-            "uplink": {
-                "host": ejabberd.host,
-                "port": ejabberd.port,
-                "keepalive_s": 5,
-                "username": "gw",
-                "password_file": str(password),
-                "topic_style": "slashed",
-                "reconnect": {"min_delay_s": 0.1, "max_delay_s": 0.5},
-            },
-            "forwarding": {"replay_rate": 0},
-            "commands": {"hmac_key_file": str(key_file), "require_signature": ["ping"]},
-            "health": {"interval_s": 3600},
-            "ingest": {"enabled": True, "socket": str(ingest)},
-        }
+    cfg = daemon_config(
+        tmp_path / "state",
+        ejabberd.host,
+        ejabberd.port,
+        gateway_id=GW,
+        uplink={"username": "gw", "password_file": str(password), "topic_style": "slashed"},
+        commands={"hmac_key_file": str(key_file), "require_signature": ["ping"]},
+        ingest={"enabled": True, "socket": str(ingest)},
     )
     ready: asyncio.Future[Gateway] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()

@@ -19,6 +19,7 @@ from gateway.config import Config, config_from_mapping
 from gateway.daemon import DaemonHooks, Gateway
 from gateway.mqtt import MQTT311_HINT, Connection, Uplink, UplinkSettings, UplinkState
 from tests.support.broker import MosquittoBroker
+from tests.support.configs import daemon_config
 from tests.support.gateway_process import IngestClient
 from tests.support.subscriber import Subscriber
 from tests.support.tls import generate_tls_files
@@ -34,20 +35,13 @@ async def wait_until(predicate: Any, limit_s: float = 15.0) -> None:
 
 
 def tls_config(tmp_path: Path, port: int, ca_file: Path) -> Config:
-    return config_from_mapping(
-        {
-            "gateway": {"id": GW, "state_dir": str(tmp_path / "state")},
-            "uplink": {
-                "host": "127.0.0.1",
-                "port": port,
-                "keepalive_s": 5,
-                "reconnect": {"min_delay_s": 0.1, "max_delay_s": 0.5},
-                "tls": {"enabled": True, "ca_file": str(ca_file)},
-            },
-            "forwarding": {"replay_rate": 0},
-            "health": {"interval_s": 3600},
-            "ingest": {"enabled": True, "socket": str(tmp_path / "ingest.sock")},
-        }
+    return daemon_config(
+        tmp_path / "state",
+        "127.0.0.1",
+        port,
+        gateway_id=GW,
+        uplink={"tls": {"enabled": True, "ca_file": str(ca_file)}},
+        ingest={"enabled": True, "socket": str(tmp_path / "ingest.sock")},
     )
 
 
