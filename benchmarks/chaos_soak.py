@@ -1,7 +1,7 @@
 """Crash-safety soak: the real daemon under SIGKILL, broker restarts/SIGKILL and link faults.
 
     .venv/bin/python benchmarks/chaos_soak.py [--scenarios all] [--faults N] [--duration S]
-                                              [--rate R] [--seed SEED] [--json FILE]
+                                              [--rate R] [--seed SEED] [--json FILE] [--pace F]
 
 The scenarios of tests/test_crash_safety.py (shared code in tests/support/gateway_process.py),
 each with a fresh mosquitto (persistence on, autosave every 1 s), a fresh gateway state dir and a
@@ -15,6 +15,8 @@ persistent-session subscriber (the platform), all on 127.0.0.1:
 Four devices stream events (lanes 0, 1, 2, 3), ``--rate`` events/s each, through the ingest
 socket; only acknowledged (committed) events are counted. A scenario ends after ``--faults``
 faults or ``--duration`` seconds, whichever is first; then every acknowledged event must arrive.
+``--pace`` scales the pauses between faults, the broker's down time and the black-hole time
+(default 1; smaller: a quicker run with shorter outages).
 Printed: a summary table (events acked, delivered, missing (per lane), duplicates, first-arrival
 order errors, faults, max recovery time from the end of a fault to the first delivery of an
 event acked after it, max time from spawn to READY=1). Exit status 1 if anything acked was
@@ -39,16 +41,16 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.support.broker import MosquittoBroker  # noqa: E402
-from tests.support.gateway_process import (  # noqa: E402
+from tests.support.chaos import (  # noqa: E402
     ChaosResult,
     FaultInjector,
-    GatewayProcess,
     broker_bounce,
     format_table,
     gateway_kill,
     link_fault,
     run_chaos,
 )
+from tests.support.gateway_process import GatewayProcess  # noqa: E402
 from tests.support.proxy import TcpProxy  # noqa: E402
 from tests.support.subscriber import Subscriber  # noqa: E402
 
@@ -62,6 +64,10 @@ _PACING: dict[str, tuple[tuple[float, float], float]] = {
     "broker-kill": ((0.3, 1.5), 2.0),
     "link": ((0.3, 1.5), 1.5),
 }
+
+
+def _paced(span: tuple[float, float], pace: float) -> tuple[float, float]:
+    return (span[0] * pace, span[1] * pace)
 
 
 async def run_scenario(name: str, args: argparse.Namespace, work: Path) -> ChaosResult:
@@ -83,16 +89,17 @@ async def run_scenario(name: str, args: argparse.Namespace, work: Path) -> Chaos
         gateway = GatewayProcess(work / "gateway", uplink_port=port, gateway_id=GATEWAY_ID)
         await asyncio.to_thread(gateway.start)
         inject: FaultInjector
+        pace = args.pace
         if name == "gateway-kill":
             inject = gateway_kill(gateway)
         elif name == "broker-restart":
-            inject = broker_bounce(broker, platform, hard=False, down_s=(0.2, 1.5))
+            inject = broker_bounce(broker, platform, hard=False, down_s=_paced((0.2, 1.5), pace))
         elif name == "broker-kill":
-            inject = broker_bounce(broker, platform, hard=True, down_s=(0.0, 0.3))
+            inject = broker_bounce(broker, platform, hard=True, down_s=_paced((0.0, 0.3), pace))
         else:
             assert proxy is not None
-            inject = link_fault(proxy, blackhole_share=0.5, blackhole_s=(0.5, 4.0))
-        between, _ = _PACING[name]
+            inject = link_fault(proxy, blackhole_share=0.5, blackhole_s=_paced((0.5, 4.0), pace))
+        between = _paced(_PACING[name][0], pace)
         return await run_chaos(
             name,
             gateway,
@@ -175,11 +182,17 @@ def main() -> int:
         help="seconds to wait for every acked event after the last fault",
     )
     parser.add_argument("--json", default="", help="also write the figures to this file")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=1.0,
+        help="scale of the pauses between faults and of the outages (default 1)",
+    )
     args = parser.parse_args()
     # The test subscriber's paho logs every broker restart or cut at ERROR; that is the point.
     logging.getLogger("tests.support.subscriber.paho").setLevel(logging.CRITICAL)
-    if args.faults < 1 or args.duration <= 0 or args.rate <= 0:
-        parser.error("--faults, --duration and --rate must be positive")
+    if args.faults < 1 or args.duration <= 0 or args.rate <= 0 or args.pace <= 0:
+        parser.error("--faults, --duration, --rate and --pace must be positive")
     return asyncio.run(main_async(args))
 
 

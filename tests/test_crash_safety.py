@@ -28,20 +28,19 @@ import pytest
 
 from tests.conftest import SubscriberFactory
 from tests.support.broker import MosquittoBroker
-from tests.support.gateway_process import (
+from tests.support.chaos import (
     DEFAULT_DEVICES,
-    Ack,
     ChaosResult,
     DeliveryTally,
     Device,
     EventStream,
-    GatewayProcess,
-    IngestClient,
     broker_bounce,
     gateway_kill,
     link_fault,
     run_chaos,
 )
+from tests.support.gateway_process import GatewayProcess
+from tests.support.ingest_client import Ack, IngestClient
 from tests.support.proxy import TcpProxy
 from tests.support.subscriber import Subscriber
 

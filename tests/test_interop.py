@@ -33,7 +33,7 @@ from gateway.events import Lane
 from gateway.mqtt import UplinkState
 from tests.support.broker import EjabberdBroker, ejabberd_available
 from tests.support.configs import daemon_config, signing_key
-from tests.support.gateway_process import IngestClient
+from tests.support.ingest_client import IngestClient
 from tests.support.subscriber import ReceivedMessage, Subscriber
 
 pytestmark = pytest.mark.interop

@@ -20,7 +20,7 @@ from gateway.daemon import DaemonHooks, Gateway
 from gateway.mqtt import MQTT311_HINT, Connection, Uplink, UplinkSettings, UplinkState
 from tests.support.broker import MosquittoBroker
 from tests.support.configs import daemon_config
-from tests.support.gateway_process import IngestClient
+from tests.support.ingest_client import IngestClient
 from tests.support.subscriber import Subscriber
 from tests.support.tls import generate_tls_files
 
