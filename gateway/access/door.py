@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -52,6 +51,7 @@ from common.errors import StorageError
 from drivers.door import DoorActuator
 from drivers.door_contact import ContactInput, Debouncer
 from drivers.outputs import Output
+from gateway.access.config import DoorSection
 from gateway.clock import utc_now
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
 from gateway.events import DeviceRef, Event, EventFactory, Lane
@@ -60,7 +60,7 @@ __all__ = [
     "GRANT_METHODS",
     "MAX_PENDING_EVENTS",
     "DoorController",
-    "DoorSettings",
+    "DoorTiming",
     "Record",
 ]
 
@@ -77,30 +77,14 @@ DoorState = Literal["open", "closed", "unknown"]
 
 
 @dataclass(frozen=True, slots=True)
-class DoorSettings:
-    """Timings of one door, in seconds (see the module doc)."""
+class DoorTiming:
+    """The door's inner timings, in seconds: not configured (tests shorten the tick). The
+    configured ones (pulse_s, unlock_window_s, held_open_s, prealert_s) are the section's."""
 
-    pulse_s: float = 3.0
-    unlock_window_s: float = 8.0
-    held_open_s: float = 10.0
-    prealert_s: float = 3.0
     debounce_s: float = 0.4
-    has_contact: bool = True
     rex_debounce_s: float = 0.05
     tick_s: float = 0.1
     record_timeout_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        for name in ("pulse_s", "unlock_window_s", "held_open_s", "tick_s", "record_timeout_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        for name in ("prealert_s", "debounce_s", "rex_debounce_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.prealert_s > self.held_open_s:
-            raise ValueError("prealert_s must not exceed held_open_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +110,15 @@ class DoorController:
         door: DoorActuator,
         output: Output | None,
         device: DeviceRef,
-        settings: DoorSettings | None = None,
+        section: DoorSection | None = None,
         *,
+        timing: DoorTiming | None = None,
         contact: ContactInput | None = None,
         exit_request: ContactInput | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings or DoorSettings()
+        self.section = section or DoorSection()
+        self.timing = timing or DoorTiming()
         self.device = device
         self._events = events
         self._record = record
@@ -141,8 +127,8 @@ class DoorController:
         self._contact = contact
         self._exit_request = exit_request
         self._clock = clock
-        self._contact_db = Debouncer(self.settings.debounce_s)
-        self._rex_db = Debouncer(self.settings.rex_debounce_s)
+        self._contact_db = Debouncer(self.timing.debounce_s)
+        self._rex_db = Debouncer(self.timing.rex_debounce_s)
         self._state: DoorState = "unknown"
         self._opened_at: float | None = None
         self._open_by: str | None = None
@@ -183,7 +169,7 @@ class DoorController:
         self.grants[method] = self.grants.get(method, 0) + 1
         _LOGGER.info("door %s: %s grant (%s)", self.device.id, method, ref)
         task = asyncio.create_task(
-            self._door.pulse(self.settings.pulse_s, _reason(grant)), name=f"door-pulse-{method}"
+            self._door.pulse(self.section.pulse_s, _reason(grant)), name=f"door-pulse-{method}"
         )
         self._pulses.add(task)
         task.add_done_callback(self._pulse_done)
@@ -198,8 +184,7 @@ class DoorController:
 
     def on_contact(self, raw_open: bool, now: float) -> None:
         """A raw door-contact level (True: open) seen at ``now``; debounced in :meth:`tick`."""
-        if self.settings.has_contact:
-            self._contact_db.feed(raw_open, now)
+        self._contact_db.feed(raw_open, now)
 
     def on_exit_request(self, raw_pressed: bool, now: float) -> None:
         """A raw exit-request button level (True: pressed) seen at ``now``."""
@@ -242,7 +227,7 @@ class DoorController:
             self._queue("door.opened", {"authorised_by": None, "at_start": True}, at, now)
             return
         grant = self._pending_grant
-        if grant is not None and at <= grant.at + self.settings.unlock_window_s:
+        if grant is not None and at <= grant.at + self.section.unlock_window_s:
             self._pending_grant = None
             self._open_by = grant.method
             _LOGGER.info("door %s opened (%s)", self.device.id, grant.method)
@@ -261,7 +246,7 @@ class DoorController:
             {
                 "since_last_grant_s": since,
                 "last_grant_method": None if last is None else last.method,
-                "unlock_window_s": self.settings.unlock_window_s,
+                "unlock_window_s": self.section.unlock_window_s,
             },
             at,
             now,
@@ -292,7 +277,7 @@ class DoorController:
     async def _check_held_open(self, now: float) -> None:
         if self._state != "open" or self._opened_at is None:
             return
-        s = self.settings
+        s = self.section
         open_for = now - self._opened_at
         if not self._prealerted and open_for >= s.held_open_s - s.prealert_s:
             self._prealerted = True
@@ -357,7 +342,7 @@ class DoorController:
             while self._pending:
                 event = self._pending.popleft()
                 try:
-                    async with asyncio.timeout(self.settings.record_timeout_s):
+                    async with asyncio.timeout(self.timing.record_timeout_s):
                         await self._record(event)
                 except (StorageError, TimeoutError) as exc:
                     self._pending.appendleft(event)
@@ -389,7 +374,7 @@ class DoorController:
     async def run(self) -> None:
         """Start the inputs and tick every ``tick_s`` until cancelled."""
         try:
-            if self._contact is not None and self.settings.has_contact:
+            if self._contact is not None:
                 await self._contact.start(self.on_contact)
             if self._exit_request is not None:
                 await self._exit_request.start(self.on_exit_request)
@@ -413,7 +398,7 @@ class DoorController:
             except Exception:  # a bug must not stop the door's timers for good
                 _LOGGER.exception("door %s: tick failed", self.device.id)
             self.last_progress = time.monotonic()
-            await asyncio.sleep(self.settings.tick_s)
+            await asyncio.sleep(self.timing.tick_s)
 
     async def _record_loop(self) -> None:
         while True:
@@ -438,7 +423,7 @@ class DoorController:
     def health(self, now: float | None = None) -> dict[str, Any]:
         now = self._clock() if now is None else now
         grant = self._pending_grant
-        until = None if grant is None else grant.at + self.settings.unlock_window_s
+        until = None if grant is None else grant.at + self.section.unlock_window_s
         if until is not None and until < now:
             until = None  # expired: the next opening will be forced
         return {
@@ -492,7 +477,7 @@ class DoorController:
         otherwise queue it for retry. True if recorded now. For credentials: the audit record
         comes first, but a broken store must not lock people out."""
         try:
-            async with asyncio.timeout(self.settings.record_timeout_s):
+            async with asyncio.timeout(self.timing.record_timeout_s):
                 await (record or self._record)(event)
         except (StorageError, TimeoutError) as exc:
             _LOGGER.error(

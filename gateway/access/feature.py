@@ -27,7 +27,7 @@ from drivers.serial_port import SerialSettings
 from gateway.access.card_admin import CardAdmin
 from gateway.access.cards import CardAccess, CardKey, CardRegister
 from gateway.access.config import AccessSection
-from gateway.access.door import DoorController, DoorSettings
+from gateway.access.door import DoorController
 from gateway.access.second_factor import FaceChecks
 from gateway.access.service import AccessService, AccessSettings
 from gateway.access.snapshots import SnapshotSettings
@@ -127,13 +127,7 @@ class AccessFeature:
             self.actuator,
             self.prealert,
             self.door_ref,
-            DoorSettings(
-                pulse_s=door.pulse_s,
-                unlock_window_s=door.unlock_window_s,
-                held_open_s=door.held_open_s,
-                prealert_s=door.prealert_s,
-                has_contact=self.contact is not None,
-            ),
+            door,
             contact=self.contact,
             exit_request=self.exit_request,
         )
