@@ -81,13 +81,16 @@ class OutboxStats:
 class DiskReserve:
     """A ballast file kept in the state directory. When the disk is full even deletes and WAL
     checkpoints fail (they need room to write); releasing the ballast gives them that room.
-    It is put back once free space allows."""
+    It is put back once free space allows. Made by `ensure()` (file I/O: in a thread)."""
 
     def __init__(self, path: Path, size: int) -> None:
         self.path = path
         self.size = size
         self.released = False
-        if size > 0 and not path.exists():
+
+    def ensure(self) -> None:
+        """Create the ballast if it is missing (blocking: call it off the event loop)."""
+        if self.size > 0 and not self.path.exists():
             self._create()
 
     def _create(self) -> None:
@@ -204,7 +207,9 @@ class Outbox:
         return self._db.path
 
     async def load(self) -> None:
-        """Read the persistent counters (O(1): no scan of the backlog)."""
+        """Read the persistent counters (O(1): no scan of the backlog) and put the disk
+        reserve in place."""
+        await asyncio.to_thread(self._reserve.ensure)
         async with self._db.writer.execute(
             "SELECT next_row, next_seq, rows0, rows1, rows2, rows3, "
             "bytes0, bytes1, bytes2, bytes3, dropped2, dropped3 FROM outbox_state"

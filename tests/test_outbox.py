@@ -392,3 +392,16 @@ async def test_a_transaction_cancelled_while_it_begins_leaves_none_open(box: Run
             await conn.execute("SELECT 1")
     receipt = await box.outbox.append(event(0, 1))  # type: ignore[arg-type]
     assert receipt.row > 0
+
+
+async def test_the_disk_reserve_is_made_by_load_not_by_the_constructor(tmp_path: Path) -> None:
+    """No file I/O on the loop when the outbox is built; load() puts the ballast in place."""
+    db = await Database.open(tmp_path / "outbox.db")
+    try:
+        outbox = Outbox(db, OutboxSection(reserve_bytes=64 * 1024))
+        reserve = tmp_path / ".disk-reserve"
+        assert not reserve.exists()
+        await outbox.load()
+        assert reserve.stat().st_size == 64 * 1024
+    finally:
+        await db.close()
