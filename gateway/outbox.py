@@ -29,7 +29,7 @@ from common.aio import wait_event
 from common.errors import StorageError, StorageFullError
 from gateway.config import OutboxSection
 from gateway.events import LANES, NEVER_DROPPED, Lane, Outbound, OutboundMessage
-from gateway.store import Database, translate
+from gateway.store import OUTBOX_INSERT, OUTBOX_STATE_UPDATE, Database, translate
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -553,11 +553,7 @@ class Outbox:
             if deletes:
                 await self._delete_rows(conn, deletes, counters)
             if rows:
-                await conn.executemany(
-                    "INSERT INTO outbox (id, lane, seq, topic, payload, props, size, created_ms) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                await conn.executemany(OUTBOX_INSERT, rows)
                 await self._enforce_capacity(conn, counters, stored_before)
             await self._save_counters(conn, counters)
         return receipts, counters
@@ -654,9 +650,7 @@ class Outbox:
 
     async def _save_counters(self, conn: aiosqlite.Connection, c: _Counters) -> None:
         await conn.execute(
-            "UPDATE outbox_state SET next_row = ?, next_seq = ?, rows0 = ?, rows1 = ?, rows2 = ?, "
-            "rows3 = ?, bytes0 = ?, bytes1 = ?, bytes2 = ?, bytes3 = ?, dropped2 = ?, dropped3 = ?",
-            (c.next_row, c.next_seq, *c.rows, *c.bytes, *c.dropped),
+            OUTBOX_STATE_UPDATE, (c.next_row, c.next_seq, *c.rows, *c.bytes, *c.dropped)
         )
 
     def _fail(self, batch: Iterable[_Pending], exc: Exception) -> None:

@@ -2,7 +2,9 @@
 
 One writer connection (all writes, in explicit transactions under one lock) and one read-only
 connection for the forwarder's reads, both through aiosqlite. WAL with synchronous=FULL: a
-committed transaction survives kill -9 and power loss.
+committed transaction survives kill -9 and power loss. Nothing here blocks the event loop:
+file-system steps and the salvage of a damaged file run in a thread. The outbox's two writes
+(OUTBOX_INSERT, OUTBOX_STATE_UPDATE) are defined here once, for the writer and the salvage.
 """
 
 from __future__ import annotations
@@ -253,7 +255,7 @@ class Database:
     @classmethod
     async def open(cls, path: Path, options: StoreOptions | None = None) -> Database:
         options = options or StoreOptions()
-        size = _prepare_directory(path)
+        size = await asyncio.to_thread(_prepare_directory, path)
         check_now = (
             options.integrity_check != "off" and size <= options.integrity_check_sync_max_bytes
         )
@@ -261,7 +263,7 @@ class Database:
             writer = await _connect_writer(path, options, check_now)
         except StoreCorruptError as exc:
             _LOGGER.critical("%s; moving it aside and salvaging what can be read", exc)
-            quarantined = quarantine(path)
+            quarantined = await asyncio.to_thread(quarantine, path)
             writer = await _connect_writer(path, options, check_now=False)
             salvaged = await salvage_into(quarantined, writer)
             _LOGGER.warning("salvaged %d undelivered messages from %s", salvaged, quarantined)
@@ -363,7 +365,7 @@ async def _connect_writer(
         writer = await aiosqlite.connect(path, isolation_level=None)
     except sqlite3.Error as exc:
         raise translate(exc, f"opening {path}") from exc
-    _owner_only(path)
+    await asyncio.to_thread(_owner_only, path)
     try:
         await _configure(writer, options)
         if check_now:
@@ -452,6 +454,15 @@ def migration_statements(script: str) -> list[str]:
 
 _SALVAGE_CHUNK = 1000
 _SALVAGE_MAX_SPAN = 200_000  # how far to probe when the file no longer says its last row
+# The outbox's two writes, shared by the outbox writer and the salvage of a damaged file.
+OUTBOX_INSERT = (
+    "INSERT INTO outbox (id, lane, seq, topic, payload, props, size, created_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+OUTBOX_STATE_UPDATE = (
+    "UPDATE outbox_state SET next_row = ?, next_seq = ?, rows0 = ?, rows1 = ?, rows2 = ?, "
+    "rows3 = ?, bytes0 = ?, bytes1 = ?, bytes2 = ?, bytes3 = ?, dropped2 = ?, dropped3 = ?"
+)
 _SALVAGE_COLUMNS = "id, lane, seq, topic, payload, props, size, created_ms"
 _SALVAGE_RANGE = (
     f"SELECT {_SALVAGE_COLUMNS} FROM outbox WHERE id > ? ORDER BY id LIMIT {_SALVAGE_CHUNK}"  # noqa: S608
@@ -500,18 +511,41 @@ def quarantine(path: Path) -> Path:
 async def salvage_into(corrupt: Path, writer: aiosqlite.Connection) -> int:
     """Copy every outbox row that can still be read from a quarantined file into the new one.
 
-    Reads in rowid order and skips past unreadable stretches. The new file's `next_seq` jumps
-    ahead so that no sequence number is ever reused; the platform sees the gap.
+    Reads in rowid order (in a thread) and skips past unreadable stretches. The new file's
+    `next_seq` jumps ahead so that no sequence number is ever reused; the platform sees the gap.
     """
+    found = await asyncio.to_thread(_read_salvageable, corrupt)
+    if found is None:
+        return 0
+    next_seq_old, rows = found
+    max_seq = max([0] + [int(r[2]) for r in rows if r[2] is not None])
+    # Always jump: the state row may predate commits that were lost with the damage.
+    next_seq = max(next_seq_old, max_seq + 1) + 1_000_000
+    next_row = max([0] + [int(r[0]) for r in rows]) + 1
+    counts = [0, 0, 0, 0]
+    sizes = [0, 0, 0, 0]
+    for row in rows:
+        lane = int(row[1])
+        if 0 <= lane <= 3:
+            counts[lane] += 1
+            sizes[lane] += int(row[6])
+    await writer.execute("BEGIN IMMEDIATE")
+    await writer.executemany(OUTBOX_INSERT, [r for r in rows if 0 <= int(r[1]) <= 3])
+    await writer.execute(OUTBOX_STATE_UPDATE, (next_row, next_seq, *counts, *sizes, 0, 0))
+    await writer.execute("COMMIT")
+    return sum(counts)
+
+
+def _read_salvageable(corrupt: Path) -> tuple[int, list[tuple[Any, ...]]] | None:
+    """(the old next_seq, every row still readable), or None if the file cannot be opened."""
     rows: list[tuple[Any, ...]] = []
-    next_seq_old = 0
     try:
         # Not mode=ro: a read-only open of a WAL file fails outright. writable_schema lets
         # SQLite read tables whose neighbours' pages are gone; nothing is written to the file.
         src = sqlite3.connect(corrupt)
         src.execute("PRAGMA writable_schema = ON")
     except sqlite3.Error:
-        return 0
+        return None
     try:
         next_seq_old, upper = _salvage_bounds(src)
         cursor_id = 0
@@ -530,27 +564,4 @@ async def salvage_into(corrupt: Path, writer: aiosqlite.Connection) -> int:
             cursor_id = int(chunk[-1][0])
     finally:
         src.close()
-    max_seq = max([0] + [int(r[2]) for r in rows if r[2] is not None])
-    # Always jump: the state row may predate commits that were lost with the damage.
-    next_seq = max(next_seq_old, max_seq + 1) + 1_000_000
-    next_row = max([0] + [int(r[0]) for r in rows]) + 1
-    counts = [0, 0, 0, 0]
-    sizes = [0, 0, 0, 0]
-    for row in rows:
-        lane = int(row[1])
-        if 0 <= lane <= 3:
-            counts[lane] += 1
-            sizes[lane] += int(row[6])
-    await writer.execute("BEGIN IMMEDIATE")
-    await writer.executemany(
-        "INSERT INTO outbox (id, lane, seq, topic, payload, props, size, created_ms) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [r for r in rows if 0 <= int(r[1]) <= 3],
-    )
-    await writer.execute(
-        "UPDATE outbox_state SET next_row = ?, next_seq = ?, rows0 = ?, rows1 = ?, rows2 = ?, "
-        "rows3 = ?, bytes0 = ?, bytes1 = ?, bytes2 = ?, bytes3 = ?",
-        (next_row, next_seq, *counts, *sizes),
-    )
-    await writer.execute("COMMIT")
-    return sum(counts)
+    return next_seq_old, rows
