@@ -28,10 +28,9 @@ from gateway.config import Config
 from gateway.vision.decision import DEFAULT_MIN_MARGIN, DEFAULT_THRESHOLD
 from tests.conftest import SubscriberFactory
 from tests.support.broker import MosquittoBroker
+from tests.support.paths import FACES
 from tests.test_buttons import PREFIX, WAIT_S, base_cfg, call, events, start, wait_events
 
-REPO = Path(__file__).resolve().parent.parent
-FACES = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
 pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason=f"face photos not found at {FACES}")
 
 

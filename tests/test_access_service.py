@@ -41,9 +41,8 @@ from gateway.vision.engine import EngineSettings, FaceEngine
 from gateway.vision.liveness import MIN_PAIR_INTERVAL_S, Mode
 from gateway.vision.matcher import Gallery
 from gateway.vision.workers import FaceWorkerPool, analyse_frame
+from tests.support.paths import FACES
 
-REPO = Path(__file__).resolve().parent.parent
-FACES = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
 needs_faces = pytest.mark.skipif(not FACES.is_dir(), reason=f"face photos not found at {FACES}")
 DOOR = DeviceRef(id="door-main", type="door", location="Bldg 3")
 

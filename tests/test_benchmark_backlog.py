@@ -11,8 +11,6 @@ from gateway.outbox import Outbox
 from gateway.store import SCHEMA_VERSION, Database
 from tests.support.benchmarks import load_benchmark
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 async def test_the_backlog_benchmark_writes_a_file_the_store_opens(tmp_path: Path) -> None:
     bench = load_benchmark("bench_startup_backlog")

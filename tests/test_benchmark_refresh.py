@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from tests.support.benchmarks import load_benchmark
-
-REPO = Path(__file__).resolve().parents[1]
-FACES = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
+from tests.support.paths import FACES
 
 pytestmark = pytest.mark.skipif(
     not FACES.is_dir(),

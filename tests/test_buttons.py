@@ -37,6 +37,7 @@ from gateway.signing import canonical_bytes, sign
 from tests.conftest import SubscriberFactory
 from tests.support.broker import MosquittoBroker
 from tests.support.configs import daemon_config, merged, signing_key
+from tests.support.paths import REPO
 from tests.support.subscriber import Subscriber, decode_events
 
 GW = "gw-buttons"
@@ -204,7 +205,7 @@ def test_gpio_output_needs_gpiozero_or_says_so() -> None:
 
 
 def test_shipped_example_config_parses() -> None:
-    path = Path(__file__).parent.parent / "config" / "gateway.toml"
+    path = REPO / "config" / "gateway.toml"
     cfg = parse_config(path.read_text(), source=str(path))
     assert cfg.buttons is not None and cfg.buttons.devices
 

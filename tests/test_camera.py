@@ -32,9 +32,8 @@ from drivers.camera import (
     redact_source,
     source_kind,
 )
+from tests.support.paths import FACES
 
-REPO = Path(__file__).resolve().parents[1]
-FACES = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
 WAIT_S = 10.0
 FAST = {"reopen_min_s": 0.05, "reopen_max_s": 0.2}
 

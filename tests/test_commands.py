@@ -36,9 +36,9 @@ from gateway.signing import canonical_bytes, sign
 from tests.conftest import SubscriberFactory
 from tests.support.broker import MosquittoBroker
 from tests.support.configs import daemon_mapping, merged
+from tests.support.paths import REPO
 from tests.support.subscriber import ReceivedMessage, Subscriber, make_properties
 
-REPO = Path(__file__).resolve().parents[1]
 GW = "gw-cmd-01"
 PREFIX = f"eldergate/{GW}"
 REPLIES = "platform/replies"

@@ -30,8 +30,8 @@ from gateway.config import (
 from gateway.daemon import DaemonHooks, Gateway, run, uplink_settings
 from gateway.mqtt import UplinkState
 from tests.conftest import BrokerFactory
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config" / "gateway.toml"
 EX_CONFIG = 78
 CLI_TIMEOUT_S = 30

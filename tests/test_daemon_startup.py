@@ -22,10 +22,10 @@ from gateway.config import config_from_mapping
 from gateway.daemon import DaemonHooks, StateDirLocked, lock_state_dir
 from tests.support.broker import MosquittoBroker
 from tests.support.gateway_process import REPO_ROOT, GatewayProcess
+from tests.support.paths import FACES
 from tests.support.proxy import TcpProxy
 from tests.support.subscriber import ReceivedMessage, Subscriber
 
-FACES = Path("/work/shared/data/faces")
 ACCESS_TOML = '[access]\n[access.door]\nid = "door-main"\n'
 EXIT_BOUND_S = 60.0  # well inside systemd's TimeoutStopSec (90 s by default)
 

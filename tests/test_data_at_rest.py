@@ -39,10 +39,10 @@ from gateway.store import MIGRATIONS, Database
 from tests.conftest import SubscriberFactory
 from tests.support.broker import MosquittoBroker
 from tests.support.configs import daemon_config
+from tests.support.paths import REPO
 from tests.test_buttons import GW, PREFIX, WAIT_S, call, start, wait_events
 from tests.test_systemd_unit import UNIT, parse_unit
 
-REPO = Path(__file__).resolve().parent.parent
 KEY_NAMES = ("command.key", "faces.key", "cards.key", "snapshots.key")
 # What a JPEG from OpenCV starts with: SOI, APP0 and the JFIF tag (11 bytes: random ciphertext
 # never matches by chance).

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import io
 import json
-import os
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -41,9 +40,8 @@ from gateway.faces.store import FaceStore
 from gateway.outbox import Outbox
 from gateway.signing import canonical_bytes, sign
 from gateway.store import Database
+from tests.support.paths import FACES
 
-REPO = Path(__file__).resolve().parents[1]
-FACES = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
 SALLEY = FACES / "John_Salley" / "000179_02159509.jpg"
 SAVAGE = FACES / "John_Savage" / "000264_01099001.jpg"
 ALEX_PNG = FACES / "alex_lacamoire" / "alex-lacamoire.png"

@@ -9,9 +9,7 @@ tests need OpenCV but not dlib; the end-to-end ones go through `encode_photo` wi
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,11 +20,10 @@ from gateway.config import config_from_mapping
 from gateway.faces.enrolment import EnrolmentSettings, encode_photo, enrolment_settings
 from gateway.faces.quality import FaceQuality, QualityLimits, check, measure
 from gateway.faces.store import EnrolmentRefused
+from tests.support.paths import FACES
 
 cv2 = pytest.importorskip("cv2")
 
-REPO = Path(__file__).resolve().parents[1]
-FACES = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
 SALLEY = FACES / "John_Salley" / "000179_02159509.jpg"
 needs_photos = pytest.mark.skipif(not SALLEY.is_file(), reason=f"no shared photo at {SALLEY}")
 

@@ -6,7 +6,6 @@ import math
 import random
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +23,7 @@ from drivers.buttons.ev1527_codec import (
     device_key,
     encode,
 )
+from tests.support.paths import REPO
 
 PROPS = settings(
     deadline=None,
@@ -33,7 +33,7 @@ PROPS = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocols.md"
+DOCS = REPO / "docs" / "protocols.md"
 BUTTON = (0x12345, 0xA)
 OTHER = (0x0BEEF, 0x1)
 STEP = 0.04  # a module repeats a held code roughly every 40 ms

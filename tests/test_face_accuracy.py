@@ -32,10 +32,7 @@ from gateway.vision.decision import (
 from gateway.vision.matcher import Gallery
 from gateway.vision.models_check import MODEL_FILES, FaceStackError, ensure_face_models
 from tests.support.benchmarks import load_benchmark
-
-REPO = Path(__file__).resolve().parents[1]
-FACES = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
-
+from tests.support.paths import FACES, REPO
 
 fa = load_benchmark("face_accuracy")
 

@@ -26,9 +26,8 @@ from gateway.faces.enrolment import EnrolmentSettings, encode_photo
 from gateway.faces.store import EnrolmentRefused, FaceStore
 from gateway.outbox import Outbox
 from gateway.store import Database
+from tests.support.paths import FACES
 
-REPO = Path(__file__).resolve().parents[1]
-FACES = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
 PHOTOS = (
     FACES / "John_Salley" / "000179_02159509.jpg",
     FACES / "John_Savage" / "000264_01099001.jpg",

@@ -59,9 +59,8 @@ from gateway.vision.workers import (
     WorkerLimits,
     worker_memory,
 )
+from tests.support.paths import FACES
 
-REPO = Path(__file__).resolve().parents[1]
-FACES = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
 SALLEY = FACES / "John_Salley" / "000179_02159509.jpg"
 GW = "gw-bombs"
 SIDE = 30000  # 900 MP: 2.7 GB as BGR, under OpenCV's own default limit of 2**30 pixels

@@ -34,13 +34,13 @@ from gateway.mqtt import UplinkState
 from tests.support.broker import EjabberdBroker, ejabberd_available
 from tests.support.configs import daemon_config, signing_key
 from tests.support.ingest_client import IngestClient
+from tests.support.paths import REPO
 from tests.support.subscriber import ReceivedMessage, Subscriber
 
 pytestmark = pytest.mark.interop
 
 GW = "gw-interop"
 PREFIX = f"eldergate/{GW}"
-REPO = Path(__file__).resolve().parents[1]
 
 if not ejabberd_available():
     if os.environ.get("CI"):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.paths import REPO
+
 FORBIDDEN = {"drivers": {"gateway"}, "common": {"gateway", "drivers"}}
 
 

@@ -8,8 +8,6 @@ run through the access service in tests/test_access_service.py.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -26,8 +24,6 @@ from gateway.vision.liveness import (
     measure_pair,
 )
 from tests.support.benchmarks import load_benchmark
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def sample(t: float, motion: float, residual: float) -> PairSample:

@@ -6,9 +6,6 @@ Time is passed explicitly (`now`), in tenths of a second, as a 10 fps camera wou
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -16,9 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.motion import MotionGate, MotionSettings
+from tests.support.paths import FACES
 
-REPO = Path(__file__).resolve().parents[1]
-FACES = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "data" / "faces")
 QUIET = MotionSettings(refresh_s=0)  # no periodic look: only changes open the gate
 
 

@@ -8,7 +8,8 @@ import re
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.paths import REPO
+
 RUN_ALL = REPO / "benchmarks" / "run_all.sh"
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
+from tests.support.paths import REPO
+
+SYSTEMD_DIR = REPO / "systemd"
 UNIT = SYSTEMD_DIR / "eldergate.service"
 SYSUSERS = SYSTEMD_DIR / "eldergate.sysusers.conf"
 MODULES = SYSTEMD_DIR / "eldergate-modules.conf"

@@ -7,7 +7,6 @@ import hmac
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -39,6 +38,7 @@ from drivers.buttons.terminal_codec import (
     seal,
     verify,
 )
+from tests.support.paths import REPO
 
 # Reproducible in CI: derandomized, no example database written into the repository.
 PROPS = settings(
@@ -49,7 +49,7 @@ PROPS = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocols.md"
+DOCS = REPO / "docs" / "protocols.md"
 RESIDENT = 0x2000001A  # a registered terminal
 
 # --- independent reference implementations (written from DESIGN.md, not from the codec) ---
