@@ -10,7 +10,7 @@ import msgspec
 
 from gateway.clock import iso_utc, utc_now
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
-from gateway.events import EventFactory
+from gateway.events import EventFactory, Kind
 from gateway.outbox import Outbox
 from gateway.settings import RuntimeSettings, SettingError
 
@@ -42,7 +42,7 @@ def register_builtin_commands(
             raise CommandRefused("invalid_setting", str(exc)) from exc
         await outbox.append(
             events.make(
-                "gateway.settings_changed",
+                Kind.GATEWAY_SETTINGS_CHANGED,
                 data={"name": args.name, "old": old, "new": new, "command_id": command.id},
             )
         )

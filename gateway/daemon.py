@@ -33,7 +33,7 @@ from gateway.clock import ClockSync
 from gateway.commands import CommandService
 from gateway.config import Config
 from gateway.config_files import load_command_key, read_password_file
-from gateway.events import EventFactory, Lane
+from gateway.events import EventFactory, Kind, Lane
 from gateway.feature import Core, Feature
 from gateway.forwarder import Forwarder
 from gateway.health import HealthReporter
@@ -334,7 +334,7 @@ class Gateway:
         with contextlib.suppress(StorageError):
             await self.outbox.append(
                 self.events.make(
-                    "gateway.outbox_overflow",
+                    Kind.GATEWAY_OUTBOX_OVERFLOW,
                     data={
                         "dropped": delta,
                         "dropped_total": {"2": dropped[0], "3": dropped[1]},
@@ -491,7 +491,7 @@ async def _serve(
         with contextlib.suppress(StorageError):
             await gateway.outbox.append(
                 gateway.events.make(
-                    "gateway.started",
+                    Kind.GATEWAY_STARTED,
                     data={
                         "version": __version__,
                         "backlog": stats.depth,
@@ -532,7 +532,7 @@ async def _shutdown(
     if not tasks["outbox-writer"].done():
         with contextlib.suppress(StorageError):
             async with asyncio.timeout(2):
-                await gateway.outbox.append(gateway.events.make("gateway.stopping", data={}))
+                await gateway.outbox.append(gateway.events.make(Kind.GATEWAY_STOPPING, data={}))
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(SHUTDOWN_DRAIN_S):
             await gateway.forwarder.wait_no_inflight()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any, Protocol
 
 import msgspec
@@ -32,48 +33,161 @@ class Lane(IntEnum):
 LANES: tuple[Lane, ...] = tuple(Lane)
 NEVER_DROPPED: frozenset[Lane] = frozenset({Lane.LIFE_SAFETY, Lane.ACCESS_AUDIT})
 
-# Every kind the gateway emits, and its lane. An unknown kind is a programming error.
-KIND_LANES: Mapping[str, Lane] = {
-    "alarm.raised": Lane.LIFE_SAFETY,
-    "alarm.acknowledged": Lane.LIFE_SAFETY,
-    "alarm.escalated": Lane.LIFE_SAFETY,
-    "alarm.cancelled": Lane.LIFE_SAFETY,
-    "alarm.cleared": Lane.LIFE_SAFETY,
-    "alarm.cancel_requested": Lane.LIFE_SAFETY,  # a CANCEL too late to end the alarm
-    "door.forced_open": Lane.LIFE_SAFETY,
-    "door.held_open": Lane.LIFE_SAFETY,
-    "device.supervision_lost": Lane.LIFE_SAFETY,
-    "receiver.offline": Lane.LIFE_SAFETY,
-    "access.granted": Lane.ACCESS_AUDIT,
-    "access.denied": Lane.ACCESS_AUDIT,
-    "access.unknown_face": Lane.ACCESS_AUDIT,
-    "access.presentation_attack": Lane.ACCESS_AUDIT,  # repeated photo/screen attempts
-    "face.enrolled": Lane.ACCESS_AUDIT,
-    "face.removed": Lane.ACCESS_AUDIT,
-    "face.doors_changed": Lane.ACCESS_AUDIT,
-    "face.template_refreshed": Lane.ACCESS_AUDIT,
-    "audit.record": Lane.ACCESS_AUDIT,
-    "gateway.outbox_overflow": Lane.ACCESS_AUDIT,
-    "gateway.settings_changed": Lane.ACCESS_AUDIT,
-    "device.auth_failed": Lane.ACCESS_AUDIT,  # a terminal frame refused (MAC, replay, plain)
-    "device.supervision_restored": Lane.DEVICE_STATUS,
-    "device.battery_low": Lane.DEVICE_STATUS,
-    "device.tamper": Lane.DEVICE_STATUS,
-    "device.unknown": Lane.DEVICE_STATUS,
-    "device.added": Lane.DEVICE_STATUS,
-    "device.removed": Lane.DEVICE_STATUS,
-    "receiver.online": Lane.DEVICE_STATUS,
-    "door.opened": Lane.DEVICE_STATUS,
-    "door.closed": Lane.DEVICE_STATUS,
-    "camera.offline": Lane.DEVICE_STATUS,
-    "camera.online": Lane.DEVICE_STATUS,
-    "gateway.started": Lane.DEVICE_STATUS,
-    "gateway.stopping": Lane.DEVICE_STATUS,
-    "gateway.uplink_refused": Lane.DEVICE_STATUS,  # lane 0/1 refused by the broker
-    "gateway.store_recovered": Lane.ACCESS_AUDIT,
-    "device.heartbeat": Lane.TELEMETRY,
-    "gateway.health": Lane.TELEMETRY,
+
+class Kind(StrEnum):
+    """Every kind the gateway emits. An unknown kind is a programming error; its lane and
+    meaning are in KINDS (docs/events.md is generated from it: gateway/event_reference.py)."""
+
+    ALARM_RAISED = "alarm.raised"
+    ALARM_ACKNOWLEDGED = "alarm.acknowledged"
+    ALARM_ESCALATED = "alarm.escalated"
+    ALARM_CANCELLED = "alarm.cancelled"
+    ALARM_CLEARED = "alarm.cleared"
+    ALARM_CANCEL_REQUESTED = "alarm.cancel_requested"
+    DOOR_FORCED_OPEN = "door.forced_open"
+    DOOR_HELD_OPEN = "door.held_open"
+    DEVICE_SUPERVISION_LOST = "device.supervision_lost"
+    RECEIVER_OFFLINE = "receiver.offline"
+    ACCESS_GRANTED = "access.granted"
+    ACCESS_DENIED = "access.denied"
+    ACCESS_UNKNOWN_FACE = "access.unknown_face"
+    ACCESS_PRESENTATION_ATTACK = "access.presentation_attack"
+    FACE_ENROLLED = "face.enrolled"
+    FACE_REMOVED = "face.removed"
+    FACE_DOORS_CHANGED = "face.doors_changed"
+    FACE_TEMPLATE_REFRESHED = "face.template_refreshed"
+    AUDIT_RECORD = "audit.record"
+    GATEWAY_OUTBOX_OVERFLOW = "gateway.outbox_overflow"
+    GATEWAY_SETTINGS_CHANGED = "gateway.settings_changed"
+    DEVICE_AUTH_FAILED = "device.auth_failed"
+    GATEWAY_STORE_RECOVERED = "gateway.store_recovered"
+    DEVICE_SUPERVISION_RESTORED = "device.supervision_restored"
+    DEVICE_BATTERY_LOW = "device.battery_low"
+    DEVICE_TAMPER = "device.tamper"
+    DEVICE_UNKNOWN = "device.unknown"
+    DEVICE_ADDED = "device.added"
+    DEVICE_REMOVED = "device.removed"
+    RECEIVER_ONLINE = "receiver.online"
+    DOOR_OPENED = "door.opened"
+    DOOR_CLOSED = "door.closed"
+    CAMERA_OFFLINE = "camera.offline"
+    CAMERA_ONLINE = "camera.online"
+    GATEWAY_STARTED = "gateway.started"
+    GATEWAY_STOPPING = "gateway.stopping"
+    GATEWAY_UPLINK_REFUSED = "gateway.uplink_refused"
+    DEVICE_HEARTBEAT = "device.heartbeat"
+    GATEWAY_HEALTH = "gateway.health"
+
+
+@dataclass(frozen=True, slots=True)
+class KindInfo:
+    lane: Lane
+    summary: str
+
+
+KINDS: Mapping[Kind, KindInfo] = {
+    Kind.ALARM_RAISED: KindInfo(
+        Lane.LIFE_SAFETY, "A button, pull cord or fall sensor called for help (or an ingest alarm)."
+    ),
+    Kind.ALARM_ACKNOWLEDGED: KindInfo(
+        Lane.LIFE_SAFETY, "Somebody took the alarm (the platform's `alarm.ack`)."
+    ),
+    Kind.ALARM_ESCALATED: KindInfo(
+        Lane.LIFE_SAFETY,
+        "Nobody acknowledged within `ack_deadline_s`; repeated every `escalation_repeat_s`.",
+    ),
+    Kind.ALARM_CANCELLED: KindInfo(
+        Lane.LIFE_SAFETY, "The resident cancelled the call at the terminal in time."
+    ),
+    Kind.ALARM_CLEARED: KindInfo(Lane.LIFE_SAFETY, "The alarm was closed (`alarm.clear`)."),
+    Kind.ALARM_CANCEL_REQUESTED: KindInfo(
+        Lane.LIFE_SAFETY, "A CANCEL came too late to end the alarm: someone must still look."
+    ),
+    Kind.DOOR_FORCED_OPEN: KindInfo(
+        Lane.LIFE_SAFETY, "The door opened without a grant, a card or an exit request."
+    ),
+    Kind.DOOR_HELD_OPEN: KindInfo(Lane.LIFE_SAFETY, "The door stayed open past `held_open_s`."),
+    Kind.DEVICE_SUPERVISION_LOST: KindInfo(
+        Lane.LIFE_SAFETY, "A supervised device was silent past its supervision interval."
+    ),
+    Kind.RECEIVER_OFFLINE: KindInfo(
+        Lane.LIFE_SAFETY, "A button receiver stopped answering (unplugged, port gone)."
+    ),
+    Kind.ACCESS_GRANTED: KindInfo(
+        Lane.ACCESS_AUDIT,
+        "The door was opened for a person (face, card, card+face, exit request, remote).",
+    ),
+    Kind.ACCESS_DENIED: KindInfo(
+        Lane.ACCESS_AUDIT,
+        "A credential was refused (unknown card, face mismatch, liveness, time-out).",
+    ),
+    Kind.ACCESS_UNKNOWN_FACE: KindInfo(
+        Lane.ACCESS_AUDIT, "A face no enrolled resident matches, once per track."
+    ),
+    Kind.ACCESS_PRESENTATION_ATTACK: KindInfo(
+        Lane.ACCESS_AUDIT, "Repeated photo or screen attempts at the door, once per window."
+    ),
+    Kind.FACE_ENROLLED: KindInfo(
+        Lane.ACCESS_AUDIT, "A person's templates were stored, with the consent reference."
+    ),
+    Kind.FACE_REMOVED: KindInfo(Lane.ACCESS_AUDIT, "A person's templates were deleted."),
+    Kind.FACE_DOORS_CHANGED: KindInfo(
+        Lane.ACCESS_AUDIT, "The doors a person's face opens were changed."
+    ),
+    Kind.FACE_TEMPLATE_REFRESHED: KindInfo(
+        Lane.ACCESS_AUDIT, "A live grant's fused encoding became one more template of the person."
+    ),
+    Kind.AUDIT_RECORD: KindInfo(
+        Lane.ACCESS_AUDIT, "An administrative change (cards added or withdrawn) in the audit log."
+    ),
+    Kind.GATEWAY_OUTBOX_OVERFLOW: KindInfo(
+        Lane.ACCESS_AUDIT, "Rows of lanes 2/3 were dropped to keep the store bounded."
+    ),
+    Kind.GATEWAY_SETTINGS_CHANGED: KindInfo(
+        Lane.ACCESS_AUDIT, "A runtime setting was changed by a signed command."
+    ),
+    Kind.DEVICE_AUTH_FAILED: KindInfo(
+        Lane.ACCESS_AUDIT,
+        "A terminal frame was refused (bad MAC, replay, plain where signed is required).",
+    ),
+    Kind.GATEWAY_STORE_RECOVERED: KindInfo(
+        Lane.ACCESS_AUDIT, "A damaged store was moved aside and what could be read was salvaged."
+    ),
+    Kind.DEVICE_SUPERVISION_RESTORED: KindInfo(
+        Lane.DEVICE_STATUS, "A device that was reported lost was heard again."
+    ),
+    Kind.DEVICE_BATTERY_LOW: KindInfo(Lane.DEVICE_STATUS, "A device reported a low battery."),
+    Kind.DEVICE_TAMPER: KindInfo(Lane.DEVICE_STATUS, "A device's case was opened or closed."),
+    Kind.DEVICE_UNKNOWN: KindInfo(
+        Lane.DEVICE_STATUS, "A device that is not in the register was heard (rate-limited)."
+    ),
+    Kind.DEVICE_ADDED: KindInfo(Lane.DEVICE_STATUS, "A device was added to the register."),
+    Kind.DEVICE_REMOVED: KindInfo(Lane.DEVICE_STATUS, "A device was removed from the register."),
+    Kind.RECEIVER_ONLINE: KindInfo(Lane.DEVICE_STATUS, "A button receiver answers again."),
+    Kind.DOOR_OPENED: KindInfo(
+        Lane.DEVICE_STATUS, "The door contact opened (with what authorised it, if anything)."
+    ),
+    Kind.DOOR_CLOSED: KindInfo(
+        Lane.DEVICE_STATUS, "The door contact closed (how long it was open)."
+    ),
+    Kind.CAMERA_OFFLINE: KindInfo(Lane.DEVICE_STATUS, "The door camera stopped delivering frames."),
+    Kind.CAMERA_ONLINE: KindInfo(Lane.DEVICE_STATUS, "The door camera delivers frames again."),
+    Kind.GATEWAY_STARTED: KindInfo(
+        Lane.DEVICE_STATUS, "The daemon is ready (version, backlog, drops so far)."
+    ),
+    Kind.GATEWAY_STOPPING: KindInfo(Lane.DEVICE_STATUS, "The daemon is stopping cleanly."),
+    Kind.GATEWAY_UPLINK_REFUSED: KindInfo(
+        Lane.DEVICE_STATUS,
+        "The broker refused a lane 0/1 row (ACL, limits); it is kept and retried.",
+    ),
+    Kind.DEVICE_HEARTBEAT: KindInfo(
+        Lane.TELEMETRY, "A terminal's periodic heartbeat (battery, signal)."
+    ),
+    Kind.GATEWAY_HEALTH: KindInfo(
+        Lane.TELEMETRY, "The periodic health report, also published retained on `…/health`."
+    ),
 }
+KIND_LANES: Mapping[str, Lane] = {kind: info.lane for kind, info in KINDS.items()}
 
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
@@ -188,13 +302,13 @@ class EventFactory:
 
     def make(
         self,
-        kind: str,
+        kind: Kind,
         *,
         device: DeviceRef | None = None,
         data: Mapping[str, Any] | None = None,
         device_ts: datetime | None = None,
     ) -> Event:
-        if kind not in KIND_LANES:
+        if kind not in KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
         now = utc_now()
         return Event(

@@ -17,7 +17,7 @@ import msgspec
 
 from common.aio import wait_event
 from common.errors import StorageError, TransientError
-from gateway.events import EventFactory
+from gateway.events import EventFactory, Kind
 from gateway.forwarder import Forwarder, Refusal
 from gateway.mqtt import Uplink
 from gateway.outbox import Outbox
@@ -67,7 +67,7 @@ class HealthReporter:
         """A lane 0/1 row the broker refuses for good: tell the platform on another lane (it
         may be allowed there) and publish health now rather than at the next interval."""
         event = self._events.make(
-            "gateway.uplink_refused",
+            Kind.GATEWAY_UPLINK_REFUSED,
             data={"lane": refusal.lane, "topic": refusal.topic, "reason_code": refusal.code},
         )
         task = asyncio.get_running_loop().create_task(self._store_alert(event))
@@ -160,6 +160,6 @@ class HealthReporter:
                 )
         if self._publish_event:
             try:
-                await self._outbox.append(self._events.make("gateway.health", data=data))
+                await self._outbox.append(self._events.make(Kind.GATEWAY_HEALTH, data=data))
             except StorageError as exc:
                 _LOGGER.error("cannot store the health event: %s", exc)

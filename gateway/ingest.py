@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from common.errors import StorageError
-from gateway.events import DeviceRef, EventFactory, is_valid_kind
+from gateway.events import DeviceRef, EventFactory, Kind, is_valid_kind
 from gateway.outbox import Outbox
 
 _LOGGER = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class IngestServer:
             return msgspec.json.encode({"ok": False, "error": f"malformed: {exc}"})
         if not is_valid_kind(request.kind):
             return msgspec.json.encode({"ok": False, "error": f"unknown kind {request.kind!r}"})
-        event = self._events.make(request.kind, device=request.device, data=request.data)
+        event = self._events.make(Kind(request.kind), device=request.device, data=request.data)
         try:
             receipt = await self._outbox.append(event)
         except StorageError as exc:

@@ -24,7 +24,7 @@ import msgspec
 
 from gateway.access.cards import CardRegister, mask_card, normalise_card
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
-from gateway.events import DeviceRef, EventFactory
+from gateway.events import DeviceRef, EventFactory, Kind
 from gateway.faces.audit import AuditLog
 from gateway.store import Database
 
@@ -121,7 +121,7 @@ class CardAdmin:
         card_hash = self.register.hash(key)
         action = "card.added" if person is not None else "card.removed"
         event = self._events.make(
-            "audit.record",
+            Kind.AUDIT_RECORD,
             device=self._door_ref,
             data={"action": action, "card": mask_card(key), "person": person, "actor": actor},
         )

@@ -54,7 +54,7 @@ from drivers.serial_port import SerialLink, SerialSettings
 from gateway.access.config import clear_cards_warning
 from gateway.access.door import DoorController, Record
 from gateway.access.second_factor import FaceChecks
-from gateway.events import DeviceRef, Event, EventFactory
+from gateway.events import DeviceRef, Event, EventFactory, Kind
 from gateway.keyfiles import KeyKind, load_or_create_key
 
 __all__ = [
@@ -287,7 +287,7 @@ class CardAccess:
         if not online and self._reported_offline:
             return
         self._reported_offline = not online
-        kind = "receiver.online" if online else "receiver.offline"
+        kind = Kind.RECEIVER_ONLINE if online else Kind.RECEIVER_OFFLINE
         (_LOGGER.info if online else _LOGGER.error)("%s: %s (%s)", kind, self.name, reason)
         event = self._events.make(
             kind,
@@ -330,7 +330,7 @@ class CardAccess:
             _LOGGER.warning("%s: unknown card %s denied", self.name, masked)
             await self._record_or_queue(
                 self._event(
-                    "access.denied", {"method": "card", "reason": "unknown_card", "card": masked}
+                    Kind.ACCESS_DENIED, {"method": "card", "reason": "unknown_card", "card": masked}
                 )
             )
             return
@@ -347,11 +347,11 @@ class CardAccess:
         self.stats.granted += 1
         _LOGGER.info("%s: card %s of %s granted", self.name, masked, person)
         await self._record_or_queue(
-            self._event("access.granted", {"method": "card", "person": person, "card": masked})
+            self._event(Kind.ACCESS_GRANTED, {"method": "card", "person": person, "card": masked})
         )
         await self._door.grant("card", person, masked)
 
-    def _event(self, kind: str, data: Mapping[str, Any]) -> Event:
+    def _event(self, kind: Kind, data: Mapping[str, Any]) -> Event:
         return self._events.make(kind, device=self._door_ref, data=data)
 
     async def _record_or_queue(self, event: Event) -> None:

@@ -54,7 +54,7 @@ from drivers.outputs import Output
 from gateway.access.config import DoorSection
 from gateway.clock import utc_now
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
-from gateway.events import DeviceRef, Event, EventFactory, Lane
+from gateway.events import DeviceRef, Event, EventFactory, Kind, Lane
 
 __all__ = [
     "GRANT_METHODS",
@@ -224,14 +224,14 @@ class DoorController:
         if first:
             self._open_by = None
             _LOGGER.warning("door %s is open at start-up", self.device.id)
-            self._queue("door.opened", {"authorised_by": None, "at_start": True}, at, now)
+            self._queue(Kind.DOOR_OPENED, {"authorised_by": None, "at_start": True}, at, now)
             return
         grant = self._pending_grant
         if grant is not None and at <= grant.at + self.section.unlock_window_s:
             self._pending_grant = None
             self._open_by = grant.method
             _LOGGER.info("door %s opened (%s)", self.device.id, grant.method)
-            self._queue("door.opened", {"authorised_by": grant.method}, at, now)
+            self._queue(Kind.DOOR_OPENED, {"authorised_by": grant.method}, at, now)
             return
         self._open_by = None
         last = self._last_grant
@@ -242,7 +242,7 @@ class DoorController:
             "never" if since is None else since,
         )
         self._queue(
-            "door.forced_open",
+            Kind.DOOR_FORCED_OPEN,
             {
                 "since_last_grant_s": since,
                 "last_grant_method": None if last is None else last.method,
@@ -251,7 +251,7 @@ class DoorController:
             at,
             now,
         )
-        self._queue("door.opened", {"authorised_by": None}, at, now)
+        self._queue(Kind.DOOR_OPENED, {"authorised_by": None}, at, now)
 
     async def _closed(self, at: float, now: float) -> None:
         was_open, opened_at = self._state == "open", self._opened_at
@@ -261,7 +261,7 @@ class DoorController:
             open_s = round(max(at - opened_at, 0.0), 1)
             _LOGGER.info("door %s closed after %.1f s", self.device.id, open_s)
             self._queue(
-                "door.closed",
+                Kind.DOOR_CLOSED,
                 {
                     "open_s": open_s,
                     "held_open": self._held_reported,
@@ -287,7 +287,7 @@ class DoorController:
             self._held_reported = True
             _LOGGER.error("DOOR %s HELD OPEN for %.0f s", self.device.id, open_for)
             self._queue(
-                "door.held_open",
+                Kind.DOOR_HELD_OPEN,
                 {
                     "open_s": round(open_for, 1),
                     "limit_s": s.held_open_s,
@@ -312,7 +312,7 @@ class DoorController:
 
     # -- events -----------------------------------------------------------------------------
 
-    def _queue(self, kind: str, data: Mapping[str, Any], at: float, now: float) -> None:
+    def _queue(self, kind: Kind, data: Mapping[str, Any], at: float, now: float) -> None:
         lag = min(max(now - at, 0.0), _MAX_EVENT_LAG_S)
         event = self._events.make(
             kind, device=self.device, data=data, device_ts=utc_now() - timedelta(seconds=lag)
@@ -453,7 +453,7 @@ class DoorController:
             if not args.reason.strip() or len(args.reason) > _MAX_TEXT:
                 raise CommandRefused("invalid_args", f"reason is required, <= {_MAX_TEXT} chars")
             event = self._events.make(
-                "access.granted",
+                Kind.ACCESS_GRANTED,
                 device=self.device,
                 data={
                     "method": "remote",

@@ -33,7 +33,7 @@ from gateway.access.service import AccessService, AccessSettings
 from gateway.access.snapshots import SnapshotSettings
 from gateway.access.tracks import TrackSettings
 from gateway.config_base import InputSection
-from gateway.events import DeviceRef, Event
+from gateway.events import DeviceRef, Event, Kind
 from gateway.faces.audit import AuditLog
 from gateway.faces.crypto import TemplateCipher
 from gateway.faces.enrolment import FaceEnrolment, enrolment_settings, max_templates
@@ -162,7 +162,7 @@ class AccessFeature:
     async def _record_door_event(self, event: Event) -> None:
         """door.* events go to the outbox; access decisions the door controller records (a
         remote `door.open`, a card grant retried after a storage failure) to the audit log."""
-        if event.kind.startswith("access."):
+        if event.kind == Kind.ACCESS_GRANTED:
             await self._recorder("door")(event)
         else:
             await self._outbox.append(event)
@@ -298,7 +298,7 @@ class AccessFeature:
 
     def _camera_state(self, online: bool, reason: str) -> None:
         """Camera driver callback (on the loop): report the change as an event."""
-        kind = "camera.online" if online else "camera.offline"
+        kind = Kind.CAMERA_ONLINE if online else Kind.CAMERA_OFFLINE
         log = _LOGGER.info if online else _LOGGER.error
         log("door camera %s: %s", "online" if online else "offline", reason)
         ref = DeviceRef(id=CAMERA_ID, type="camera", location=self.door_ref.location)

@@ -43,7 +43,7 @@ from gateway.access.snapshots import (
     encode_snapshot,
 )
 from gateway.access.tracks import Track, Tracker, TrackSettings
-from gateway.events import DeviceRef, Event, EventFactory
+from gateway.events import DeviceRef, Event, EventFactory, Kind
 from gateway.faces.store import GallerySnapshot
 from gateway.outbox import Outbox
 from gateway.vision.decision import (
@@ -382,7 +382,7 @@ class AccessService:
                 self._last_grant, decision.person, now, self.settings.cooldown_s
             )
             event = self._events.make(
-                "access.granted",
+                Kind.ACCESS_GRANTED,
                 device=self._door_ref,
                 data={
                     "method": "face",
@@ -416,7 +416,7 @@ class AccessService:
             )
             event = _with_snapshot_ref(
                 self._events.make(
-                    "access.unknown_face",
+                    Kind.ACCESS_UNKNOWN_FACE,
                     device=self._door_ref,
                     data={
                         "method": "face",
@@ -479,7 +479,7 @@ class AccessService:
     ) -> None:
         event = _with_snapshot_ref(
             self._events.make(
-                "access.granted",
+                Kind.ACCESS_GRANTED,
                 device=self._door_ref,
                 data={
                     "method": "card+face",
@@ -549,7 +549,7 @@ class AccessService:
                 reason,
             )
             event = self._events.make(
-                "access.denied",
+                Kind.ACCESS_DENIED,
                 device=self._door_ref,
                 data={
                     "method": "card+face",
@@ -577,7 +577,7 @@ class AccessService:
         track.denied_reasons.add(reason)
         event = _with_snapshot_ref(
             self._events.make(
-                "access.denied",
+                Kind.ACCESS_DENIED,
                 device=self._door_ref,
                 data={
                     "method": "face",
@@ -612,7 +612,7 @@ class AccessService:
             return
         event = _with_snapshot_ref(
             self._events.make(
-                "access.presentation_attack",
+                Kind.ACCESS_PRESENTATION_ATTACK,
                 device=self._door_ref,
                 data={
                     "attempts": len(self._attacks),

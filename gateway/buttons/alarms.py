@@ -49,7 +49,7 @@ from common.errors import StorageError
 from drivers.outputs import Output
 from gateway.buttons.config import ButtonsSection
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
-from gateway.events import DeviceRef, Event, EventFactory
+from gateway.events import DeviceRef, Event, EventFactory, Kind
 from gateway.outbox import Outbox
 from gateway.store import Database
 
@@ -185,7 +185,7 @@ class AlarmBook:
         window_ms = int(self.settings.dedup_window_s * 1000)
         stored: Event | None = None
         committed = False
-        event = self._events.make("alarm.raised", device=device, data={"cause": cause, **data})
+        event = self._events.make(Kind.ALARM_RAISED, device=device, data={"cause": cause, **data})
         async with self._db.transaction("recording an alarm") as conn:
             if key is not None:
                 async with conn.execute(
@@ -266,7 +266,7 @@ class AlarmBook:
             alarm.ack_status, alarm.acked_by = status, by
             await self._outbox.append(
                 self._events.make(
-                    "alarm.acknowledged",
+                    Kind.ALARM_ACKNOWLEDGED,
                     device=alarm.device,
                     data={
                         "alarm_id": alarm.id,
@@ -285,7 +285,7 @@ class AlarmBook:
 
     async def end(
         self,
-        kind: Literal["alarm.cleared", "alarm.cancelled"],
+        kind: Literal[Kind.ALARM_CLEARED, Kind.ALARM_CANCELLED],
         alarm_id: str,
         device_id: str,
         data: Mapping[str, Any],
@@ -334,7 +334,7 @@ class AlarmBook:
             _LOGGER.warning("alarm %s cancelled by the resident at %s", alarm.id, device_id)
             await self._outbox.append(
                 self._events.make(
-                    "alarm.cancelled",
+                    Kind.ALARM_CANCELLED,
                     device=alarm.device,
                     data={"alarm_id": alarm.id, "by": "resident", **data},
                 )
@@ -353,7 +353,7 @@ class AlarmBook:
         )
         await self._outbox.append(
             self._events.make(
-                "alarm.cancel_requested",
+                Kind.ALARM_CANCEL_REQUESTED,
                 device=alarm.device,
                 data={
                     "alarm_id": alarm.id,
@@ -422,7 +422,7 @@ class AlarmBook:
                     )
                 await self._outbox.append(
                     self._events.make(
-                        "alarm.escalated",
+                        Kind.ALARM_ESCALATED,
                         device=alarm.device,
                         data={
                             "alarm_id": alarm.id,
@@ -454,7 +454,7 @@ class AlarmBook:
             args: _TargetArgs = args_as(command, _TargetArgs)
             try:
                 done = await self.end(
-                    "alarm.cleared",
+                    Kind.ALARM_CLEARED,
                     args.alarm,
                     args.device,
                     {"by": args.by, "command_id": command.id},

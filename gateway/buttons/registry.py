@@ -20,7 +20,7 @@ import msgspec
 from common.errors import StorageError
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
 from gateway.config_base import DEVICE_ID_RE
-from gateway.events import DeviceRef, EventFactory
+from gateway.events import DeviceRef, EventFactory, Kind
 from gateway.outbox import Outbox
 from gateway.store import Database
 
@@ -127,7 +127,9 @@ class DeviceRegistry:
         data: dict[str, Any] = {k: v for k, v in asdict(device).items() if k != "id"}
         if command_id:
             data["command_id"] = command_id
-        await self._outbox.append(self._events.make("device.added", device=device.ref(), data=data))
+        await self._outbox.append(
+            self._events.make(Kind.DEVICE_ADDED, device=device.ref(), data=data)
+        )
 
     async def remove(self, device_id: str, command_id: str | None = None) -> Device:
         device = self._devices.get(device_id)
@@ -137,7 +139,7 @@ class DeviceRegistry:
         del self._devices[device_id]
         data = {"command_id": command_id} if command_id else {}
         await self._outbox.append(
-            self._events.make("device.removed", device=device.ref(), data=data)
+            self._events.make(Kind.DEVICE_REMOVED, device=device.ref(), data=data)
         )
         return device
 

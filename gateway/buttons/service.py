@@ -88,7 +88,7 @@ from gateway.buttons.alarms import AlarmBook, DownlinkKind
 from gateway.buttons.auth import DeviceAuth, DeviceAuthSetting, Verdict
 from gateway.buttons.config import ButtonsSection, ReceiverSection
 from gateway.buttons.registry import Device, DeviceRegistry
-from gateway.events import EventFactory
+from gateway.events import EventFactory, Kind
 from gateway.outbox import Outbox
 from gateway.store import translate
 
@@ -224,7 +224,7 @@ class ButtonService:
         if not online and receiver.reported_offline:
             return
         receiver.reported_offline = not online
-        kind = "receiver.online" if online else "receiver.offline"
+        kind = Kind.RECEIVER_ONLINE if online else Kind.RECEIVER_OFFLINE
         (_LOGGER.info if online else _LOGGER.error)("%s: %s (%s)", kind, receiver.cfg.name, reason)
         event = self._events.make(
             kind, data={"receiver": receiver.cfg.name, "url": receiver.cfg.url, "reason": reason}
@@ -376,7 +376,7 @@ class ButtonService:
                 self.dropped_heartbeats += 1
                 return
             event = self._events.make(
-                "device.heartbeat",
+                Kind.DEVICE_HEARTBEAT,
                 device=ref,
                 data={"battery_mv": frame.battery_mv, "rssi_dbm": frame.rssi_dbm},
             )
@@ -384,12 +384,12 @@ class ButtonService:
         elif isinstance(frame, BatteryLow):
             await self._outbox.append(
                 self._events.make(
-                    "device.battery_low", device=ref, data={"battery_mv": frame.battery_mv}
+                    Kind.DEVICE_BATTERY_LOW, device=ref, data={"battery_mv": frame.battery_mv}
                 )
             )
         elif isinstance(frame, Tamper):
             await self._outbox.append(
-                self._events.make("device.tamper", device=ref, data={"opened": frame.opened})
+                self._events.make(Kind.DEVICE_TAMPER, device=ref, data={"opened": frame.opened})
             )
         await self._received(heard.receiver, frame.device_id, frame_type, frame.seq)
 
@@ -427,7 +427,7 @@ class ButtonService:
             return
         self._auth_reported[device_id] = (now, 0)
         event = self._events.make(
-            "device.auth_failed",
+            Kind.DEVICE_AUTH_FAILED,
             device=self.registry.ref(device_id),
             data={
                 "reason": reason,
@@ -463,7 +463,7 @@ class ButtonService:
             if self.registry.should_report_unknown(device_id, now):
                 _LOGGER.warning("unregistered device %s heard", device_id)
                 await self._outbox.append(
-                    self._events.make("device.unknown", device=self.registry.ref(device_id))
+                    self._events.make(Kind.DEVICE_UNKNOWN, device=self.registry.ref(device_id))
                 )
             return
         device = self.registry.get(device_id)
@@ -473,7 +473,7 @@ class ButtonService:
         if device_id in self._lost:
             # The event first: a crash before the row is rewritten repeats it, never loses it.
             await self._outbox.append(
-                self._events.make("device.supervision_restored", device=device.ref())
+                self._events.make(Kind.DEVICE_SUPERVISION_RESTORED, device=device.ref())
             )
             self._lost.discard(device_id)
             _LOGGER.info("device %s heard again", device_id)
@@ -597,7 +597,7 @@ class ButtonService:
     async def _report_lost(self, silent: list[tuple[Device, float]]) -> None:
         events = [
             self._events.make(
-                "device.supervision_lost",
+                Kind.DEVICE_SUPERVISION_LOST,
                 device=device.ref(),
                 data={
                     "silent_s": round(quiet, 1),

@@ -43,7 +43,7 @@ import numpy.typing as npt
 from common.errors import StorageError
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
 from gateway.config import Config
-from gateway.events import DeviceRef, Event, EventFactory
+from gateway.events import DeviceRef, Event, EventFactory, Kind
 from gateway.faces import quality
 from gateway.faces.quality import QualityLimits
 from gateway.faces.store import (
@@ -370,7 +370,7 @@ class FaceEnrolment:
                 data["doors"] = list(allowed) or "all"
             if command_id:
                 data["command_id"] = command_id
-            made.append(self._events.make("face.enrolled", device=self._device, data=data))
+            made.append(self._events.make(Kind.FACE_ENROLLED, device=self._device, data=data))
             return made[-1]
 
         matrix = np.vstack(encodings)
@@ -426,7 +426,7 @@ class FaceEnrolment:
                 "grant": grant_id,
                 "door": door,
             }
-            return self._events.make("face.template_refreshed", device=self._device, data=data)
+            return self._events.make(Kind.FACE_TEMPLATE_REFRESHED, device=self._device, data=data)
 
         outcome = await self._store.refresh(
             person_id, encoding, self.refresh_limits, event=event, actor=f"door:{door}"
@@ -454,7 +454,7 @@ class FaceEnrolment:
             }
             if command_id:
                 data["command_id"] = command_id
-            made.append(self._events.make("face.doors_changed", device=self._device, data=data))
+            made.append(self._events.make(Kind.FACE_DOORS_CHANGED, device=self._device, data=data))
             return made[-1]
 
         allowed = await self._store.set_doors(person_id, doors, event=event, actor=actor)
@@ -480,7 +480,7 @@ class FaceEnrolment:
             }
             if command_id:
                 data["command_id"] = command_id
-            made.append(self._events.make("face.removed", device=self._device, data=data))
+            made.append(self._events.make(Kind.FACE_REMOVED, device=self._device, data=data))
             return made[-1]
 
         removed = await self._store.remove(person_id, event=event, actor=actor)
