@@ -18,8 +18,9 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Self
+
+from tests.support.lifecycle import Closing, end_process
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class BrokerError(RuntimeError):
     """The broker could not be started, or died while starting."""
 
 
-class _BrokerProcess:
+class _BrokerProcess(Closing):
     """What both brokers share: one child process, its log files, ``with`` support."""
 
     work_dir: Path
@@ -89,17 +90,7 @@ class _BrokerProcess:
                 parts.append(f"--- {path} ---\n{tail}")
         return "\n".join(parts) if parts else f"(no broker log yet in {self.work_dir})"
 
-    # -- lifecycle -----------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
         self.stop()
 
 
@@ -244,31 +235,17 @@ class MosquittoBroker(_BrokerProcess):
         Falls back to SIGKILL after ``timeout`` seconds. Returns the exit code (None if the
         broker was not running). Idempotent.
         """
-        proc = self._proc
+        proc, self._proc = self._proc, None
         if proc is None:
             return None
         if proc.poll() is None:
             proc.send_signal(signal.SIGCONT)  # a paused broker cannot handle SIGTERM
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _LOGGER.warning("mosquitto pid %d ignored SIGTERM; killing it", proc.pid)
-                proc.kill()
-                proc.wait(_STOP_TIMEOUT)
-        self._proc = None
-        return proc.returncode
+        return end_process(proc, timeout, "mosquitto")
 
     def kill(self) -> int | None:
         """SIGKILL, like a crash or power loss: whatever was not autosaved is lost."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(_STOP_TIMEOUT)
-        self._proc = None
-        return proc.returncode
+        proc, self._proc = self._proc, None
+        return None if proc is None else end_process(proc, None, "mosquitto")
 
     def restart(self, timeout: float = _START_TIMEOUT) -> Self:
         """Clean stop then start, on the same port(s) and with the same data."""
@@ -543,30 +520,18 @@ class EjabberdBroker(_BrokerProcess):
 
     def stop(self, timeout: float = _STOP_TIMEOUT) -> int | None:
         """SIGTERM (ejabberd shuts down in order) and wait; SIGKILL after ``timeout``."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(_STOP_TIMEOUT)
-        self._proc = None
-        self._wait_port_closed()
-        return proc.returncode
+        return self._end(timeout)
 
     def kill(self) -> int | None:
-        proc = self._proc
+        return self._end(None)
+
+    def _end(self, timeout: float | None) -> int | None:
+        proc, self._proc = self._proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(_STOP_TIMEOUT)
-        self._proc = None
+        code = end_process(proc, timeout, "ejabberd")
         self._wait_port_closed()
-        return proc.returncode
+        return code
 
     def _wait_port_closed(self) -> None:
         deadline = time.monotonic() + _STOP_TIMEOUT

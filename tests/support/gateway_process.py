@@ -34,6 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from tests.support.lifecycle import end_process
+
 _LOGGER = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -287,20 +289,12 @@ socket = {_toml_str(str(self.ingest_socket))}
 
         Returns the exit code (0 after a clean shutdown; None if it was not running).
         """
-        proc = self._proc
+        proc, self._proc = self._proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _LOGGER.warning("gateway pid %d ignored SIGTERM for %.0f s", proc.pid, timeout)
-                proc.kill()
-                proc.wait(_STOP_TIMEOUT)
-        self._proc = None
-        self.exit_codes.append(proc.returncode)
-        return proc.returncode
+        code = end_process(proc, timeout, "gateway")
+        self.exit_codes.append(code)
+        return code
 
     def restart(self, *, hard: bool = False, timeout: float = _READY_TIMEOUT) -> float:
         """Stop (SIGTERM, or SIGKILL with ``hard``) and start again; returns the time to READY."""

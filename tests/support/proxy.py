@@ -29,8 +29,9 @@ import socket
 import struct
 import threading
 from collections.abc import Coroutine
-from types import TracebackType
 from typing import Any, Self, TypeVar
+
+from tests.support.lifecycle import Closing
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _abort_with_rst(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-class TcpProxy:
+class TcpProxy(Closing):
     """Relay ``listen_host:port`` to ``upstream_host:upstream_port`` with injectable failures."""
 
     def __init__(
@@ -181,17 +182,6 @@ class TcpProxy:
         loop.close()
         self._loop = None
         self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         port = self._port if self._port is not None else "?"

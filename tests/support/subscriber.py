@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import paho.mqtt.client as mqtt
@@ -28,6 +27,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from tests.support.lifecycle import Closing
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class TlsClientConfig:
 Predicate = Callable[[list[ReceivedMessage]], bool]
 
 
-class Subscriber:
+class Subscriber(Closing):
     """Subscribe to ``topic_filter`` and record every message, across disconnects and restarts.
 
     Nothing connects until :meth:`start` (or ``with``); :meth:`start` returns once the
@@ -182,17 +183,6 @@ class Subscriber:
             while self._connected and time.monotonic() < deadline:
                 self._cond.wait(0.05)
         self._client.loop_stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (
