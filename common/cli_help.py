@@ -4,6 +4,7 @@ same as its description, and at least one example (tests/test_cli_help.py walks 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 CONFIG = "/etc/eldergate/gateway.toml"
@@ -20,6 +21,15 @@ def add_command(sub: Any, name: str, summary: str, *examples: str, **kwargs: Any
         formatter_class=argparse.RawDescriptionHelpFormatter,
         **kwargs,
     )
+
+
+def add_config_command(sub: Any, name: str, summary: str, *examples: str, **kwargs: Any) -> Any:
+    """`add_command` for a command that reads the gateway's configuration (`--config FILE`)."""
+    parser = add_command(sub, name, summary, *examples, **kwargs)
+    parser.add_argument(
+        "--config", type=Path, required=True, help=f"the gateway's TOML file (e.g. {CONFIG})"
+    )
+    return parser
 
 
 def examples_text(*examples: str) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from common.cli_help import CONFIG, add_command, examples_text
+from common.cli_help import CONFIG, add_command, add_config_command, examples_text
 from common.errors import ConfigError, StartupTimeoutError, StorageError
 from gateway import __version__
 from gateway.clock import iso_utc, utc_now
@@ -60,10 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"eldergate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = add_command(
+    add_config_command(
         sub, "run", "run the gateway daemon (as systemd does)", f"eldergate run --config {CONFIG}"
     )
-    run.add_argument("--config", type=Path, required=True)
 
     demo = add_command(
         sub,
@@ -96,21 +95,19 @@ def _parser() -> argparse.ArgumentParser:
         "names (e.g. an example checked on another machine)",
     )
 
-    outbox = add_command(
+    add_config_command(
         sub,
         "outbox",
         "show what waits in the outbox (read-only)",
         f"sudo -u eldergate eldergate outbox --config {CONFIG}",
     )
-    outbox.add_argument("--config", type=Path, required=True)
 
-    settings = add_command(
+    add_config_command(
         sub,
         "settings",
         "show runtime setting overrides (config.set)",
         f"sudo -u eldergate eldergate settings --config {CONFIG}",
     )
-    settings.add_argument("--config", type=Path, required=True)
 
     from gateway.faces import cli as faces_cli
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from pathlib import Path
 from typing import Any, TextIO
 
-from common.cli_help import CONFIG, add_command
+from common.cli_help import CONFIG, add_command, add_config_command
 from common.errors import ConfigError
 
 _CARD_RE = re.compile(r"^[0-9a-f]{4,20}$")
@@ -30,14 +29,13 @@ def add_parsers(sub: Any) -> None:
         f"eldergate cards hash --config {CONFIG} --card 00DEADBEEF",
     )
     verbs = cards.add_subparsers(dest="cards_command", required=True)
-    hasher = add_command(
+    hasher = add_config_command(
         verbs,
         "hash",
         'print the `card_hash = "hmac-sha256:..."` line for [[access.cards]]',
         f"eldergate cards hash --config {CONFIG} --card 00DEADBEEF",
         f"read-card-number | eldergate cards hash --config {CONFIG}   # from stdin",
     )
-    hasher.add_argument("--config", type=Path, required=True)
     hasher.add_argument(
         "--card", default=None, help="the number as the reader sends it (default: read stdin)"
     )
