@@ -436,8 +436,8 @@ class Outbox:
         self._urgent.clear()
         # An alarm's commit does not carry a large delete batch (during a drain): it waits for
         # the next commit. A few deletes ride along, so a quiet gateway writes less.
-        heavy = len(self._deletes) > _DELETES_RIDE_ALONG
-        deletes = [] if urgent and heavy else sorted(self._deletes)
+        held_back = urgent and len(self._deletes) > _DELETES_RIDE_ALONG
+        deletes = [] if held_back else sorted(self._deletes)
         self._deleting.update(deletes)
         self._deletes.difference_update(deletes)
         self._commit_started_at = time.monotonic()
@@ -459,8 +459,9 @@ class Outbox:
         receipts, self._counters = outcome
         self._commits += 1
         self._delete_failed = False
-        self._last_delete_flush = time.monotonic()
-        self.last_progress = self._last_delete_flush
+        self.last_progress = time.monotonic()
+        if not held_back:  # deletes held back stay due: alarms must not postpone them for ever
+            self._last_delete_flush = self.last_progress
         lanes = frozenset(p.item.lane for p in batch)
         for pending, receipt in zip(batch, receipts, strict=True):
             if not pending.future.done():

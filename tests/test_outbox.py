@@ -405,3 +405,20 @@ async def test_the_disk_reserve_is_made_by_load_not_by_the_constructor(tmp_path:
         assert reserve.stat().st_size == 64 * 1024
     finally:
         await db.close()
+
+
+async def test_delivered_rows_are_deleted_while_alarms_keep_coming(box: Running) -> None:
+    """An alarm's commit leaves a large delete batch for later; a stream of alarms faster
+    than the delete interval must not hold those deletes back for ever (a drain of a
+    backlog under live alarms once kept every delivered row on disk)."""
+    ob = box.outbox
+    await ob.append_many(event(2, n) for n in range(200))  # type: ignore[misc]
+    for row in await all_rows(ob, Lane.DEVICE_STATUS):
+        ob.mark_delivered(row)  # more than an alarm's commit takes along
+    alarms = 0
+    async with asyncio.timeout(15):
+        while ob.stats().rows[2] > 0 and alarms < 500:  # bounded
+            await ob.append(event(0, alarms))  # type: ignore[arg-type]
+            alarms += 1
+            await asyncio.sleep(0.02)  # alarms every 20 ms: well under delete_interval
+    assert ob.stats().rows[2] == 0, f"delivered rows still stored after {alarms} alarms"
