@@ -1,7 +1,7 @@
 """What face analysis costs the event loop: worker processes (the daemon) against threads.
 
 Usage:
-    .venv/bin/python benchmarks/bench_face_workers.py [--seconds 8] [--workers 1 2]
+    .venv/bin/python benchmarks/bench_face_workers.py [--seconds 8] [--workers 1 2] [--idle-s 2]
 
 An asyncio ticker sleeps 1 ms in a loop and records how late each wake-up is (the delay an alarm
 arriving at that moment would see before the daemon could even read it), while frames of a
@@ -9,8 +9,8 @@ person at the door are analysed back to back:
 - `process`: `FaceWorkerPool` (spawned processes, each with its own models), as the daemon does;
 - `thread` (baseline): a `ThreadPoolExecutor`, one `FaceEngine` per thread; dlib holds the GIL
   for the whole face encoding, so the loop waits for it.
-Also prints frames/s for each. Frames are 640x480 compositions of a real photo
-(../shared/data/faces or $ELDERGATE_FACES_DIR).
+The loop alone (no analysis, `--idle-s` seconds) is shown first. Also prints frames/s for each.
+Frames are 640x480 compositions of a real photo (../shared/data/faces or $ELDERGATE_FACES_DIR).
 """
 
 from __future__ import annotations
@@ -96,11 +96,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--idle-s", type=float, default=2.0, help="seconds of the idle baseline")
     args = parser.parse_args()
     frame = door_frame()
     print(f"{os.cpu_count()} CPUs; one 640x480 frame with one face, analysed back to back")
     print(f"{'executor':<26} {'frames/s':>8} {'lag p50 ms':>10} {'lag p99 ms':>10} {'max ms':>10}")
-    idle_fps, idle_lags = await measure(ThreadPoolExecutor(1), lambda _: None, frame, 2.0, 1)
+    idle_fps, idle_lags = await measure(
+        ThreadPoolExecutor(1), lambda _: None, frame, args.idle_s, 1
+    )
     print(row("no analysis (loop only)", 0.0, idle_lags))
     for workers in args.workers:
         pool = FaceWorkerPool(EngineSettings(), workers)

@@ -1,16 +1,17 @@
 """Per-frame time by stage (decode, detect, encode, match) of a 640x480 door camera, frames/s, RSS.
 
     .venv/bin/python benchmarks/bench_frame_stages.py [--quick] [--face-frames 48]
-        [--empty-frames 16] [--throughput-s 8] [--gallery 16884]
+        [--empty-frames 16] [--throughput-s 8] [--gallery 16884] [--people N]
 
 Frames: a 640x480 MJPG .avi written to a temporary directory by `drivers/video_sim.py`
 (`write_door_video`) from the real photos in `<repo>/../shared/data/faces` (or
 $ELDERGATE_FACES_DIR; read in place, never copied): one-frame scenes of a person at the door
 (every person's photos but the first, round-robin over people) and of the empty corridor.
 
-Enrolment: the first photo of every person, composed into a door frame the same way and encoded
-by `FaceEngine`. Gallery: those real encodings plus random unit-norm float32 rows (1-3 per
-synthetic person) up to `--gallery` rows (16,884 by default), built with `Gallery.from_arrays`.
+Enrolment: the first photo of every person (of the first `--people` people by folder name, if
+given), composed into a door frame the same way and encoded by `FaceEngine`. Gallery: those real
+encodings plus random unit-norm float32 rows (1-3 per synthetic person) up to `--gallery` rows
+(16,884 by default), built with `Gallery.from_arrays`.
 
 Stages, per frame, median and p95 (ms), both paths on the same decoded frames:
 - decode: `cv2.VideoCapture.read()` of the MJPG file (= one JPEG decode), shared by both paths;
@@ -427,13 +428,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="landmark model of the baseline's face_encodings (default: the library default)",
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--people", type=int, default=None, help="only the first N people (default: all)"
+    )
     args = parser.parse_args(argv)
+    if args.people is not None and args.people < 1:
+        parser.error("--people must be at least 1")
     if args.quick:
         args.face_frames, args.empty_frames = 12, 4
         args.throughput_s, args.decode_passes, args.gil_s = 2.0, 1, 0.5
 
     root = faces_dir()
     people = list_people(root) if root.is_dir() else {}
+    people = dict(list(people.items())[: args.people])
     if not people:
         print(f"no face photos under {root} (set ELDERGATE_FACES_DIR)", file=sys.stderr)
         return 2

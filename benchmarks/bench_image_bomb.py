@@ -7,9 +7,11 @@ The bomb: a 16x16 JPEG re-headed to 30000x30000 pixels with one stray byte befor
 header (under 1 kB; tests/test_image_bombs.py makes it). Printed, as peak RSS (VmHWM) of the
 process that decodes the photo:
 - `before`: `encode_photo` of `--old-rev` (the code before the decoder limits; its header
-  parser gave up at the stray byte and OpenCV decoded everything), run in a fresh process
-  with no decoder limit, under an address-space limit of `--safety-gib` (a `ulimit -v`) so
-  this benchmark cannot take the machine down: the figure is what the bomb reached, capped;
+  parser gave up at the stray byte and OpenCV decoded everything) with that revision's own
+  packages (`git archive`), run in a fresh process with no decoder limit, under an
+  address-space limit of `--safety-gib` (a `ulimit -v`) so this benchmark cannot take the
+  machine down: the figure is what the bomb reached, capped (with a cap below the ~2.7 GB the
+  decoder asks for, e.g. `--safety-gib 1`, it fails at once: a quick run of every step);
 - `after`: the current `encode_photo` in a `FaceWorkerPool` worker (decoder pixel limit and
   RLIMIT_AS as the daemon and the CLI set them); the bomb is refused;
 - `normal enrolment`: a fresh worker enrolling a real photo (the baseline the bomb should not
@@ -19,9 +21,11 @@ process that decodes the photo:
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import textwrap
 from dataclasses import replace
@@ -40,55 +44,81 @@ from gateway.vision.workers import FaceWorkerPool, WorkerLimits, worker_memory  
 
 MIB = 1 << 20
 
-# Runs in a fresh interpreter: the old enrolment module (from git), no decoder limit, an
-# address-space cap for safety; prints the outcome and VmHWM / VmPeak in bytes.
+# Runs in a fresh interpreter on the old revision's own packages (extracted with `git archive`,
+# first on sys.path: the old enrolment module imports modules that have moved since), with no
+# decoder limit and an address-space cap for safety; prints that the old module was imported,
+# then the outcome, then VmHWM and VmPeak in bytes.
 OLD_PATH = textwrap.dedent(
     """
-    import importlib.util, resource, sys
+    import resource, sys
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
-    cap = int(sys.argv[4])
+    cap = int(sys.argv[3])
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    spec = importlib.util.spec_from_file_location("old_enrolment", sys.argv[2])
-    old = importlib.util.module_from_spec(spec)
-    sys.modules["old_enrolment"] = old
-    spec.loader.exec_module(old)
-    from gateway.vision.workers import worker_memory
+    from gateway.faces import enrolment as old
+    print("imported", old.__file__)
     try:
-        old.encode_photo(Path(sys.argv[3]).read_bytes(), old.EnrolmentSettings())
+        old.encode_photo(Path(sys.argv[2]).read_bytes(), old.EnrolmentSettings())
         outcome = "encoded"
     except Exception as exc:
-        outcome = f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
-    memory = worker_memory()
+        outcome = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:100]}"
+    memory = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmHWM", "VmPeak"):
+            memory[name] = int(value.split()[0]) * 1024  # kB
     print(outcome)
     print(memory["VmHWM"], memory["VmPeak"])
     """
 )
+OLD_PACKAGES = ("common", "drivers", "gateway")  # those of them the old revision has
 
 
-def before(old_rev: str, bomb: bytes, safety: int) -> tuple[str, int, int]:
-    source = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{old_rev}:gateway/faces/enrolment.py"],
+def old_tree(old_rev: str, into: Path) -> Path:
+    """The old revision's Python packages, extracted into `into` (read-only git commands)."""
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-tree", "--name-only", old_rev],
         capture_output=True,
         text=True,
         check=True,
+    ).stdout.split()
+    packages = [name for name in OLD_PACKAGES if name in listed]
+    if "gateway" not in packages:
+        raise RuntimeError(f"no gateway/ at {old_rev}")
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", old_rev, *packages],
+        capture_output=True,
+        check=True,
     ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def before(old_rev: str, bomb: bytes, safety: int) -> tuple[str, int, int]:
     with tempfile.TemporaryDirectory() as tmp:
-        module = Path(tmp) / "old_enrolment.py"
-        module.write_text(source)
+        tree = old_tree(old_rev, Path(tmp) / "tree")
         photo = Path(tmp) / "bomb.jpg"
         photo.write_bytes(bomb)
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_IO_")}
+        env.pop("PYTHONPATH", None)
         done = subprocess.run(
-            [sys.executable, "-c", OLD_PATH, str(REPO), str(module), str(photo), str(safety)],
+            [sys.executable, "-c", OLD_PATH, str(tree), str(photo), str(safety)],
             capture_output=True,
             text=True,
             env=env,
+            cwd=tmp,  # not the repository: only the old packages can be imported
             timeout=600,
             check=False,
         )
     lines = done.stdout.strip().splitlines()
-    if len(lines) < 2:
+    if not lines or not lines[0].startswith("imported "):
+        # The old code could not even be loaded: the baseline is broken, not the bomb's doing.
+        raise RuntimeError(
+            f"the enrolment code of {old_rev} did not import (exit {done.returncode}): "
+            f"{done.stderr.strip()[-500:]}"
+        )
+    if len(lines) < 3:
         return f"process ended with {done.returncode}: {done.stderr[-200:]}", 0, 0
     hwm, peak = (int(x) for x in lines[-1].split())
     return lines[-2], hwm, peak

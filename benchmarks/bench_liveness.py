@@ -2,10 +2,12 @@
 
 Usage:
     .venv/bin/python benchmarks/bench_liveness.py [--photos 130] [--frames 12] [--seed 5]
+        [--clip-start 0] [--clip-frames N]
 
 Live: the real clip (`../shared/data/video/short_hamilton_clip.mp4`, read in place), every face
 the daemon's engine finds, its crops paired at 30 down to 2 analysed frames/s (every phase of
-the clip), judged as the access service judges a track.
+the clip), judged as the access service judges a track (`--clip-start F --clip-frames N`: only
+the clip's frames F .. F+N-1; default: all of them).
 Attacks: the photos of `../shared/data/faces` (read in place; by default the odd-numbered
 ones, which the limits were not chosen on) printed on a card and held up
 to the camera (`drivers.video_sim.handheld_print`): moved, turned, tilted, scaled, blurred and
@@ -20,6 +22,7 @@ Cost: `measure_pair` per frame pair (median, p99), next to the face encoding it 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -81,11 +84,12 @@ class Crops:
         )
 
 
-def crops_of(frames: Sequence[np.ndarray], fps: float, engine: FaceEngine) -> Crops:
+def crops_of(frames: Sequence[np.ndarray], fps: float, engine: FaceEngine, first: int = 0) -> Crops:
+    """The crops of `frames`, numbered from `first` (their frame number in the video)."""
     times: list[float] = []
     crops: list[Gray] = []
     indices: list[int] = []
-    for index, frame in enumerate(frames):
+    for index, frame in enumerate(frames, start=first):
         faces = [f for f in engine.analyse(frame).faces if f.crop is not None]
         if faces:
             face = max(faces, key=lambda f: f.height)
@@ -96,8 +100,11 @@ def crops_of(frames: Sequence[np.ndarray], fps: float, engine: FaceEngine) -> Cr
     return Crops(tuple(times), tuple(crops), tuple(indices))
 
 
-def clip_crops(engine: FaceEngine) -> Crops:
-    return crops_of(list(iter_frames(video_path())), video_fps(video_path()), engine)
+def clip_crops(engine: FaceEngine, start: int = 0, count: int | None = None) -> Crops:
+    """The crops of the clip's frames `start` .. `start + count - 1` (None: to the end)."""
+    end = None if count is None else start + count
+    frames = list(itertools.islice(iter_frames(video_path()), start, end))
+    return crops_of(frames, video_fps(video_path()), engine, start)
 
 
 def samples_of(crops: Crops, max_gap_s: float = 1.5) -> list[PairSample]:
@@ -171,11 +178,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(seeds 1-2; revised once after seed 4 on the odd ones): report on the "
         "odd-numbered ones (default, seed 5), those, or all",
     )
+    parser.add_argument(
+        "--clip-start", type=int, default=0, help="first frame of the clip analysed (default 0)"
+    )
+    parser.add_argument(
+        "--clip-frames",
+        type=int,
+        default=None,
+        help="frames of the clip analysed from --clip-start (default: to the end)",
+    )
     args = parser.parse_args(argv)
+    if args.clip_start < 0 or (args.clip_frames is not None and args.clip_frames < 2):
+        parser.error("--clip-start must be >= 0 and --clip-frames >= 2")
     engine = FaceEngine(EngineSettings())
     engine.load()
 
-    clip = clip_crops(engine)
+    clip = clip_crops(engine, args.clip_start, args.clip_frames)
     print(f"real clip: {len(clip.times)} face crops")
     for fps in RATES_FPS:
         step = max(1, round(30.0 / fps))

@@ -4,6 +4,10 @@ and what does it cost against strangers?
 Usage:
     .venv/bin/python benchmarks/bench_template_refresh.py           # 5 folds x 3 seeds
     .venv/bin/python benchmarks/bench_template_refresh.py --quick   # 1 seed, 2 folds (tests)
+    .venv/bin/python benchmarks/bench_template_refresh.py --quick --people 5 --photos 4  # smoke
+
+`--people N` / `--photos N`: only the first N people (by folder name) / the first N photos of
+each (default: every photo).
 
 Photos are read in place (benchmarks/face_accuracy.py `faces_dir`), encoded as the daemon does
 (HOG, upsample 0, small landmarks, 1 jitter); nothing is written anywhere.
@@ -257,14 +261,17 @@ def run(argv: Sequence[str] | None = None, encoded: fa.Encoded | None = None) ->
     the photos' encodings, when the caller has them already (the tests)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 of the 5 folds")
+    fa.add_selection_options(parser)
     args = parser.parse_args(argv)
     root = fa.faces_dir()
     if not root.is_dir():
         parser.error(f"no photos at {root} (set ELDERGATE_FACES_DIR)")
+    photos = fa.select_photos(fa.list_photos(root), args.people, args.photos)
     if encoded is None:
-        photos = fa.list_photos(root)
         config = fa.EncodeConfig(upsample=0, landmarks="small", jitters=1)
         encoded = fa.encode_photos(photos, config)
+    elif args.people is not None or args.photos is not None:
+        encoded = fa.only_photos(encoded, photos)
     print(
         f"{len(encoded.photos)} photos of {len(set(encoded.labels))} people from {root} "
         f"({encoded.config.label()}), encoded in {encoded.seconds:.1f} s"

@@ -17,6 +17,11 @@ raw paho    the same payloads, pre-rendered, published with QoS 1 through the ga
 outbox only the outbox alone: same producers, and each row marked delivered as soon as its
             append returns (an instant PUBACK). No MQTT: the ceiling for the storage side.
 
+The events are `device.heartbeat` (lane 3, telemetry): a batch of telemetry alone waits up to
+`outbox.telemetry_commit_window_ms` (`--telemetry-window-ms`, 500 ms as shipped) for other
+appends, which paces closed-loop producers (1 producer: ~2 events/s) whatever the group-commit
+window of the sweep.
+
 Targets: gateway >= 0.5 x raw paho, and >= 5,000 events/s. Timings are never asserted.
 """
 
@@ -57,8 +62,10 @@ async def _produce(outbox: Outbox, events: list[Event], producers: int, mark: bo
     return time.monotonic()
 
 
-def _limits(window_ms: float) -> OutboxSection:
-    return OutboxSection(group_commit_window_ms=window_ms)
+def _limits(window_ms: float, telemetry_window_ms: float) -> OutboxSection:
+    return OutboxSection(
+        group_commit_window_ms=window_ms, telemetry_commit_window_ms=telemetry_window_ms
+    )
 
 
 async def run_gateway(
@@ -73,7 +80,11 @@ async def run_gateway(
     path = work / f"gw-{next(_ids)}.db"
     window_ms = args.commit_window_ms if commit_window_ms is None else commit_window_ms
     async with h.stack(
-        path, port, fwd, client_id=f"bench-gw-{next(_ids)}", limits=_limits(window_ms)
+        path,
+        port,
+        fwd,
+        client_id=f"bench-gw-{next(_ids)}",
+        limits=_limits(window_ms, args.telemetry_window_ms),
     ) as s:
         await s.connect()
         commits_before = getattr(s.outbox.stats(), "commits", 0)
@@ -96,7 +107,10 @@ async def run_outbox_only(work: Path, events: list[Event], args: argparse.Namesp
     path = work / f"ob-{next(_ids)}.db"
     # The forwarder is never connected: nothing is published.
     async with h.stack(
-        path, 1, ForwardingSection(replay_rate=0.0), limits=_limits(args.commit_window_ms)
+        path,
+        1,
+        ForwardingSection(replay_rate=0.0),
+        limits=_limits(args.commit_window_ms, args.telemetry_window_ms),
     ) as s:
         t0 = time.monotonic()
         await _produce(s.outbox, events, args.producers, mark=True)
@@ -204,7 +218,7 @@ async def main_async(args: argparse.Namespace) -> int:
     print(
         f"throughput: {args.events:,} events of ~{h.TARGET_PAYLOAD} B, {args.producers} producers, "
         f"QoS 1 window {args.window}, group-commit window {args.commit_window_ms:g} ms, "
-        "forwarder replay_rate = 0 (unlimited)"
+        f"telemetry window {args.telemetry_window_ms:g} ms, forwarder replay_rate = 0 (unlimited)"
     )
     print(
         h.table(
@@ -267,6 +281,12 @@ def main() -> int:
         type=float,
         default=20.0,
         help="outbox group_commit_window (the production default is 20 ms)",
+    )
+    parser.add_argument(
+        "--telemetry-window-ms",
+        type=float,
+        default=OutboxSection().telemetry_commit_window_ms,
+        help="outbox.telemetry_commit_window_ms (default: as shipped, 500 ms)",
     )
     parser.add_argument(
         "--sweep",

@@ -2,13 +2,16 @@
 
 Usage:
     .venv/bin/python benchmarks/bench_time_to_open.py [--repeats 3] [--workers 1 2]
+        [--people N] [--lead-frames N] [--after-frames N]
 
 The access service as the daemon builds it (gateway.access.service with real face worker
 processes, the real motion gate, a real SQLite outbox in a temporary directory, the door a
 recorder that stamps the pulse), watching a camera that plays `../shared/data/video/
 short_hamilton_clip.mp4` (read in place) in real time: 30 frames/s into a newest-frame slot, so
 frames the workers cannot take are dropped, as with a real camera. The resident (Lin-Manuel
-Miranda) is enrolled from his still, beside one photo of each person of shared/data/faces.
+Miranda) is enrolled from his still, beside one photo of each person of shared/data/faces
+(of the first `--people` people by folder name, if given). Each run plays the whole clip, or
+from `--lead-frames` frames before his face to `--after-frames` frames after it (a quicker run).
 Time to open = pulse time - the time the first frame with his face was put in the slot.
 
 Baselines, same run: the same with liveness "off" (what the check costs), and with the
@@ -134,14 +137,19 @@ def read_clip() -> list[Image]:
     return list(iter_frames(CLIP))
 
 
-def gallery_and_first_face(images: Sequence[Image]) -> tuple[Gallery, int]:
+def gallery_and_first_face(
+    images: Sequence[Image], people: int | None = None
+) -> tuple[Gallery, int]:
+    """His still and the first photo of each person (the first `people` folders; None: all);
+    and the first frame of the clip in which a face is found."""
     import cv2
 
     engine = FaceEngine(EngineSettings())
     still = engine.analyse(np.asarray(cv2.imread(str(STILL), cv2.IMREAD_COLOR), dtype=np.uint8))
     rows, names = [still.faces[0].encoding], ["p-lin"]
-    for folder in sorted((SHARED / "faces").iterdir()):
-        photos = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
+    folders = [f for f in sorted((SHARED / "faces").iterdir()) if f.is_dir()]
+    for folder in folders[:people]:
+        photos = sorted(folder.glob("*.jpg"))
         if photos:
             image = cv2.imread(str(photos[0]), cv2.IMREAD_COLOR)
             faces = engine.analyse(np.asarray(image, dtype=np.uint8)).faces
@@ -223,13 +231,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--people", type=int, default=None, help="gallery: only the first N people (default: all)"
+    )
+    parser.add_argument(
+        "--lead-frames",
+        type=int,
+        default=None,
+        help="play the clip from N frames before his face (default: from its first frame)",
+    )
+    parser.add_argument(
+        "--after-frames",
+        type=int,
+        default=None,
+        help="play the clip until N frames after his face (default: to its end)",
+    )
     args = parser.parse_args(argv)
+    if any(n is not None and n < 0 for n in (args.people, args.lead_frames, args.after_frames)):
+        parser.error("--people, --lead-frames and --after-frames must not be negative")
     images = read_clip()
-    gallery, first_face = gallery_and_first_face(images)
+    gallery, first_face = gallery_and_first_face(images, args.people)
     print(
         f"clip: {len(images)} frames at {FPS:g}/s, his face from frame {first_face}; "
         f"gallery {gallery.person_count} people"
     )
+    if args.lead_frames is not None or args.after_frames is not None:
+        start = 0 if args.lead_frames is None else max(0, first_face - args.lead_frames)
+        end = len(images) if args.after_frames is None else first_face + args.after_frames + 1
+        images, first_face = images[start:end], first_face - start
+        print(f"each run plays frames {start} to {start + len(images) - 1} of the clip")
     variants: list[tuple[str, DecisionPolicy, Mode]] = [
         ("defaults (fusion, liveness passive)", DecisionPolicy(), "passive"),
         ("defaults, liveness off", DecisionPolicy(), "off"),

@@ -2,6 +2,10 @@
 
 Usage:
     .venv/bin/python benchmarks/enrolment_quality.py      # ~4 minutes on 2 x86 cores
+    .venv/bin/python benchmarks/enrolment_quality.py --people 2 --photos 2   # a smoke test
+
+`--people N` / `--photos N`: only the first N people (by folder name) / the first N photos of
+each (default: every photo).
 
 Photos are read in place from `<repo>/../shared/data/faces` (or $ELDERGATE_FACES_DIR), one
 folder per person, as benchmarks/face_accuracy.py reads them; nothing is written anywhere.
@@ -439,11 +443,12 @@ def report_real(study: Study, photos: Sequence[fa.Photo], settings: EnrolmentSet
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.parse_args(argv)
+    fa.add_selection_options(parser)
+    args = parser.parse_args(argv)
     root = fa.faces_dir()
     if not root.is_dir():
         parser.error(f"no photos at {root} (set ELDERGATE_FACES_DIR)")
-    photos = fa.list_photos(root)
+    photos = fa.select_photos(fa.list_photos(root), args.people, args.photos)
     settings = EnrolmentSettings()
     tuned = sorted(p for p, h in halves(photos).items() if h == "tune")
     print(f"{len(photos)} photos of {len({p.person for p in photos})} people from {root}")

@@ -31,11 +31,16 @@ the previous defaults (BASELINE_POLICY). Then the real clip (shared/data/video):
 (every phase of the clip).
 
     .venv/bin/python benchmarks/face_accuracy.py --held-out-only   # ~1 minute
+
+Smaller runs (a smoke test; the figures mean little): `--people N` (the first N people by folder
+name), `--photos N` (the first N photos of each), `--clip-start F --clip-frames N` (only frames
+F .. F+N-1 of the clip). The defaults use every photo and every frame.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import math
 import os
@@ -53,6 +58,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.vision.decision import (
+    DEFAULT_CONFLICT_DISTANCE,
     DEFAULT_MIN_FRAMES,
     DEFAULT_MIN_MARGIN,
     DEFAULT_THRESHOLD,
@@ -92,6 +98,37 @@ def list_photos(root: Path) -> list[Photo]:
         for path in sorted(person.iterdir())
         if path.suffix.lower() in IMAGE_SUFFIXES
     ]
+
+
+def select_photos(
+    photos: Sequence[Photo], people: int | None = None, per_person: int | None = None
+) -> list[Photo]:
+    """The photos of the first `people` people (in the order of `photos`), at most the first
+    `per_person` of each; None: no limit (every photo, in the same order)."""
+    chosen = list(dict.fromkeys(p.person for p in photos))[:people]
+    kept: list[Photo] = []
+    for person in chosen:
+        kept.extend([p for p in photos if p.person == person][:per_person])
+    order = {photo: i for i, photo in enumerate(photos)}
+    return sorted(kept, key=order.__getitem__)
+
+
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def add_selection_options(parser: argparse.ArgumentParser) -> None:
+    """--people / --photos: run on part of the shared photos (default: all of them)."""
+    parser.add_argument(
+        "--people", type=positive, default=None, help="only the first N people (default: all)"
+    )
+    parser.add_argument(
+        "--photos", type=positive, default=None, help="at most N photos per person (default: all)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +390,19 @@ def subset(encoded: Encoded, people: Collection[str]) -> Encoded:
     )
 
 
+def only_photos(encoded: Encoded, photos: Collection[Photo]) -> Encoded:
+    """The encodings of `photos` only (those of them in which a face was found)."""
+    wanted = set(photos)
+    keep = [i for i, photo in enumerate(encoded.photos) if photo in wanted]
+    return Encoded(
+        encoded.config,
+        tuple(encoded.photos[i] for i in keep),
+        encoded.matrix[keep],
+        tuple(p for p in encoded.no_face if p in wanted),
+        encoded.seconds,
+    )
+
+
 def identity_folds(people: Sequence[str], k: int, seed: int) -> list[tuple[str, ...]]:
     """`people` shuffled with `seed` and dealt into `k` folds of (nearly) equal size."""
     order = sorted(people)
@@ -371,13 +421,15 @@ def fitted_threshold(encoded: Encoded) -> float:
 
 def choose_operating_point(encoded: Encoded, enrol_count: int = 1) -> OperatingPoint:
     """The threshold from `fitted_threshold` (capped SAFETY_GAP below the closest false match
-    of the tuning probes), rounded down to FINE_THRESHOLDS; then the margin in MARGINS that
+    of the tuning probes, and at the policy's conflict distance, the highest threshold a
+    DecisionPolicy takes), rounded down to FINE_THRESHOLDS; then the margin in MARGINS that
     keeps the most genuine frames with no false accept on the tuning probes (ties: larger)."""
     probes = run_protocol(encoded, enrol_count=enrol_count)
     best: tuple[float, float] | None = None
     ceiling = fitted_threshold(encoded)
     for margin in MARGINS:
         limit = min(ceiling, closest_false_accept(probes, margin) - SAFETY_GAP)
+        limit = min(limit, DEFAULT_CONFLICT_DISTANCE)  # DecisionPolicy takes no higher one
         allowed = [t for t in FINE_THRESHOLDS if t <= limit]
         if not allowed:
             continue
@@ -591,7 +643,9 @@ class ClipFrames:
         )
 
 
-def clip_frames(step: int = 1) -> ClipFrames:
+def clip_frames(step: int = 1, start: int = 0, count: int | None = None) -> ClipFrames:
+    """Every `step`-th frame of the clip's frames `start` .. `start + count - 1` (None: to the
+    end); frame numbers and times stay those of the whole clip."""
     from drivers.video_sim import iter_frames, video_fps
     from gateway.vision.engine import EngineSettings, FaceEngine
 
@@ -602,8 +656,11 @@ def clip_frames(step: int = 1) -> ClipFrames:
     rows: list[npt.NDArray[np.float32]] = []
     analysed = 0
     started = time.perf_counter()
+    end = None if count is None else start + count
     for index, image in enumerate(iter_frames(video_dir() / CLIP)):
-        if index % step == 0:
+        if end is not None and index >= end:
+            break
+        if index >= start and index % step == 0:
             analysed += 1
             faces = engine.analyse(image).faces
             if faces:
@@ -615,7 +672,10 @@ def clip_frames(step: int = 1) -> ClipFrames:
     return ClipFrames(tuple(times), matrix, analysed, seconds, tuple(indices))
 
 
+@functools.cache
 def still_encoding(name: str) -> npt.NDArray[np.float32]:
+    """The encoding of a still of the clip's folder (encoded once per process: it is the same
+    every time)."""
     from gateway.faces.enrolment import EnrolmentSettings, encode_photo
 
     return encode_photo((video_dir() / name).read_bytes(), EnrolmentSettings())
@@ -668,8 +728,8 @@ def clip_sweep(
     )
 
 
-def report_video(encoded: Encoded) -> None:
-    clip = clip_frames()
+def report_video(encoded: Encoded, start: int = 0, count: int | None = None) -> None:
+    clip = clip_frames(start=start, count=count)
     resident = still_encoding(RESIDENT_STILL)
     distances = np.linalg.norm(clip.matrix - resident, axis=1).astype(np.float64)
     print(
@@ -768,11 +828,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="skip the in-sample tables: only the held-out folds and the real clip",
     )
+    add_selection_options(parser)
+    parser.add_argument(
+        "--clip-start", type=int, default=0, help="first frame of the clip analysed (default 0)"
+    )
+    parser.add_argument(
+        "--clip-frames",
+        type=positive,
+        default=None,
+        help="frames of the clip analysed from --clip-start (default: to the end)",
+    )
     args = parser.parse_args(argv)
     root = faces_dir()
     if not root.is_dir():
         parser.error(f"no photos at {root} (set ELDERGATE_FACES_DIR)")
-    photos = list_photos(root)
+    photos = select_photos(list_photos(root), args.people, args.photos)
     print(f"{len(photos)} photos of {len({p.person for p in photos})} people from {root}")
     daemon = EncodeConfig(upsample=0, landmarks="small")
     encoded_daemon: Encoded | None = None
@@ -789,7 +859,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for enrol_count in (1, 3):
         report_held_out(encoded_daemon, enrol_count)
     if (video_dir() / CLIP).is_file():
-        report_video(encoded_daemon)
+        report_video(encoded_daemon, args.clip_start, args.clip_frames)
     else:
         print(f"\nno clip at {video_dir()} (set ELDERGATE_VIDEO_DIR): video figures skipped")
     return 0

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.paths import REPO
+
 RUN_ALL = REPO / "benchmarks" / "run_all.sh"
 DONE = "=== every benchmark ran"
 
@@ -35,7 +36,7 @@ def test_every_size_runs_the_same_scripts() -> None:
 @pytest.mark.timeout(660)
 def test_every_benchmark_runs_at_the_tiny_size() -> None:
     env = {**os.environ, "SIZE": "tiny", "PATH": os.environ.get("PATH", os.defpath)}
-    done = subprocess.run(
+    proc = subprocess.Popen(
         ["bash", str(RUN_ALL)],
         cwd=REPO,
         env=env,
@@ -43,10 +44,15 @@ def test_every_benchmark_runs_at_the_tiny_size() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        timeout=600,
-        check=False,
+        start_new_session=True,  # its own process group: a time-out ends the benchmarks too
     )
-    output = done.stdout.rstrip()
+    try:
+        output, _ = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"run_all.sh still running after 600 s; output ends:\n{output[-6000:]}")
+    output = output.rstrip()
     tail = output[-6000:]
-    assert done.returncode == 0, f"run_all.sh exited {done.returncode}; output ends:\n{tail}"
+    assert proc.returncode == 0, f"run_all.sh exited {proc.returncode}; output ends:\n{tail}"
     assert output.endswith(DONE), f"the output does not end with {DONE!r}:\n{tail}"
