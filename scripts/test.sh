@@ -7,4 +7,5 @@ bash scripts/setup.sh
 .venv/bin/ruff check common gateway drivers tests benchmarks
 .venv/bin/ruff format --check common gateway drivers tests benchmarks
 .venv/bin/mypy
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Two workers; the tests that load both cores share one of them (tests/conftest.py).
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup "$@"

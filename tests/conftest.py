@@ -23,6 +23,34 @@ from tests.support.subscriber import Subscriber
 _BROKERS = pytest.StashKey[list[MosquittoBroker]]()
 
 
+# The face pipeline's tests and the benchmarks' smoke run keep both cores busy. scripts/test.sh
+# runs two workers (pytest-xdist, --dist loadgroup): these share one worker, so they never run
+# at the same time as each other, only beside the tests that mostly wait on sockets.
+_CPU_HEAVY = frozenset(
+    {
+        "test_access_e2e",
+        "test_access_service",
+        "test_benchmark_refresh",
+        "test_benchmarks_tiny",
+        "test_camera",
+        "test_enrolment",
+        "test_enrolment_quality",
+        "test_face_accuracy",
+        "test_face_doors",
+        "test_faces_store",
+        "test_image_bombs",
+        "test_liveness",
+        "test_motion",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in _CPU_HEAVY:
+            item.add_marker(pytest.mark.xdist_group("cpu-heavy"))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
