@@ -50,8 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 
-from drivers.buttons.simulator import SimulatedReceiver
 from drivers.buttons.terminal_codec import Heartbeat, Press, PressKind, device_key, encode
+from drivers.sim.buttons import SimulatedReceiver
 
 T_BASE = 0x20000000
 INGEST_DEVICE = "t-ingest-bench"

@@ -28,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from drivers.video_sim import compose
+from drivers.sim.video import compose
 from gateway.vision.engine import EngineSettings, FaceEngine
 from gateway.vision.workers import FaceWorkerPool, analyse_frame
 

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_frame_stages.py [--quick] [--face-frames 48]
         [--empty-frames 16] [--throughput-s 8] [--gallery 16884] [--people N]
 
-Frames: a 640x480 MJPG .avi written to a temporary directory by `drivers/video_sim.py`
+Frames: a 640x480 MJPG .avi written to a temporary directory by `drivers/sim/video.py`
 (`write_door_video`) from the real photos in `<repo>/../shared/data/faces` (or
 $ELDERGATE_FACES_DIR; read in place, never copied): one-frame scenes of a person at the door
 (every person's photos but the first, round-robin over people) and of the empty corridor.
@@ -64,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h  # puts the repository on sys.path
 
-from drivers.video_sim import Scene, compose, write_door_video
+from drivers.sim.video import Scene, compose, write_door_video
 from gateway.vision.engine import EngineSettings, FaceEngine
 from gateway.vision.matcher import ENCODING_DIM, Gallery
 from gateway.vision.models_check import ensure_face_models

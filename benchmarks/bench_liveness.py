@@ -10,7 +10,7 @@ the clip), judged as the access service judges a track (`--clip-start F --clip-f
 the clip's frames F .. F+N-1; default: all of them).
 Attacks: the photos of `../shared/data/faces` (read in place; by default the odd-numbered
 ones, which the limits were not chosen on) printed on a card and held up
-to the camera (`drivers.video_sim.handheld_print`): moved, turned, tilted, scaled, blurred and
+to the camera (`drivers.sim.video.handheld_print`): moved, turned, tilted, scaled, blurred and
 noised as a hand would, and held still; `--frames` analysed frames each (the whole decision
 window at ~4 frames/s), judged in "passive" and "required" mode. An attack succeeds if the
 verdict is Live at any frame (whether the face would also have been recognised is not asked:
@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from drivers.video_sim import handheld_print, iter_frames, video_fps  # noqa: E402
+from drivers.sim.video import handheld_print, iter_frames, video_fps  # noqa: E402
 from gateway.vision.engine import EngineSettings, FaceEngine  # noqa: E402
 from gateway.vision.liveness import (  # noqa: E402
     MIN_PAIR_INTERVAL_S,

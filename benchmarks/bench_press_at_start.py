@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 
-from drivers.buttons.simulator import SimulatedReceiver
 from drivers.buttons.terminal_codec import Press, PressKind, device_key
+from drivers.sim.buttons import SimulatedReceiver
 
 RAW = 0x20000001
 CLIP = h.REPO.parent / "shared" / "data" / "video" / "short_hamilton_clip.mp4"

@@ -132,7 +132,7 @@ class StaticFaces:
 
 
 def read_clip() -> list[Image]:
-    from drivers.video_sim import iter_frames  # opencv: late (see Gate)
+    from drivers.sim.video import iter_frames  # opencv: late (see Gate)
 
     return list(iter_frames(CLIP))
 

@@ -646,7 +646,7 @@ class ClipFrames:
 def clip_frames(step: int = 1, start: int = 0, count: int | None = None) -> ClipFrames:
     """Every `step`-th frame of the clip's frames `start` .. `start + count - 1` (None: to the
     end); frame numbers and times stay those of the whole clip."""
-    from drivers.video_sim import iter_frames, video_fps
+    from drivers.sim.video import iter_frames, video_fps
     from gateway.vision.engine import EngineSettings, FaceEngine
 
     engine = FaceEngine(EngineSettings())

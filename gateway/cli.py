@@ -135,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["simulate"]:  # its own sub-commands and --help
-        from drivers.buttons.simulate_cli import main as simulate_main
+        from drivers.sim.simulate_cli import main as simulate_main
 
         return simulate_main(arguments[1:])
     args = _parser().parse_args(arguments)
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args.config)
         if args.command == "demo":
-            from gateway.demo import run_demo
+            from gateway.demo.run import run_demo
 
             setup_logging("INFO")
             return asyncio.run(run_demo(args.duration, args.state_dir))

@@ -23,7 +23,7 @@ import pytest
 
 from drivers.card_reader import encode_em4100
 from drivers.door import LoggingDoor
-from drivers.video_sim import Scene, write_door_video
+from drivers.sim.video import Scene, write_door_video
 from gateway.config import Config
 from gateway.vision.decision import DEFAULT_MIN_MARGIN, DEFAULT_THRESHOLD
 from tests.conftest import SubscriberFactory
@@ -51,7 +51,7 @@ def access_cfg(
         access={
             "camera": {"source": str(camera), "fps": 10.0, "reopen_max_s": 0.5},
             "door": {"id": "door-main", "location": "Bldg 3"},
-            # The door videos here are still photos (drivers/video_sim.py): the identity path
+            # The door videos here are still photos (drivers/sim/video.py): the identity path
             # alone. Liveness: tests/test_access_service.py and the real clip below.
             "decision": {"liveness": "off"},
             **(extra or {}),

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from drivers.video_sim import compose, handheld_print, iter_frames
+from drivers.sim.video import compose, handheld_print, iter_frames
 from gateway.access.second_factor import FaceChecks
 from gateway.access.service import AccessService, AccessSettings, Refresh
 from gateway.access.snapshots import (

@@ -18,7 +18,6 @@ import pytest
 
 from common.errors import ConfigError
 from drivers.buttons import ev1527_codec, terminal_codec
-from drivers.buttons.simulator import SimulatedReceiver
 from drivers.buttons.terminal_codec import (
     Cancel,
     Cleared,
@@ -29,6 +28,7 @@ from drivers.buttons.terminal_codec import (
     Received,
 )
 from drivers.outputs import LoggingOutput, OutputSpec, build_output
+from drivers.sim.buttons import SimulatedReceiver
 from gateway import daemon
 from gateway.clock import iso_utc, utc_now
 from gateway.config import Config, parse_config

@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from drivers.buttons.simulator import SimulatedReceiver
+from drivers.sim.buttons import SimulatedReceiver
 from tests.conftest import SubscriberFactory
 from tests.support.broker import MosquittoBroker
 from tests.support.gateway_process import GatewayProcess

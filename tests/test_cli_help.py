@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from drivers.buttons import simulate_cli
+from drivers.sim import simulate_cli
 from gateway import cli
 
 

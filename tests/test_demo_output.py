@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from gateway.demo_output import WIDTH, fit, say, shown_args
+from gateway.demo.output import WIDTH, fit, say, shown_args
 
 
 def test_a_photo_is_shown_as_its_size_and_the_rest_as_is() -> None:

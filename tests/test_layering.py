@@ -4,6 +4,8 @@ drivers/ only common/, common/ neither (so a driver never reaches back into the 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,19 @@ def test_no_import_runs_back_up(package: str) -> None:
         if imported_packages(path) & FORBIDDEN[package]
     }
     assert wrong == {}
+
+
+def test_the_daemons_path_never_imports_the_simulators_or_the_demo() -> None:
+    """The daemon with both features (and the CLI that starts it) loads no simulator and no
+    demo module: they are for `eldergate simulate` / `eldergate demo`, the tests and the
+    benchmarks only."""
+    probe = (
+        "import sys\n"
+        "import gateway.cli, gateway.daemon, gateway.buttons.feature, gateway.access.feature\n"
+        "print(' '.join(sorted(m for m in sys.modules "
+        "if m.startswith(('drivers.sim', 'gateway.demo')))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == []

@@ -17,7 +17,6 @@ import pytest
 import serial
 
 from common.errors import ConfigError, TransientError
-from drivers.buttons.simulator import SimulatedReceiver
 from drivers.buttons.terminal_codec import (
     Cleared,
     FrameType,
@@ -32,6 +31,7 @@ from drivers.buttons.terminal_codec import (
     encode,
 )
 from drivers.serial_port import SerialLink, SerialSettings, open_serial
+from drivers.sim.buttons import SimulatedReceiver
 
 LIMIT_S = 5.0
 DEVICE = 0x2000001A

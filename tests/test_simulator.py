@@ -15,10 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.buttons import simulate_cli
 from drivers.buttons.ev1527_codec import Ev1527Decoder, RfPress
-from drivers.buttons.simulate_cli import ControlServer
-from drivers.buttons.simulator import SimulatedReceiver
 from drivers.buttons.terminal_codec import (
     Authenticated,
     BatteryLow,
@@ -39,6 +36,9 @@ from drivers.buttons.terminal_codec import (
     verify,
 )
 from drivers.serial_port import SerialLink, SerialSettings
+from drivers.sim import simulate_cli
+from drivers.sim.buttons import SimulatedReceiver
+from drivers.sim.simulate_cli import ControlServer
 
 LIMIT_S = 5.0
 DEVICE = 0x2000001A

@@ -19,9 +19,9 @@ from typing import Any, Protocol
 
 from drivers.card_reader import encode_em4100
 from drivers.door_contact import SimulatedContact
-from drivers.video_sim import Scene, write_door_video
+from drivers.sim.video import Scene, write_door_video
 from gateway.access.cards import CardKey
-from gateway.demo_output import say
+from gateway.demo.output import say
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CARD, DEMO_CARD_PERSON = "0100a1b2c3", "p-zhao-lan"

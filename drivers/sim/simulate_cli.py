@@ -52,8 +52,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from common.cli_help import add_command, examples_text
-from drivers.buttons.simulator import SimulatedReceiver, SimulatedTerminal
 from drivers.buttons.terminal_codec import Cancel, Heartbeat, Press, PressKind, UplinkFrame
+from drivers.sim.buttons import SimulatedReceiver, SimulatedTerminal
 
 __all__ = ["ControlServer", "main", "request", "serve"]
 

@@ -10,7 +10,7 @@ What it shows, in about half a minute:
    acknowledges it within the deadline the local output (here: the log) escalates;
 4. the broker returns: the backlog is delivered, the alarm first, and the console acknowledges.
 
-At the same time, at the door (gateway/demo_door.py): the console enrols a resident from his
+At the same time, at the door (gateway/demo/door.py): the console enrols a resident from his
 still with a signed `face.enroll`; the door camera plays the real clip of him walking up
 (`access.granted`, the (logging) door opens, with a JPEG snapshot), then a printed photo of him
 held up by hand, twice (`access.denied` for liveness, then `access.presentation_attack` for the
@@ -42,12 +42,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from common.errors import ConfigError
-from drivers.buttons.simulator import SimulatedReceiver
 from drivers.buttons.terminal_codec import HelpComing
-from gateway import daemon, demo_door
+from drivers.sim.buttons import SimulatedReceiver
+from gateway import daemon
 from gateway.clock import iso_utc, utc_now
 from gateway.config import config_from_mapping
-from gateway.demo_output import fit, say, shown_args
+from gateway.demo import door as demo_door
+from gateway.demo.output import fit, say, shown_args
 from gateway.signing import canonical_bytes, sign
 
 _LOGGER = logging.getLogger(__name__)
