@@ -4,7 +4,7 @@ Usage:
     .venv/bin/python benchmarks/bench_image_bomb.py [--old-rev 9028143] [--safety-gib 6]
 
 The bomb: a 16x16 JPEG re-headed to 30000x30000 pixels with one stray byte before its frame
-header (under 1 kB; tests/test_image_bombs.py makes it). Printed, as peak RSS (VmHWM) of the
+header (under 1 kB; tests/faces/test_image_bombs.py makes it). Printed, as peak RSS (VmHWM) of the
 process that decodes the photo:
 - `before`: `encode_photo` of `--old-rev` (the code before the decoder limits; its header
   parser gave up at the stray byte and OpenCV decoded everything) with that revision's own
@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--old-rev", default="9028143", help="commit of the old enrolment code")
     parser.add_argument("--safety-gib", type=float, default=6.0, help="ulimit -v of `before`")
     args = parser.parse_args()
-    from tests.test_image_bombs import BOMBS, SALLEY
+    from tests.faces.test_image_bombs import BOMBS, SALLEY
 
     bomb = BOMBS["jpeg_stray_byte_before_sof"][0]
     safety = int(args.safety_gib * (1 << 30))

@@ -9,7 +9,7 @@
 #                                    # script (~90 s; a smoke test: its figures mean little)
 #
 # SIZE=modest and SIZE=full are the same as the first two (SIZE wins over FULL).
-# Every size runs the same scripts (tests/test_benchmarks_tiny.py checks it).
+# Every size runs the same scripts (tests/bench/test_benchmarks_tiny.py checks it).
 # Needs /usr/sbin/mosquitto (each benchmark starts its own on a free 127.0.0.1 port).
 set -euo pipefail
 cd "$(dirname "$0")/.."

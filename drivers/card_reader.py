@@ -31,7 +31,8 @@ is ignored; any other line (another byte, too short, too long) is discarded and 
 THIS FORMAT HAS NO CHECKSUM. From uniformly random line noise, a false read needs a terminator,
 4..20 hex characters and a terminator in a row: p_t^2 * sum(p_h^n, n = 4..20) with p_t = 2/256,
 p_h = 22/256, about 3.6e-9 false reads per noise byte (one per ~275 MB of pure noise, ~3 days of
-continuous noise at 9600 baud; the model is checked by simulation in tests/test_card_reader.py),
+continuous noise at 9600 baud; the model is checked by simulation in
+tests/drivers/test_card_reader.py),
 each then still having to match a registered card. The real risk is a corrupted character in
 a real read that is still a hex digit: that gives a *wrong* card id with no way to tell. Use
 ``em4100`` (or a reader with a checked protocol) where that matters; the access layer only opens

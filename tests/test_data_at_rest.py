@@ -36,11 +36,11 @@ from gateway.faces.audit import AuditLog
 from gateway.outbox import Outbox
 from gateway.sealing import SEALED_CONTENT_TYPE, PayloadCipher, SealedPayloads
 from gateway.store import MIGRATIONS, Database
+from tests.buttons.test_buttons import GW, PREFIX, WAIT_S, call, start, wait_events
 from tests.conftest import SubscriberFactory
 from tests.support.broker import MosquittoBroker
 from tests.support.configs import daemon_config
 from tests.support.paths import REPO
-from tests.test_buttons import GW, PREFIX, WAIT_S, call, start, wait_events
 from tests.test_systemd_unit import UNIT, parse_unit
 
 KEY_NAMES = ("command.key", "faces.key", "cards.key", "snapshots.key")

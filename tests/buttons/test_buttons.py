@@ -105,8 +105,10 @@ def events(sub: Subscriber, kind: str) -> list[dict[str, Any]]:
     return [e for e in decode_events(sub.messages) if e["kind"] == kind]
 
 
-async def wait_events(sub: Subscriber, kind: str, count: int = 1) -> list[dict[str, Any]]:
-    await sub.wait_for_async(lambda _: len(events(sub, kind)) >= count, WAIT_S)
+async def wait_events(
+    sub: Subscriber, kind: str, count: int = 1, timeout: float = WAIT_S
+) -> list[dict[str, Any]]:
+    await sub.wait_for_async(lambda _: len(events(sub, kind)) >= count, timeout)
     return events(sub, kind)
 
 

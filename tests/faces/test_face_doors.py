@@ -22,7 +22,7 @@ from gateway.events import DeviceRef, EventFactory
 from gateway.faces import cli
 from gateway.faces.enrolment import MAX_PHOTOS, FaceEnrolment
 from gateway.faces.store import RefreshLimits, RefreshOutcome
-from tests.test_enrolment import (
+from tests.faces.test_enrolment import (
     FACES,
     GW,
     SALLEY,

@@ -3,7 +3,7 @@ images whose motion is known, and real data: photos of shared/data/faces held up
 (the odd-numbered photos, which the limits were not chosen on) are never judged live.
 
 The real clip granted with liveness on, and a printed photo refused with the staff alerted,
-run through the access service in tests/test_access_service.py.
+run through the access service in tests/access/test_access_service.py.
 """
 
 from __future__ import annotations

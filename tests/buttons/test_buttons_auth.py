@@ -2,7 +2,7 @@
 
 The button service on real SQLite in tmp_path (closed and reopened for restarts), frames handed
 to it as the receiver worker does, explicit monotonic time (no sleeping, no timed assertions).
-The same paths over a real pty and the real daemon are in tests/test_buttons.py."""
+The same paths over a real pty and the real daemon are in tests/buttons/test_buttons.py."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Tests of gateway/access/: the door controller, the face service, and the daemon end to end."""

@@ -1,0 +1,2 @@
+"""Tests of gateway/buttons/: the feature through the daemon, terminal auth, supervision,
+crashes."""

@@ -1,0 +1,1 @@
+"""Tests of gateway/vision/: the matcher, the decision on real photos, liveness."""
