@@ -12,6 +12,15 @@ from msgspec import Meta
 
 from gateway.config_base import Baudrate, DeviceId, HexBytes, InputSection, OutputSection, Pin
 from gateway.config_base import Section as _Section
+from gateway.vision.defaults import (
+    DEFAULT_CONFLICT_DISTANCE,
+    DEFAULT_COOLDOWN_S,
+    DEFAULT_FUSION_FRAMES,
+    DEFAULT_MIN_FRAMES,
+    DEFAULT_MIN_MARGIN,
+    DEFAULT_THRESHOLD,
+    DEFAULT_WINDOW_S,
+)
 
 Seconds = Annotated[float, Meta(ge=0.5, le=600)]
 Pixels = Annotated[int, Meta(ge=160, le=4096)]
@@ -52,19 +61,19 @@ class DecisionSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
             le=0.6,
             description="0.6 is face_recognition's 1:1 default, already too loose for 1:N search",
         ),
-    ] = 0.43
-    min_margin: Annotated[float, Meta(ge=0, lt=1)] = 0.15
-    min_frames: Annotated[int, Meta(ge=1, le=30)] = 3
-    window_s: Annotated[float, Meta(ge=0.2, le=30)] = 3.0
+    ] = DEFAULT_THRESHOLD
+    min_margin: Annotated[float, Meta(ge=0, lt=1)] = DEFAULT_MIN_MARGIN
+    min_frames: Annotated[int, Meta(ge=1, le=30)] = DEFAULT_MIN_FRAMES
+    window_s: Annotated[float, Meta(ge=0.2, le=30)] = DEFAULT_WINDOW_S
     # At least the threshold.
-    conflict_distance: Annotated[float, Meta(ge=0.2, lt=1)] = 0.55
+    conflict_distance: Annotated[float, Meta(ge=0.2, lt=1)] = DEFAULT_CONFLICT_DISTANCE
     # 0 (off) or from min_frames to 32.
-    fusion_frames: Annotated[int, Meta(ge=0, le=32)] = 8
+    fusion_frames: Annotated[int, Meta(ge=0, le=32)] = DEFAULT_FUSION_FRAMES
     # Passive liveness (gateway/vision/liveness.py): "off", "passive" or "required".
     liveness: Literal["off", "passive", "required"] = "passive"
     attack_alert_after: Annotated[int, Meta(ge=1, le=100)] = 2
     attack_window_s: Annotated[float, Meta(ge=10, le=86_400)] = 120.0
-    cooldown_s: Annotated[float, Meta(ge=0, le=3600)] = 10.0
+    cooldown_s: Annotated[float, Meta(ge=0, le=3600)] = DEFAULT_COOLDOWN_S
     unknown_repeat_s: Annotated[float, Meta(ge=1, le=3600)] = 30.0
 
     def problems(self) -> Iterator[tuple[str, str]]:

@@ -28,6 +28,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from gateway.vision.defaults import (
+    DEFAULT_CONFLICT_DISTANCE,
+    DEFAULT_FUSION_FRAMES,
+    DEFAULT_MIN_FRAMES,
+    DEFAULT_MIN_MARGIN,
+    DEFAULT_THRESHOLD,
+    DEFAULT_WINDOW_S,
+)
 from gateway.vision.matcher import MatchResult
 
 # Defaults: chosen by a rule, and the rule judged on people it never saw
@@ -53,18 +61,7 @@ from gateway.vision.matcher import MatchResult
 #   frames that all point to the same person) with no veto.
 # - CONFLICT_DISTANCE 0.55: no two different people were closer than 0.59, so a frame under 0.55
 #   for somebody else is a real second identity (or a second face) and vetoes.
-DEFAULT_THRESHOLD = 0.43
-DEFAULT_MIN_MARGIN = 0.15
-DEFAULT_MIN_FRAMES = 3
-DEFAULT_WINDOW_S = 3.0
-DEFAULT_CONFLICT_DISTANCE = 0.55
-# Track fusion: the mean encoding of up to this many recent frames of one track is matched as
-# well (0 = off): frame noise averages out (on the clip, means of 8 frames are at a median 0.45
-# from his still, 31% under 0.42, against 10% of single frames).
-DEFAULT_FUSION_FRAMES = 8
-# After a grant the same person is not granted again (no pulse, no event) for this long: they
-# are still in front of the camera while the door is open.
-DEFAULT_COOLDOWN_S = 10.0
+# The values so chosen: gateway/vision/defaults.py (the config section's defaults too).
 
 
 @dataclass(frozen=True, slots=True)
