@@ -41,7 +41,8 @@ import numpy.typing as npt
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gateway.access.service import AccessService, AccessSettings  # noqa: E402
+from gateway.access.config import DecisionSection, SnapshotSection  # noqa: E402
+from gateway.access.service import AccessService  # noqa: E402
 from gateway.clock import ClockSync  # noqa: E402
 from gateway.config import OutboxSection  # noqa: E402
 from gateway.events import DeviceRef, Event, EventFactory  # noqa: E402
@@ -187,7 +188,9 @@ async def one_run(
         await outbox.append(event)
 
     service = AccessService(
-        AccessSettings(policy=policy, liveness=liveness),
+        DecisionSection(liveness=liveness),
+        SnapshotSection(),
+        policy=policy,
         camera=camera,
         gate=Gate(),
         workers=pool,

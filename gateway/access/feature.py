@@ -29,9 +29,7 @@ from gateway.access.cards import CardAccess, CardKey, CardRegister
 from gateway.access.config import AccessSection
 from gateway.access.door import DoorController
 from gateway.access.second_factor import FaceChecks
-from gateway.access.service import AccessService, AccessSettings
-from gateway.access.snapshots import SnapshotSettings
-from gateway.access.tracks import TrackSettings
+from gateway.access.service import AccessService
 from gateway.config_base import InputSection
 from gateway.events import DeviceRef, Event, Kind
 from gateway.faces.audit import AuditLog
@@ -40,7 +38,6 @@ from gateway.faces.enrolment import FaceEnrolment, enrolment_settings, max_templ
 from gateway.faces.store import FaceStore, RefreshLimits
 from gateway.feature import Core, run_all
 from gateway.sealing import PayloadCipher
-from gateway.vision.decision import DecisionPolicy
 from gateway.vision.engine import EngineSettings
 from gateway.vision.models_check import ensure_face_models
 from gateway.vision.workers import FaceWorkerPool
@@ -256,31 +253,11 @@ class AccessFeature:
             if m.enabled
             else _OpenGate()
         )
-        dec = a.decision
         self.service = AccessService(
-            AccessSettings(
-                camera_name=CAMERA_ID,
-                cooldown_s=dec.cooldown_s,
-                unknown_repeat_s=dec.unknown_repeat_s,
-                policy=DecisionPolicy(
-                    threshold=dec.threshold,
-                    min_margin=dec.min_margin,
-                    min_frames=dec.min_frames,
-                    window_s=dec.window_s,
-                    conflict_distance=dec.conflict_distance,
-                    fusion_frames=dec.fusion_frames,
-                ),
-                snapshots=SnapshotSettings(
-                    max_bytes=a.snapshots.max_bytes,
-                    max_width=a.snapshots.max_width,
-                    retention_s=a.snapshots.retention_s,
-                    cipher=self.snapshot_cipher,
-                ),
-                tracks=TrackSettings(),
-                liveness=dec.liveness,
-                attack_alert_after=dec.attack_alert_after,
-                attack_window_s=dec.attack_window_s,
-            ),
+            a.decision,
+            a.snapshots,
+            cipher=self.snapshot_cipher,
+            camera_name=CAMERA_ID,
             camera=self.camera,
             gate=gate,
             workers=self.workers,

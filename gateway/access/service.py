@@ -33,12 +33,12 @@ import numpy as np
 import numpy.typing as npt
 
 from common.errors import StorageError
+from gateway.access.config import DecisionSection, SnapshotSection
 from gateway.access.second_factor import Claim, FaceChecks
 from gateway.access.snapshots import (
     SNAPSHOT_LANE,
     SNAPSHOT_TOPIC,
     Snapshot,
-    SnapshotSettings,
     SnapshotTooLarge,
     encode_snapshot,
 )
@@ -46,12 +46,13 @@ from gateway.access.tracks import Track, Tracker, TrackSettings
 from gateway.events import DeviceRef, Event, EventFactory, Kind
 from gateway.faces.store import GallerySnapshot
 from gateway.outbox import Outbox
+from gateway.sealing import PayloadCipher
 from gateway.vision.decision import (
-    DecisionPolicy,
     Deny,
     Fused,
     Grant,
     Observation,
+    Policy,
     Unknown,
     Verified,
     cooldown_active,
@@ -64,7 +65,6 @@ from gateway.vision.engine import FaceFinding, FrameAnalysis
 from gateway.vision.liveness import (
     MIN_PAIR_INTERVAL_S,
     Attack,
-    Mode,
     Pending,
     judge,
     measure_pair,
@@ -112,21 +112,6 @@ class GallerySource(Protocol):
 Refresh = Callable[[str, npt.NDArray[np.float32], str], Awaitable[object]]
 
 
-@dataclass(frozen=True, slots=True)
-class AccessSettings:
-    camera_name: str = "door-camera"
-    cooldown_s: float = 10.0
-    unknown_repeat_s: float = 30.0  # an unknown face still there is reported again after this
-    policy: DecisionPolicy = field(default_factory=DecisionPolicy)
-    snapshots: SnapshotSettings = field(default_factory=SnapshotSettings)
-    tracks: TrackSettings = field(default_factory=TrackSettings)
-    liveness: Mode = "passive"  # gateway.vision.liveness
-    # This many liveness refusals within attack_window_s raise access.presentation_attack
-    # (lane 1, for the staff), at most once per window.
-    attack_alert_after: int = 2
-    attack_window_s: float = 120.0
-
-
 @dataclass(slots=True)
 class AccessStats:
     frames_seen: int = 0
@@ -165,8 +150,13 @@ class AccessService:
 
     def __init__(
         self,
-        settings: AccessSettings,
+        decision: DecisionSection,
+        snapshots: SnapshotSection,
         *,
+        cipher: PayloadCipher | None = None,
+        policy: Policy | None = None,
+        tracks: TrackSettings | None = None,
+        camera_name: str = "door-camera",
         camera: CameraLike,
         gate: GateLike,
         workers: FaceWorkerPool,
@@ -179,9 +169,16 @@ class AccessService:
         face_checks: FaceChecks | None = None,
         refresh: Refresh | None = None,
     ) -> None:
-        self.settings = settings
+        # `[access.decision]`: cooldowns, liveness, the attack alert and, unless `policy` is
+        # given (benchmarks), the identity decision itself; `[access.snapshots]`, with the key
+        # that seals each stored JPEG (the daemon always gives one).
+        self.decision = decision
+        self.snapshots = snapshots
+        self.policy: Policy = policy or decision
+        self.camera_name = camera_name
+        self._cipher = cipher
         # Only where the face was shown to be live: a photo must never become a template.
-        self._refresh = refresh if settings.liveness != "off" else None
+        self._refresh = refresh if decision.liveness != "off" else None
         self._background: set[asyncio.Task[None]] = set()
         # "card_and_face" (gateway.access.second_factor): a face alone never opens; it is
         # checked 1:1 against the person whose card was read.
@@ -197,7 +194,7 @@ class AccessService:
         self._door_ref = door_ref
         self._gallery = Gallery()
         self._reload_wanted = asyncio.Event()
-        self._tracker = Tracker(settings.tracks)
+        self._tracker = Tracker(tracks or TrackSettings())
         self._last_grant: dict[str, float] = {}
         self._attacks: list[float] = []  # times of liveness refusals within attack_window_s
         self._attack_alerted_at: float | None = None
@@ -322,7 +319,7 @@ class AccessService:
     async def _measure_liveness(self, track: Track, face: FaceFinding, now: float) -> None:
         """How the face moved since the track's last measured frame, at least
         MIN_PAIR_INTERVAL_S before this one (gateway.vision.liveness)."""
-        if self.settings.liveness == "off" or face.crop is None:
+        if self.decision.liveness == "off" or face.crop is None:
             return
         previous = track.last_crop
         if previous is not None and now - track.last_crop_at < MIN_PAIR_INTERVAL_S:
@@ -340,7 +337,7 @@ class AccessService:
         self, track: Track, observations: list[Observation], now: float
     ) -> Fused | None:
         """The match of the mean of the track's recent encodings (decision rule (d))."""
-        count = fusion_window([o.timestamp for o in observations], now, self.settings.policy)
+        count = fusion_window([o.timestamp for o in observations], now, self.policy)
         if count == 0:
             return None
         recent = list(track.encodings)[-count:]
@@ -350,9 +347,7 @@ class AccessService:
     def _alive(self, track: Track, now: float) -> bool | None:
         """The liveness verdict on the track: True (live), False (a photo or a screen), None
         (no sign of life yet: keep looking)."""
-        verdict = judge(
-            list(track.liveness), now, self.settings.policy.window_s, self.settings.liveness
-        )
+        verdict = judge(list(track.liveness), now, self.policy.window_s, self.decision.liveness)
         if isinstance(verdict, Pending):
             self.stats.liveness_pending += 1
             return None
@@ -365,7 +360,7 @@ class AccessService:
             return
         observations = list(track.observations)
         fused = await self._fuse(track, observations, now)
-        decision = decide(observations, now, self.settings.policy, fused)
+        decision = decide(observations, now, self.policy, fused)
         if isinstance(decision, Grant):
             if self._checks is not None:
                 return  # a face alone never opens a card-and-face door
@@ -376,10 +371,10 @@ class AccessService:
                 await self._refuse_presentation(track, decision.person, frame, face, now)
                 return
             track.granted = decision.person
-            if cooldown_active(decision.person, self._last_grant, now, self.settings.cooldown_s):
+            if cooldown_active(decision.person, self._last_grant, now, self.decision.cooldown_s):
                 return
             self._last_grant = record_grant(
-                self._last_grant, decision.person, now, self.settings.cooldown_s
+                self._last_grant, decision.person, now, self.decision.cooldown_s
             )
             event = self._events.make(
                 Kind.ACCESS_GRANTED,
@@ -391,7 +386,7 @@ class AccessService:
                     "margin": round(decision.margin, 3),
                     "frames": decision.frames,
                     "track": track.id,
-                    "camera": self.settings.camera_name,
+                    "camera": self.camera_name,
                 },
             )
             event = _with_snapshot_ref(event)
@@ -408,7 +403,7 @@ class AccessService:
             await self._deny(track, decision.reason.value, decision.persons, frame, face)
         elif isinstance(decision, Unknown):
             last = track.unknown_reported_at
-            if last is not None and now - last < self.settings.unknown_repeat_s:
+            if last is not None and now - last < self.decision.unknown_repeat_s:
                 return
             track.unknown_reported_at = now
             best = min(
@@ -423,7 +418,7 @@ class AccessService:
                         "frames": decision.frames,
                         "best_distance": None if best is None else round(best, 3),
                         "track": track.id,
-                        "camera": self.settings.camera_name,
+                        "camera": self.camera_name,
                     },
                 )
             )
@@ -461,7 +456,7 @@ class AccessService:
     async def _verify(self, track: Track, person: str, now: float) -> Verified | None:
         observations = list(track.observations)
         encodings = np.asarray(track.encodings)
-        count = fusion_window([o.timestamp for o in observations], now, self.settings.policy)
+        count = fusion_window([o.timestamp for o in observations], now, self.policy)
         queries = np.vstack([encodings, encodings[-count:].mean(axis=0)]) if count else encodings
         distances = await asyncio.to_thread(self._gallery.distances_to, person, queries)
         return verify(
@@ -469,7 +464,7 @@ class AccessService:
             observations,
             distances[: len(observations)].tolist(),
             now,
-            self.settings.policy,
+            self.policy,
             float(distances[-1]) if count else None,
             count,
         )
@@ -489,7 +484,7 @@ class AccessService:
                     "frames": verified.frames,
                     "waited_s": round(frame.timestamp - claim.at, 2),
                     "track": track.id,
-                    "camera": self.settings.camera_name,
+                    "camera": self.camera_name,
                 },
             )
         )
@@ -512,7 +507,7 @@ class AccessService:
         if self._refresh is None:
             return
         observations = list(track.observations)
-        count = fusion_window([o.timestamp for o in observations], now, self.settings.policy)
+        count = fusion_window([o.timestamp for o in observations], now, self.policy)
         if count == 0:
             return
         encoding = np.mean(list(track.encodings)[-count:], axis=0).astype(np.float32)
@@ -557,7 +552,7 @@ class AccessService:
                     "persons": [claim.person],
                     "card": claim.card,
                     "faces_seen": claim.faces_seen,
-                    "camera": self.settings.camera_name,
+                    "camera": self.camera_name,
                 },
             )
             if await self._record_safely(event):
@@ -584,7 +579,7 @@ class AccessService:
                     "reason": reason,
                     "persons": list(persons),
                     "track": track.id,
-                    "camera": self.settings.camera_name,
+                    "camera": self.camera_name,
                 },
             )
         )
@@ -605,10 +600,10 @@ class AccessService:
             return
         self.stats.liveness_refused += 1
         _LOGGER.warning("face of %s refused on track %d: it moves like a photo", person, track.id)
-        window = self.settings.attack_window_s
+        window = self.decision.attack_window_s
         self._attacks = [t for t in self._attacks if now - window <= t <= now] + [now]
         due = self._attack_alerted_at is None or now - self._attack_alerted_at >= window
-        if len(self._attacks) < self.settings.attack_alert_after or not due:
+        if len(self._attacks) < self.decision.attack_alert_after or not due:
             return
         event = _with_snapshot_ref(
             self._events.make(
@@ -619,7 +614,7 @@ class AccessService:
                     "window_s": window,
                     "claimed": person,
                     "track": track.id,
-                    "camera": self.settings.camera_name,
+                    "camera": self.camera_name,
                 },
             )
         )
@@ -640,9 +635,9 @@ class AccessService:
         loop = asyncio.get_running_loop()
         try:
             jpeg = await loop.run_in_executor(
-                None, encode_snapshot, frame.image, (face.box,), self.settings.snapshots
+                None, encode_snapshot, frame.image, (face.box,), self.snapshots
             )
-            await self._outbox.append(Snapshot(event.id, jpeg, self.settings.snapshots.cipher))
+            await self._outbox.append(Snapshot(event.id, jpeg, self._cipher))
         except (SnapshotTooLarge, StorageError) as exc:
             self.stats.snapshots_failed += 1
             _LOGGER.error("snapshot for %s %s not stored: %s", event.kind, event.id, exc)
@@ -650,14 +645,12 @@ class AccessService:
         self.stats.snapshots += 1
 
     async def expire_snapshots(self) -> int:
-        gone = await self._outbox.expire(
-            SNAPSHOT_LANE, SNAPSHOT_TOPIC, self.settings.snapshots.retention_s
-        )
+        gone = await self._outbox.expire(SNAPSHOT_LANE, SNAPSHOT_TOPIC, self.snapshots.retention_s)
         if gone:
             _LOGGER.warning(
                 "deleted %d undelivered snapshots older than the retention period (%.0f s)",
                 gone,
-                self.settings.snapshots.retention_s,
+                self.snapshots.retention_s,
             )
         return gone
 
@@ -683,7 +676,7 @@ class AccessService:
             "snapshots": s.snapshots,
             "snapshots_failed": s.snapshots_failed,
             "analysis_failures": s.analysis_failures,
-            "liveness": self.settings.liveness,
+            "liveness": self.decision.liveness,
             "liveness_refused": s.liveness_refused,
             "liveness_pending": s.liveness_pending,
             "presentation_attacks": s.presentation_attacks,

@@ -10,7 +10,7 @@ that may never come back.
 A face image is also biometric data on an SD card that can be pulled out: the row holds the
 JPEG sealed with AES-256-GCM (`gateway.sealing`, the snapshot key), and the forwarder opens it
 only as it hands the message to the broker, so the platform still receives plain `image/jpeg`.
-The daemon always passes the key (`SnapshotSettings.cipher`); without one (unit tests) the row
+The daemon always passes the key (`AccessService(cipher=...)`); without one (unit tests) the row
 holds the plain JPEG.
 """
 
@@ -22,6 +22,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from gateway.access.config import SnapshotSection
 from gateway.events import Lane, OutboundMessage
 from gateway.sealing import PayloadCipher
 
@@ -32,20 +33,6 @@ _QUALITIES = (85, 70, 55, 40, 25)
 _MIN_WIDTH = 160
 
 Box = tuple[int, int, int, int]  # top, right, bottom, left
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotSettings:
-    max_bytes: int = 100_000
-    max_width: int = 640
-    retention_s: float = 7 * 86400.0
-    cipher: PayloadCipher | None = None  # seals the stored JPEG (the daemon always sets it)
-
-    def __post_init__(self) -> None:
-        if not 8_000 <= self.max_bytes <= 4_000_000:
-            raise ValueError(f"max_bytes must be 8000-4000000, got {self.max_bytes}")
-        if not _MIN_WIDTH <= self.max_width <= 4096:
-            raise ValueError(f"max_width must be {_MIN_WIDTH}-4096, got {self.max_width}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +67,7 @@ class SnapshotTooLarge(ValueError):
 
 
 def encode_snapshot(
-    image: npt.NDArray[np.uint8], boxes: tuple[Box, ...], settings: SnapshotSettings
+    image: npt.NDArray[np.uint8], boxes: tuple[Box, ...], settings: SnapshotSection
 ) -> bytes:
     """JPEG of a BGR frame with the decision's face boxes drawn, within `max_bytes`.
 

@@ -27,6 +27,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from gateway.vision.defaults import (
     DEFAULT_CONFLICT_DISTANCE,
@@ -85,6 +86,23 @@ class Observation:
             distance=result.best_distance,
             second_distance=result.second_person_distance,
         )
+
+
+class Policy(Protocol):
+    """What decide() reads: a DecisionPolicy, or the `[access.decision]` section itself."""
+
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def min_margin(self) -> float: ...
+    @property
+    def min_frames(self) -> int: ...
+    @property
+    def window_s(self) -> float: ...
+    @property
+    def conflict_distance(self) -> float: ...
+    @property
+    def fusion_frames(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +180,7 @@ class Fused:
     oldest: float
 
 
-def fusion_window(timestamps: Sequence[float], now: float, policy: DecisionPolicy) -> int:
+def fusion_window(timestamps: Sequence[float], now: float, policy: Policy) -> int:
     """How many of the most recent entries of `timestamps` (oldest first) to average: those
     inside the window, at most `fusion_frames`; 0 when fusion is off or they are too few."""
     if policy.fusion_frames == 0:
@@ -175,7 +193,7 @@ def fusion_window(timestamps: Sequence[float], now: float, policy: DecisionPolic
 def decide(
     observations: Sequence[Observation],
     now: float,
-    policy: DecisionPolicy,
+    policy: Policy,
     fused: Fused | None = None,
 ) -> Decision:
     """Decide from the observations with `now - window_s <= timestamp <= now` (and, when given,
@@ -215,7 +233,7 @@ def decide(
 
 
 def _fused_grant(
-    window: Sequence[Observation], fused: Fused | None, policy: DecisionPolicy
+    window: Sequence[Observation], fused: Fused | None, policy: Policy
 ) -> Grant | None:
     """Rule (d): the fused match grants only if it covers at least `min_frames` frames, all
     inside the window (they are its last `fused.frames` observations), and every one of those
@@ -247,7 +265,7 @@ def verify(
     observations: Sequence[Observation],
     claimed_distances: Sequence[float],
     now: float,
-    policy: DecisionPolicy,
+    policy: Policy,
     fused_distance: float | None = None,
     fused_frames: int = 0,
 ) -> Verified | None:

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 
 from drivers.sim.video import compose, handheld_print, iter_frames
+from gateway.access.config import DecisionSection, SnapshotSection
 from gateway.access.second_factor import FaceChecks
-from gateway.access.service import AccessService, AccessSettings, Refresh
+from gateway.access.service import AccessService, Refresh
 from gateway.access.snapshots import (
     SNAPSHOT_LANE,
     Snapshot,
-    SnapshotSettings,
     SnapshotTooLarge,
     encode_snapshot,
 )
@@ -85,11 +85,11 @@ def noisy_frame(seed: int = 1) -> np.ndarray:
 
 def test_snapshot_fits_the_cap_by_lowering_quality_then_size() -> None:
     frame = noisy_frame()  # noise: the worst case for JPEG
-    jpeg = encode_snapshot(frame, ((10, 200, 200, 10),), SnapshotSettings(max_bytes=20_000))
+    jpeg = encode_snapshot(frame, ((10, 200, 200, 10),), SnapshotSection(max_bytes=20_000))
     assert len(jpeg) <= 20_000
     decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert decoded is not None and decoded.shape[1] <= 640
-    tiny = encode_snapshot(noisy_frame(2), (), SnapshotSettings(max_bytes=8_000))
+    tiny = encode_snapshot(noisy_frame(2), (), SnapshotSection(max_bytes=8_000))
     small = cv2.imdecode(np.frombuffer(tiny, np.uint8), cv2.IMREAD_COLOR)
     assert len(tiny) <= 8_000 and small is not None and small.shape[1] < 640  # made smaller
 
@@ -97,7 +97,7 @@ def test_snapshot_fits_the_cap_by_lowering_quality_then_size() -> None:
 def test_snapshot_too_large_is_a_clear_error() -> None:
     huge = np.random.default_rng(3).integers(0, 256, size=(400, 300, 3), dtype=np.uint8)
     with pytest.raises(SnapshotTooLarge, match="does not fit"):
-        encode_snapshot(huge, (), SnapshotSettings(max_bytes=8_000, max_width=300))
+        encode_snapshot(huge, (), SnapshotSection(max_bytes=8_000, max_width=300))
 
 
 def test_snapshot_is_an_outbox_item_on_its_topic() -> None:
@@ -269,7 +269,8 @@ async def pipeline_factory(tmp_path: Path, workers: FaceWorkerPool) -> AsyncIter
         await outbox.load()
         made.append((db, outbox, asyncio.create_task(outbox.run())))
         service = AccessService(
-            AccessSettings(liveness=liveness),
+            DecisionSection(liveness=liveness),
+            SnapshotSection(),
             camera=camera,
             gate=AlwaysMoving(),
             workers=workers,
