@@ -38,7 +38,6 @@ from gateway.faces.enrolment import FaceEnrolment, enrolment_settings, max_templ
 from gateway.faces.store import FaceStore, RefreshLimits
 from gateway.feature import Core, run_all
 from gateway.sealing import PayloadCipher
-from gateway.vision.engine import EngineSettings
 from gateway.vision.models_check import ensure_face_models
 from gateway.vision.workers import FaceWorkerPool
 
@@ -85,16 +84,7 @@ class AccessFeature:
         a = section
         self.door_ref = DeviceRef(id=a.door.id, type="door", location=a.door.location or None)
         rec = a.recognition
-        self.workers = FaceWorkerPool(
-            EngineSettings(
-                detect_scale=rec.detect_scale,
-                upsample=rec.upsample,
-                jitters=rec.jitters,
-                min_face_px=rec.min_face_px,
-                max_faces=rec.max_faces,
-            ),
-            rec.workers,
-        )
+        self.workers = FaceWorkerPool(rec, rec.workers)
         self.audit = AuditLog(db, outbox)
         self._db = db
         self.store: FaceStore | None = None  # needs the key: made in start()

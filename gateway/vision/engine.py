@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,22 @@ from gateway.vision.models_check import ensure_face_models
 
 Image = npt.NDArray[np.uint8]
 Box = tuple[int, int, int, int]  # top, right, bottom, left in full-frame pixels
+
+
+class EngineParams(Protocol):
+    """What the engine reads: an EngineSettings, or the `[access.recognition]` section itself
+    (picklable either way: the worker processes get a copy)."""
+
+    @property
+    def detect_scale(self) -> float: ...
+    @property
+    def upsample(self) -> int: ...
+    @property
+    def jitters(self) -> int: ...
+    @property
+    def min_face_px(self) -> int: ...
+    @property
+    def max_faces(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +97,7 @@ class FrameAnalysis:
 class FaceEngine:
     """Detect and encode faces in BGR frames. Blocking; thread-compatible."""
 
-    def __init__(self, settings: EngineSettings) -> None:
+    def __init__(self, settings: EngineParams) -> None:
         self.settings = settings
         self._fr: Any = None
 

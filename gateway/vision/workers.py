@@ -44,7 +44,7 @@ from typing import ParamSpec, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from gateway.vision.engine import EngineSettings, FaceEngine, FrameAnalysis
+from gateway.vision.engine import EngineParams, FaceEngine, FrameAnalysis
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _apply_limits(limits: WorkerLimits) -> None:
     import cv2  # noqa: F401 - loaded now, so the limit above is the one it reads
 
 
-def _initialise(settings: EngineSettings, limits: WorkerLimits) -> None:
+def _initialise(settings: EngineParams, limits: WorkerLimits) -> None:
     global _engine  # see the comment on _engine
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is for the daemon, which stops us
     _apply_limits(limits)
@@ -132,7 +132,7 @@ class FaceWorkerPool(concurrent.futures.Executor):
     when one dies."""
 
     def __init__(
-        self, settings: EngineSettings, workers: int = 1, limits: WorkerLimits | None = None
+        self, settings: EngineParams, workers: int = 1, limits: WorkerLimits | None = None
     ) -> None:
         self._settings = settings
         self._workers = workers
