@@ -109,9 +109,9 @@ def _parser() -> argparse.ArgumentParser:
         f"sudo -u eldergate eldergate settings --config {CONFIG}",
     )
 
-    from gateway.faces import cli as faces_cli
+    from gateway.faces import cli_parsers as faces_parsers
 
-    faces_cli.add_parsers(sub)
+    faces_parsers.add_parsers(sub)
 
     from gateway.access import cards_cli
 

@@ -26,9 +26,6 @@ import os
 from pathlib import Path
 from typing import Final
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from gateway.events import OutboundMessage
 from gateway.keyfiles import KEY_BYTES, KeyKind, load_or_create_key
 
@@ -69,6 +66,9 @@ class PayloadCipher:
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_BYTES:
             raise ValueError(f"the payload key must be {KEY_BYTES} bytes, got {len(key)}")
+        # cryptography (~7 MiB) only once a feature seals rows: the core forwards without it.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._aead = AESGCM(key)
         self.key_id = hashlib.sha256(b"eldergate/sealed-payload-key\x00" + key).hexdigest()[:16]
 
@@ -97,6 +97,8 @@ class PayloadCipher:
         if len(payload) < NONCE_BYTES + 16:
             return None
         nonce, body = payload[:NONCE_BYTES], payload[NONCE_BYTES:]
+        from cryptography.exceptions import InvalidTag
+
         try:
             return self._aead.decrypt(nonce, body, _aad(self.key_id, message.topic, inner_type))
         except InvalidTag:

@@ -10,19 +10,31 @@ size the handlers can use: a huge integer or a float near the limits is refused 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 MAX_INT = 2**63 - 1
 _ID_PEEK = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9._:-]{1,128})"')
 _PEEK_BYTES = 4096
 _QUOTE = ord('"')
-_STEP = np.zeros(256, dtype=np.int32)
-_STEP[[ord("["), ord("{")]] = 1
-_STEP[[ord("]"), ord("}")]] = -1
+
+
+@functools.cache
+def _steps() -> npt.NDArray[Any]:
+    """+1 for an opening bracket, -1 for a closing one, by byte value. numpy is imported here,
+    on the first payload with more brackets than the depth limit, not with the daemon: the
+    core never needs it otherwise (about 20 MiB of the idle daemon's memory)."""
+    import numpy as np
+
+    step = np.zeros(256, dtype=np.int32)
+    step[[ord("["), ord("{")]] = 1
+    step[[ord("]"), ord("}")]] = -1
+    return step
 
 
 class UntrustedJsonError(ValueError):
@@ -36,10 +48,12 @@ def nesting_depth(payload: bytes) -> int:
     refuse that); an unbalanced closing bracket never makes the depth negative."""
     # In JSON a backslash always starts a two-byte escape: dropping escaped backslashes,
     # then escaped quotes, leaves quotes that only open and close strings.
+    import numpy as np
+
     text = payload.replace(b"\\\\", b"").replace(b'\\"', b"")
     codes = np.frombuffer(text, dtype=np.uint8)
     inside = np.cumsum(codes == _QUOTE, dtype=np.int32) & 1  # 1 from an opening quote on
-    steps = np.where(inside == 0, _STEP[codes], 0)
+    steps = np.where(inside == 0, _steps()[codes], 0)
     return int(np.cumsum(steps, dtype=np.int32).max(initial=0))
 
 

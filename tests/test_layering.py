@@ -52,3 +52,20 @@ def test_the_daemons_path_never_imports_the_simulators_or_the_demo() -> None:
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert done.stdout.split() == []
+
+
+def test_the_core_and_the_buttons_load_no_numpy_and_no_cryptography() -> None:
+    """numpy (and the face stack) cost the idle daemon ~20 MiB and cryptography ~7 MiB: only
+    face access loads them (the JSON depth check imports numpy on its first deeply bracketed
+    payload; sealing imports cryptography when a feature adds its key)."""
+    probe = (
+        "import sys\n"
+        "import gateway.cli, gateway.daemon, gateway.buttons.feature\n"
+        "gateway.cli._parser()\n"  # `eldergate run` builds every sub-command's parser
+        "print(' '.join(m for m in ('numpy', 'cv2', 'dlib', 'face_recognition', 'cryptography') "
+        "if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == []
