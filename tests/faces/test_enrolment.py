@@ -26,7 +26,7 @@ from gateway.clock import ClockSync, iso_utc, utc_now
 from gateway.commands import CommandService
 from gateway.config import CommandsSection, Config, OutboxSection, config_from_mapping
 from gateway.events import DeviceRef, EventFactory, Lane, WireEnvelope, decode_envelope
-from gateway.faces import cli
+from gateway.faces import cli, cli_parsers
 from gateway.faces.audit import AuditLog
 from gateway.faces.crypto import TemplateCipher
 from gateway.faces.enrolment import (
@@ -305,7 +305,7 @@ async def test_results_and_events_carry_no_embedding(env: Env) -> None:
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="eldergate")
-    cli.add_parsers(parser.add_subparsers(dest="command", required=True))
+    cli_parsers.add_parsers(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(list(argv))
 
 
