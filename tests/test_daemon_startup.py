@@ -21,8 +21,8 @@ from gateway import daemon
 from gateway.config import config_from_mapping
 from gateway.daemon import DaemonHooks, StateDirLocked, lock_state_dir
 from tests.support.broker import MosquittoBroker
-from tests.support.gateway_process import REPO_ROOT, GatewayProcess
-from tests.support.paths import FACES
+from tests.support.gateway_process import GatewayProcess
+from tests.support.paths import FACES, REPO
 from tests.support.proxy import TcpProxy
 from tests.support.subscriber import ReceivedMessage, Subscriber
 
@@ -31,14 +31,14 @@ EXIT_BOUND_S = 60.0  # well inside systemd's TimeoutStopSec (90 s by default)
 
 
 def _cli(*args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("NOTIFY_SOCKET", None)
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=REPO_ROOT,
+        cwd=REPO,
         env=env,
         check=False,
     )
@@ -105,14 +105,14 @@ def test_sigterm_during_start_up_and_with_the_broker_unreachable_exits_cleanly(
         gw = GatewayProcess(tmp_path / "gw", uplink_port=proxy.port, extra_toml=ACCESS_TOML)
         try:
             _write_config(gw)
-            env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+            env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
             env.pop("NOTIFY_SOCKET", None)
             proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "run", "--config", str(gw.config_path)],
                 stderr=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 text=True,
-                cwd=REPO_ROOT,
+                cwd=REPO,
                 env=env,
             )
             try:

@@ -35,10 +35,10 @@ from types import TracebackType
 from typing import Self
 
 from tests.support.lifecycle import end_process
+from tests.support.paths import REPO
 
 _LOGGER = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 _READY_TIMEOUT = 20.0
 _STOP_TIMEOUT = 15.0
@@ -230,9 +230,7 @@ socket = {_toml_str(str(self.ingest_socket))}
             if k not in ("WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "LISTEN_FDS")
         }
         env["NOTIFY_SOCKET"] = str(self.notify_socket)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-        )
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         with self.log_path.open("ab") as log:
             log.write(f"=== gateway start #{self.starts + 1} ===\n".encode())
@@ -243,7 +241,7 @@ socket = {_toml_str(str(self.ingest_socket))}
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                cwd=REPO_ROOT,
+                cwd=REPO,
                 env=env,
                 start_new_session=True,
             )
