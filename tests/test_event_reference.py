@@ -15,3 +15,22 @@ def test_every_kind_has_a_lane_and_a_meaning() -> None:
     assert set(KINDS) == set(Kind)
     assert all(info.summary.endswith(".") for info in KINDS.values())
     assert KIND_LANES["alarm.raised"] == KINDS[Kind.ALARM_RAISED].lane
+
+
+def test_a_kind_from_outside_is_valid_only_if_it_is_in_the_table() -> None:
+    """The ingest socket's kinds come from another process: near misses are refused."""
+    from gateway.events import is_valid_kind
+
+    assert is_valid_kind("alarm.raised")
+    for hostile in (
+        "alarm.raised\n",
+        " alarm.raised",
+        "ALARM.RAISED",
+        "alarm.raised.x",
+        "alarm",
+        "",
+        "alarm.rais\u0435d",  # a Cyrillic e
+        "a." * 100_000,
+        "Kind.ALARM_RAISED",
+    ):
+        assert not is_valid_kind(hostile), hostile
