@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from gateway import event_payloads as payloads
 from gateway.clock import iso_utc, utc_now
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
 from gateway.events import EventFactory, Kind
@@ -43,7 +44,7 @@ def register_builtin_commands(
         await outbox.append(
             events.make(
                 Kind.GATEWAY_SETTINGS_CHANGED,
-                data={"name": args.name, "old": old, "new": new, "command_id": command.id},
+                payloads.SettingsChanged(name=args.name, old=old, new=new, command_id=command.id),
             )
         )
         return {"name": args.name, "old": old, "new": new}

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from common.errors import StartupTimeoutError, StorageError
 from drivers.outputs import Output
 from gateway import __version__
+from gateway import event_payloads as payloads
 from gateway.builtin_commands import register_builtin_commands
 from gateway.clock import ClockSync
 from gateway.commands import CommandService
@@ -38,7 +39,7 @@ from gateway.feature import Core, Feature
 from gateway.forwarder import Forwarder
 from gateway.health import HealthReporter
 from gateway.ingest import IngestServer
-from gateway.mqtt import Uplink, UplinkSettings
+from gateway.mqtt import ClientOptions, Uplink
 from gateway.outbox import Outbox
 from gateway.settings import RuntimeSetting, RuntimeSettings
 from gateway.store import Database, StoreOptions
@@ -147,34 +148,18 @@ def build_features(cfg: Config, core: Core, hooks: DaemonHooks) -> list[Feature]
     return features
 
 
-def uplink_settings(cfg: Config) -> UplinkSettings:
+def client_options(cfg: Config) -> ClientOptions:
+    """What the uplink takes besides `[uplink]` (which it reads itself): what other sections
+    decide, and the password read from `uplink.password_file`."""
     up = cfg.uplink
-    password = read_password_file(Path(up.password_file)) if up.password_file else ""
-    return UplinkSettings(
-        host=up.host,
-        port=up.port,
+    return ClientOptions(
         client_id=cfg.client_id,
         prefix=cfg.topic_prefix,
-        mqtt5=up.protocol == "mqtt5",
-        keepalive_s=up.keepalive_s,
-        connect_timeout_s=up.connect_timeout_s,
-        session_expiry_s=up.session_expiry_s,
-        will_delay_s=up.will_delay_s,
-        username=up.username,
-        password=password,
-        tls=up.tls.enabled,
-        ca_file=up.tls.ca_file,
-        cert_file=up.tls.cert_file,
-        key_file=up.tls.key_file,
-        min_delay_s=up.reconnect.min_delay_s,
-        max_delay_s=up.reconnect.max_delay_s,
-        auth_failure_delay_s=up.reconnect.auth_failure_delay_s,
+        password=read_password_file(Path(up.password_file)) if up.password_file else "",
         max_inflight=cfg.forwarding.window + 16,
-        receive_maximum=up.receive_maximum,
         maximum_packet_size=max(
             2 * cfg.commands.max_payload_bytes, cfg.commands.max_payload_bytes + 1024 * 1024
         ),
-        topic_style=up.topic_style,
     )
 
 
@@ -192,7 +177,7 @@ class Gateway:
             cfg.outbox,
             on_commit=self._committed,
         )
-        self.uplink = Uplink(uplink_settings(cfg))
+        self.uplink = Uplink(cfg.uplink, client_options(cfg))
         self.forwarder = Forwarder(self.outbox, self.uplink, cfg.forwarding)
         key = load_command_key(cfg.command_key_path) if cfg.command_key_path else None
         self.commands = CommandService(
@@ -246,12 +231,7 @@ class Gateway:
     @classmethod
     async def build(cls, cfg: Config, hooks: DaemonHooks | None = None) -> Gateway:
         hooks = hooks or DaemonHooks()
-        box = cfg.outbox
-        options = hooks.store_options or StoreOptions(
-            journal_size_limit_bytes=box.journal_size_limit_bytes,
-            integrity_check=box.integrity_check,
-            integrity_check_sync_max_bytes=box.integrity_check_sync_max_bytes,
-        )
+        options = hooks.store_options or cfg.outbox
         if hooks.before_build is not None:
             await startup_step("the test hook before the build", hooks.before_build())
         db = await startup_step(
@@ -320,6 +300,22 @@ class Gateway:
             )
         )
 
+    async def report_recovery(self) -> None:
+        """Tell the platform (lane 1) that the store was found damaged at this start."""
+        recovery = self.db.recovery
+        if recovery is None:
+            return
+        await self.outbox.append(
+            self.events.make(
+                Kind.GATEWAY_STORE_RECOVERED,
+                payloads.StoreRecovered(
+                    error=recovery.error,
+                    moved_to=str(recovery.moved_to),
+                    salvaged=recovery.salvaged,
+                ),
+            )
+        )
+
     async def report_overflow(self) -> None:
         """Turn new drops into one `gateway.outbox_overflow` event (lane 1, never dropped)."""
         dropped = self.outbox.stats().dropped
@@ -335,12 +331,12 @@ class Gateway:
             await self.outbox.append(
                 self.events.make(
                     Kind.GATEWAY_OUTBOX_OVERFLOW,
-                    data={
-                        "dropped": delta,
-                        "dropped_total": {"2": dropped[0], "3": dropped[1]},
-                        "max_rows": self.cfg.outbox.max_rows,
-                        "max_bytes": self.cfg.outbox.max_bytes,
-                    },
+                    payloads.OutboxOverflow(
+                        dropped=delta,
+                        dropped_total={"2": dropped[0], "3": dropped[1]},
+                        max_rows=self.cfg.outbox.max_rows,
+                        max_bytes=self.cfg.outbox.max_bytes,
+                    ),
                 )
             )
 
@@ -489,14 +485,16 @@ async def _serve(
             await startup_step("opening the ingest socket", gateway.ingest.start())
         stats = gateway.outbox.stats()
         with contextlib.suppress(StorageError):
+            await gateway.report_recovery()
+        with contextlib.suppress(StorageError):
             await gateway.outbox.append(
                 gateway.events.make(
                     Kind.GATEWAY_STARTED,
-                    data={
-                        "version": __version__,
-                        "backlog": stats.depth,
-                        "dropped_total": {"2": stats.dropped[0], "3": stats.dropped[1]},
-                    },
+                    payloads.GatewayStarted(
+                        version=__version__,
+                        backlog=stats.depth,
+                        dropped_total={"2": stats.dropped[0], "3": stats.dropped[1]},
+                    ),
                 )
             )
         notifier.ready(gateway.status_line())
@@ -532,7 +530,7 @@ async def _shutdown(
     if not tasks["outbox-writer"].done():
         with contextlib.suppress(StorageError):
             async with asyncio.timeout(2):
-                await gateway.outbox.append(gateway.events.make(Kind.GATEWAY_STOPPING, data={}))
+                await gateway.outbox.append(gateway.events.make(Kind.GATEWAY_STOPPING))
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(SHUTDOWN_DRAIN_S):
             await gateway.forwarder.wait_no_inflight()

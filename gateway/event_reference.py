@@ -1,13 +1,20 @@
-"""docs/events.md, generated from the event kinds (gateway/events.py KINDS): every kind the
-gateway publishes on `…/event/{kind}`, its lane and what it means. A test keeps the file in
-step; after changing a kind, run `python -m gateway.event_reference` to rewrite it."""
+"""docs/events.md, generated from the event kinds (gateway/events.py KINDS) and their payload
+types (gateway/event_payloads.py): every kind the gateway publishes on `…/event/{kind}`, its
+lane, what it means and the fields of its `data`. A test keeps the file in step; after
+changing a kind or a payload, run `python -m gateway.event_reference` to rewrite it."""
 
 from __future__ import annotations
 
 import sys
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
-from gateway.events import KINDS, Lane
+import msgspec
+
+from gateway.event_payloads import Payload
+from gateway.events import KINDS, Kind, Lane
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "events.md"
 
@@ -33,11 +40,76 @@ def render() -> str:
     for lane in Lane:
         lines += ["", f"## {_LANE_TITLES[lane]}", "", "| kind | meaning |", "| --- | --- |"]
         lines += [
-            f"| `{kind.value}` | {info.summary} |"
+            f"| [`{kind.value}`](#{_anchor(kind)}) | {info.summary} |"
             for kind, info in KINDS.items()
             if info.lane == lane
         ]
+    lines += [
+        "",
+        "## The `data` of each kind",
+        "",
+        "A field marked *sometimes* is sent only by some sources of the kind and is otherwise",
+        "left out; every other field is always sent (`null` where its type allows it). Events",
+        "submitted on the local ingest socket carry the submitter's `data` as given.",
+    ]
+    for kind, info in KINDS.items():
+        lines += ["", f"### {kind.value}", ""]
+        if info.payload is None:
+            lines.append("A free-form object: the health report, one section per component.")
+        else:
+            lines += _fields(info.payload)
     return "\n".join(lines) + "\n"
+
+
+def _anchor(kind: Kind) -> str:
+    return kind.value.replace(".", "")
+
+
+def _fields(payload: type[Payload]) -> list[str]:
+    hints = typing.get_type_hints(payload, include_extras=True)
+    fields = msgspec.structs.fields(payload)
+    if not fields:
+        return ["No fields: `{}`."]
+    rows = ["| field | type | sent | meaning |", "| --- | --- | --- | --- |"]
+    for field in fields:
+        shape, meaning = _unwrap(hints[field.name])
+        sent = "sometimes" if field.default is msgspec.UNSET else "always"
+        if field.default not in (msgspec.NODEFAULT, msgspec.UNSET):
+            meaning = (meaning + f" (always `{field.default}`)").strip()
+        rows.append(f"| `{field.name}` | {_type_name(shape)} | {sent} | {meaning} |")
+    return rows
+
+
+def _unwrap(hint: Any) -> tuple[Any, str]:
+    """(the type without its Annotated layers, the description of its Meta)."""
+    meaning = ""
+    while typing.get_origin(hint) is typing.Annotated:
+        for extra in hint.__metadata__:
+            if isinstance(extra, msgspec.Meta) and extra.description:
+                meaning = extra.description
+        hint = hint.__origin__
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and not meaning:
+        meaning = next((m for a in typing.get_args(hint) if (m := _unwrap(a)[1])), "")
+    return hint, meaning
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_unwrap(a)[0] for a in typing.get_args(hint)]
+        names = [_type_name(p) for p in parts if p is not msgspec.UnsetType]
+        return " or ".join(names)
+    if origin is typing.Literal:
+        return " or ".join(f'"{a}"' for a in typing.get_args(hint))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(hint)[0])}"
+    if origin is dict:
+        return f"object of {_type_name(typing.get_args(hint)[1])} values"
+    if hint is typing.Any:
+        return "any"
+    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(
+        hint, "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

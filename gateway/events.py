@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import msgspec
 import uuid6
 
+from gateway import event_payloads as P
 from gateway.clock import ClockSync, iso_utc, utc_now
 
 ENVELOPE_VERSION = 1
@@ -82,108 +83,183 @@ class Kind(StrEnum):
 class KindInfo:
     lane: Lane
     summary: str
+    payload: type[P.Payload] | None
+    """The type of its `data` (gateway/event_payloads.py); None: a free-form object."""
 
 
 KINDS: Mapping[Kind, KindInfo] = {
     Kind.ALARM_RAISED: KindInfo(
-        Lane.LIFE_SAFETY, "A button, pull cord or fall sensor called for help (or an ingest alarm)."
+        Lane.LIFE_SAFETY,
+        "A button, pull cord or fall sensor called for help (or an ingest alarm).",
+        P.AlarmRaised,
     ),
     Kind.ALARM_ACKNOWLEDGED: KindInfo(
-        Lane.LIFE_SAFETY, "Somebody took the alarm (the platform's `alarm.ack`)."
+        Lane.LIFE_SAFETY,
+        "Somebody took the alarm (the platform's `alarm.ack`).",
+        P.AlarmAcknowledged,
     ),
     Kind.ALARM_ESCALATED: KindInfo(
         Lane.LIFE_SAFETY,
         "Nobody acknowledged within `ack_deadline_s`; repeated every `escalation_repeat_s`.",
+        P.AlarmEscalated,
     ),
     Kind.ALARM_CANCELLED: KindInfo(
-        Lane.LIFE_SAFETY, "The resident cancelled the call at the terminal in time."
+        Lane.LIFE_SAFETY,
+        "The resident cancelled the call at the terminal in time.",
+        P.AlarmCancelled,
     ),
-    Kind.ALARM_CLEARED: KindInfo(Lane.LIFE_SAFETY, "The alarm was closed (`alarm.clear`)."),
+    Kind.ALARM_CLEARED: KindInfo(
+        Lane.LIFE_SAFETY, "The alarm was closed (`alarm.clear`).", P.AlarmCleared
+    ),
     Kind.ALARM_CANCEL_REQUESTED: KindInfo(
-        Lane.LIFE_SAFETY, "A CANCEL came too late to end the alarm: someone must still look."
+        Lane.LIFE_SAFETY,
+        "A CANCEL came too late to end the alarm: someone must still look.",
+        P.AlarmCancelRequested,
     ),
     Kind.DOOR_FORCED_OPEN: KindInfo(
-        Lane.LIFE_SAFETY, "The door opened without a grant, a card or an exit request."
+        Lane.LIFE_SAFETY,
+        "The door opened without a grant, a card or an exit request.",
+        P.DoorForcedOpen,
     ),
-    Kind.DOOR_HELD_OPEN: KindInfo(Lane.LIFE_SAFETY, "The door stayed open past `held_open_s`."),
+    Kind.DOOR_HELD_OPEN: KindInfo(
+        Lane.LIFE_SAFETY, "The door stayed open past `held_open_s`.", P.DoorHeldOpen
+    ),
     Kind.DEVICE_SUPERVISION_LOST: KindInfo(
-        Lane.LIFE_SAFETY, "A supervised device was silent past its supervision interval."
+        Lane.LIFE_SAFETY,
+        "A supervised device was silent past its supervision interval.",
+        P.SupervisionLost,
     ),
     Kind.RECEIVER_OFFLINE: KindInfo(
-        Lane.LIFE_SAFETY, "A button receiver stopped answering (unplugged, port gone)."
+        Lane.LIFE_SAFETY,
+        "A button receiver stopped answering (unplugged, port gone).",
+        P.LinkState,
     ),
     Kind.ACCESS_GRANTED: KindInfo(
         Lane.ACCESS_AUDIT,
         "The door was opened for a person (face, card, card+face, exit request, remote).",
+        P.AccessGranted,
     ),
     Kind.ACCESS_DENIED: KindInfo(
         Lane.ACCESS_AUDIT,
         "A credential was refused (unknown card, face mismatch, liveness, time-out).",
+        P.AccessDenied,
     ),
     Kind.ACCESS_UNKNOWN_FACE: KindInfo(
-        Lane.ACCESS_AUDIT, "A face no enrolled resident matches, once per track."
+        Lane.ACCESS_AUDIT,
+        "A face no enrolled resident matches, once per track.",
+        P.UnknownFace,
     ),
     Kind.ACCESS_PRESENTATION_ATTACK: KindInfo(
-        Lane.ACCESS_AUDIT, "Repeated photo or screen attempts at the door, once per window."
+        Lane.ACCESS_AUDIT,
+        "Repeated photo or screen attempts at the door, once per window.",
+        P.PresentationAttack,
     ),
     Kind.FACE_ENROLLED: KindInfo(
-        Lane.ACCESS_AUDIT, "A person's templates were stored, with the consent reference."
+        Lane.ACCESS_AUDIT,
+        "A person's templates were stored, with the consent reference.",
+        P.FaceEnrolled,
     ),
-    Kind.FACE_REMOVED: KindInfo(Lane.ACCESS_AUDIT, "A person's templates were deleted."),
+    Kind.FACE_REMOVED: KindInfo(
+        Lane.ACCESS_AUDIT, "A person's templates were deleted.", P.FaceRemoved
+    ),
     Kind.FACE_DOORS_CHANGED: KindInfo(
-        Lane.ACCESS_AUDIT, "The doors a person's face opens were changed."
+        Lane.ACCESS_AUDIT,
+        "The doors a person's face opens were changed.",
+        P.FaceDoorsChanged,
     ),
     Kind.FACE_TEMPLATE_REFRESHED: KindInfo(
-        Lane.ACCESS_AUDIT, "A live grant's fused encoding became one more template of the person."
+        Lane.ACCESS_AUDIT,
+        "A live grant's fused encoding became one more template of the person.",
+        P.FaceTemplateRefreshed,
     ),
     Kind.AUDIT_RECORD: KindInfo(
-        Lane.ACCESS_AUDIT, "An administrative change (cards added or withdrawn) in the audit log."
+        Lane.ACCESS_AUDIT,
+        "An administrative change (cards added or withdrawn) in the audit log.",
+        P.AuditRecord,
     ),
     Kind.GATEWAY_OUTBOX_OVERFLOW: KindInfo(
-        Lane.ACCESS_AUDIT, "Rows of lanes 2/3 were dropped to keep the store bounded."
+        Lane.ACCESS_AUDIT,
+        "Rows of lanes 2/3 were dropped to keep the store bounded.",
+        P.OutboxOverflow,
     ),
     Kind.GATEWAY_SETTINGS_CHANGED: KindInfo(
-        Lane.ACCESS_AUDIT, "A runtime setting was changed by a signed command."
+        Lane.ACCESS_AUDIT,
+        "A runtime setting was changed by a signed command.",
+        P.SettingsChanged,
     ),
     Kind.DEVICE_AUTH_FAILED: KindInfo(
         Lane.ACCESS_AUDIT,
         "A terminal frame was refused (bad MAC, replay, plain where signed is required).",
+        P.AuthFailed,
     ),
     Kind.GATEWAY_STORE_RECOVERED: KindInfo(
-        Lane.ACCESS_AUDIT, "A damaged store was moved aside and what could be read was salvaged."
+        Lane.ACCESS_AUDIT,
+        "A damaged store was moved aside and what could be read was salvaged.",
+        P.StoreRecovered,
     ),
     Kind.DEVICE_SUPERVISION_RESTORED: KindInfo(
-        Lane.DEVICE_STATUS, "A device that was reported lost was heard again."
+        Lane.DEVICE_STATUS,
+        "A device that was reported lost was heard again.",
+        P.NoData,
     ),
-    Kind.DEVICE_BATTERY_LOW: KindInfo(Lane.DEVICE_STATUS, "A device reported a low battery."),
-    Kind.DEVICE_TAMPER: KindInfo(Lane.DEVICE_STATUS, "A device's case was opened or closed."),
+    Kind.DEVICE_BATTERY_LOW: KindInfo(
+        Lane.DEVICE_STATUS, "A device reported a low battery.", P.BatteryLow
+    ),
+    Kind.DEVICE_TAMPER: KindInfo(
+        Lane.DEVICE_STATUS, "A device's case was opened or closed.", P.Tamper
+    ),
     Kind.DEVICE_UNKNOWN: KindInfo(
-        Lane.DEVICE_STATUS, "A device that is not in the register was heard (rate-limited)."
+        Lane.DEVICE_STATUS,
+        "A device that is not in the register was heard (rate-limited).",
+        P.NoData,
     ),
-    Kind.DEVICE_ADDED: KindInfo(Lane.DEVICE_STATUS, "A device was added to the register."),
-    Kind.DEVICE_REMOVED: KindInfo(Lane.DEVICE_STATUS, "A device was removed from the register."),
-    Kind.RECEIVER_ONLINE: KindInfo(Lane.DEVICE_STATUS, "A button receiver answers again."),
+    Kind.DEVICE_ADDED: KindInfo(
+        Lane.DEVICE_STATUS, "A device was added to the register.", P.DeviceAdded
+    ),
+    Kind.DEVICE_REMOVED: KindInfo(
+        Lane.DEVICE_STATUS, "A device was removed from the register.", P.DeviceRemoved
+    ),
+    Kind.RECEIVER_ONLINE: KindInfo(
+        Lane.DEVICE_STATUS, "A button receiver answers again.", P.LinkState
+    ),
     Kind.DOOR_OPENED: KindInfo(
-        Lane.DEVICE_STATUS, "The door contact opened (with what authorised it, if anything)."
+        Lane.DEVICE_STATUS,
+        "The door contact opened (with what authorised it, if anything).",
+        P.DoorOpened,
     ),
     Kind.DOOR_CLOSED: KindInfo(
-        Lane.DEVICE_STATUS, "The door contact closed (how long it was open)."
+        Lane.DEVICE_STATUS,
+        "The door contact closed (how long it was open).",
+        P.DoorClosed,
     ),
-    Kind.CAMERA_OFFLINE: KindInfo(Lane.DEVICE_STATUS, "The door camera stopped delivering frames."),
-    Kind.CAMERA_ONLINE: KindInfo(Lane.DEVICE_STATUS, "The door camera delivers frames again."),
+    Kind.CAMERA_OFFLINE: KindInfo(
+        Lane.DEVICE_STATUS, "The door camera stopped delivering frames.", P.CameraState
+    ),
+    Kind.CAMERA_ONLINE: KindInfo(
+        Lane.DEVICE_STATUS, "The door camera delivers frames again.", P.CameraState
+    ),
     Kind.GATEWAY_STARTED: KindInfo(
-        Lane.DEVICE_STATUS, "The daemon is ready (version, backlog, drops so far)."
+        Lane.DEVICE_STATUS,
+        "The daemon is ready (version, backlog, drops so far).",
+        P.GatewayStarted,
     ),
-    Kind.GATEWAY_STOPPING: KindInfo(Lane.DEVICE_STATUS, "The daemon is stopping cleanly."),
+    Kind.GATEWAY_STOPPING: KindInfo(
+        Lane.DEVICE_STATUS, "The daemon is stopping cleanly.", P.NoData
+    ),
     Kind.GATEWAY_UPLINK_REFUSED: KindInfo(
         Lane.DEVICE_STATUS,
         "The broker refused a lane 0/1 row (ACL, limits); it is kept and retried.",
+        P.UplinkRefused,
     ),
     Kind.DEVICE_HEARTBEAT: KindInfo(
-        Lane.TELEMETRY, "A terminal's periodic heartbeat (battery, signal)."
+        Lane.TELEMETRY,
+        "A terminal's periodic heartbeat (battery, signal).",
+        P.Heartbeat,
     ),
     Kind.GATEWAY_HEALTH: KindInfo(
-        Lane.TELEMETRY, "The periodic health report, also published retained on `…/health`."
+        Lane.TELEMETRY,
+        "The periodic health report, also published retained on `…/health`.",
+        None,
     ),
 }
 KIND_LANES: Mapping[str, Lane] = {kind: info.lane for kind, info in KINDS.items()}
@@ -300,13 +376,38 @@ class EventFactory:
     def make(
         self,
         kind: Kind,
+        payload: P.Payload | None = None,
         *,
         device: DeviceRef | None = None,
-        data: Mapping[str, Any] | None = None,
         device_ts: datetime | None = None,
     ) -> Event:
+        """An event of `kind` with its typed payload (the kind's `KINDS` entry names its type;
+        None: that type's defaults, for kinds with nothing to add)."""
+        info = KINDS.get(kind)
+        if info is None or info.payload is None:
+            raise ValueError(f"{kind!r} has no payload type: use make_free")
+        if payload is None:
+            payload = info.payload()
+        elif type(payload) is not info.payload:
+            raise TypeError(f"{kind} takes {info.payload.__name__}, not {type(payload).__name__}")
+        return self._stamped(kind, device, P.to_data(payload), device_ts)
+
+    def make_free(
+        self, kind: Kind, data: Mapping[str, Any], *, device: DeviceRef | None = None
+    ) -> Event:
+        """An event whose `data` is passed on as given: one submitted on the ingest socket
+        (checked there for its kind, bounded in size), or the health report."""
         if kind not in KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
+        return self._stamped(kind, device, dict(data), None)
+
+    def _stamped(
+        self,
+        kind: Kind,
+        device: DeviceRef | None,
+        data: dict[str, Any],
+        device_ts: datetime | None,
+    ) -> Event:
         now = utc_now()
         return Event(
             kind=kind,
@@ -316,5 +417,5 @@ class EventFactory:
             gw_ts=iso_utc(now),
             clock_synced=self._clock.synchronised(),
             device=device,
-            data=dict(data or {}),
+            data=data,
         )

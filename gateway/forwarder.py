@@ -32,6 +32,7 @@ from gateway.config import ForwardingSection
 from gateway.events import LANES, NEVER_DROPPED, Lane
 from gateway.mqtt import Connection, Uplink, UplinkListener
 from gateway.outbox import Outbox, StoredMessage
+from gateway.ratelimit import TokenBucket
 from gateway.sealing import UNOPENABLE_REASON, SealedPayloads
 
 _LOGGER = logging.getLogger(__name__)
@@ -106,29 +107,6 @@ class Refusal:
 RefusalListener = Callable[[Refusal], None]
 
 
-class _TokenBucket:
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self._tokens = rate
-        self._at = time.monotonic()
-
-    def take(self) -> bool:
-        if self.rate <= 0:
-            return True
-        now = time.monotonic()
-        self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
-        self._at = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
-
-    def wait_s(self) -> float:
-        """How long until there is a token; at least 10 ms, so a throttled replay wakes the
-        forwarder for a handful of messages at a time, not for each one."""
-        return 0.0 if self.rate <= 0 else max(0.010, (1 - self._tokens) / self.rate)
-
-
 class Forwarder(UplinkListener):
     def __init__(self, outbox: Outbox, uplink: Uplink, settings: ForwardingSection) -> None:
         self._outbox = outbox
@@ -145,7 +123,7 @@ class Forwarder(UplinkListener):
         self._conn: Connection | None = None
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()  # set whenever a PUBACK arrives or the link drops
-        self._bucket = _TokenBucket(settings.replay_rate)
+        self._bucket = TokenBucket(settings.replay_rate, burst=settings.replay_rate)
         self._replay_mark = 0
         self._dead: list[tuple[int, int]] = []
         self.sealed = SealedPayloads()  # keys for rows sealed at rest (snapshots)
@@ -195,6 +173,7 @@ class Forwarder(UplinkListener):
 
     def set_replay_rate(self, rate: float) -> None:
         self._bucket.rate = rate
+        self._bucket.burst = max(1.0, rate)  # a second's worth saved up, as at the start
 
     @property
     def in_flight(self) -> int:
@@ -346,7 +325,9 @@ class Forwarder(UplinkListener):
                 and stored.row <= self._replay_mark
                 and not self._bucket.take()
             ):
-                next_wake = self._bucket.wait_s()
+                # At least 10 ms: a throttled replay wakes the forwarder for a handful of
+                # messages at a time, not for each one.
+                next_wake = max(0.010, self._bucket.wait_s())
                 break
             message = self.sealed.open(stored.message)  # sealed at rest: gateway/sealing.py
             if message is None:  # no key opens it: it is never published, least of all sealed

@@ -17,6 +17,7 @@ import msgspec
 
 from common.aio import wait_event
 from common.errors import StorageError, TransientError
+from gateway import event_payloads as payloads
 from gateway.events import EventFactory, Kind
 from gateway.forwarder import Forwarder, Refusal
 from gateway.mqtt import Uplink
@@ -68,7 +69,9 @@ class HealthReporter:
         may be allowed there) and publish health now rather than at the next interval."""
         event = self._events.make(
             Kind.GATEWAY_UPLINK_REFUSED,
-            data={"lane": refusal.lane, "topic": refusal.topic, "reason_code": refusal.code},
+            payloads.UplinkRefused(
+                lane=refusal.lane, topic=refusal.topic, reason_code=refusal.code
+            ),
         )
         task = asyncio.get_running_loop().create_task(self._store_alert(event))
         self._alerts.add(task)
@@ -119,8 +122,8 @@ class HealthReporter:
                 "no_consumer_retries": fwd.no_consumer_retries,
                 "failures": {f"0x{k:02X}": v for k, v in fwd.failures.items()},
                 "ack_timeouts": fwd.ack_timeouts,
-                "protocol": "mqtt5" if self._uplink.settings.mqtt5 else "mqtt311",
-                "topic_style": self._uplink.settings.topic_style,
+                "protocol": self._uplink.section.protocol,
+                "topic_style": self._uplink.section.topic_style,
                 # What the broker's CONNACK granted (MQTT 5 only; 3.1.1 cannot say, nor can
                 # it tell "nobody subscribed" from delivered).
                 "granted": dict(self._uplink.granted) or None,
@@ -160,6 +163,6 @@ class HealthReporter:
                 )
         if self._publish_event:
             try:
-                await self._outbox.append(self._events.make(Kind.GATEWAY_HEALTH, data=data))
+                await self._outbox.append(self._events.make_free(Kind.GATEWAY_HEALTH, data))
             except StorageError as exc:
                 _LOGGER.error("cannot store the health event: %s", exc)

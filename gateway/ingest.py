@@ -87,7 +87,7 @@ class IngestServer:
             return msgspec.json.encode({"ok": False, "error": f"malformed: {exc}"})
         if not is_valid_kind(request.kind):
             return msgspec.json.encode({"ok": False, "error": f"unknown kind {request.kind!r}"})
-        event = self._events.make(Kind(request.kind), device=request.device, data=request.data)
+        event = self._events.make_free(Kind(request.kind), request.data, device=request.device)
         try:
             receipt = await self._outbox.append(event)
         except StorageError as exc:

@@ -16,7 +16,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
 from typing import Any, Protocol
@@ -30,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from common.aio import wait_event
 from common.backoff import Backoff
 from common.errors import AuthError, ConfigError, TransientError
+from gateway.config import UplinkSection
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -44,32 +45,20 @@ TOPIC_STYLES = ("dotted", "slashed")
 
 
 @dataclass(frozen=True, slots=True)
-class UplinkSettings:
-    host: str
-    port: int
+class ClientOptions:
+    """What a connection takes besides the `[uplink]` section (UplinkSection, read as it is):
+    what is derived from other settings (the client id and topic prefix from the gateway id,
+    the in-flight cap from the forwarding window, the packet cap from the command size limit)
+    or read from a file (the password)."""
+
     client_id: str
-    prefix: str
-    mqtt5: bool = True
-    keepalive_s: int = 30
-    connect_timeout_s: float = 10.0
-    session_expiry_s: int = 86400
-    will_delay_s: int = 10
-    username: str = ""
-    password: str = ""  # read from the password file; never logged
-    tls: bool = False
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    min_delay_s: float = 0.5
-    max_delay_s: float = 60.0
-    auth_failure_delay_s: float = 300.0
+    prefix: str  # the topic prefix, {gateway_id} filled in
+    password: str = field(default="", repr=False)  # from uplink.password_file; never logged
     max_inflight: int = 128
     subscribe_commands: bool = True
-    receive_maximum: int = 16  # MQTT 5: QoS 1 commands the broker may have in flight to us
     # MQTT 5: the largest packet the broker may send us (0: no limit); bounds paho's read
     # buffer, so a 200 MB command is dropped by the broker instead of read into memory.
     maximum_packet_size: int = 0
-    topic_style: str = "dotted"  # "slashed": event/alarm/raised, for brokers that map '.'
 
     @property
     def status_topic(self) -> str:
@@ -78,9 +67,6 @@ class UplinkSettings:
     @property
     def command_filter(self) -> str:
         return f"{self.prefix}/cmd/#"
-
-    def __repr__(self) -> str:  # never show the password
-        return f"UplinkSettings(host={self.host!r}, port={self.port}, client_id={self.client_id!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,16 +182,19 @@ class UplinkListener(Protocol):
 
 
 class Connection:
-    """One live MQTT connection. Create with `await Connection.open(settings, ...)`."""
+    """One live MQTT connection. Create with `await Connection.open(section, options, ...)`."""
 
     def __init__(
         self,
-        settings: UplinkSettings,
+        section: UplinkSection,
+        options: ClientOptions,
         loop: asyncio.AbstractEventLoop,
         on_puback: Callable[[int, int], None],
         on_message: Callable[[IncomingMessage], None],
     ) -> None:
-        self.settings = settings
+        self.section = section
+        self.options = options
+        self.mqtt5 = section.protocol == "mqtt5"
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._on_puback = on_puback
@@ -227,18 +216,18 @@ class Connection:
     # -- set-up ----------------------------------------------------------------------------
 
     def _make_client(self) -> paho.Client:
-        s = self.settings
-        protocol = MQTTProtocolVersion.MQTTv5 if s.mqtt5 else MQTTProtocolVersion.MQTTv311
+        s, o = self.section, self.options
+        protocol = MQTTProtocolVersion.MQTTv5 if self.mqtt5 else MQTTProtocolVersion.MQTTv311
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=s.client_id,
+            client_id=o.client_id,
             protocol=protocol,
-            clean_session=None if s.mqtt5 else False,
+            clean_session=None if self.mqtt5 else False,
             manual_ack=True,
         )
         client.enable_logger(logging.getLogger("paho"))
         client.connect_timeout = s.connect_timeout_s
-        client.max_inflight_messages_set(s.max_inflight)
+        client.max_inflight_messages_set(o.max_inflight)
         client.max_queued_messages_set(0)
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
@@ -249,15 +238,15 @@ class Connection:
         client.on_publish = self._on_publish
         client.on_message = self._on_paho_message
         will_props = None
-        if s.mqtt5:
+        if self.mqtt5:
             will_props = _properties(PacketTypes.WILLMESSAGE)
             will_props.WillDelayInterval = s.will_delay_s
-        client.will_set(s.status_topic, b"offline", qos=1, retain=True, properties=will_props)
+        client.will_set(o.status_topic, b"offline", qos=1, retain=True, properties=will_props)
         if s.username:
-            client.username_pw_set(s.username, s.password or None)
-        if s.tls:
+            client.username_pw_set(s.username, o.password or None)
+        if s.tls.enabled:
             context = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies host and chain
-            _load_tls_files(context, s.ca_file, s.cert_file, s.key_file)
+            _load_tls_files(context, s.tls.ca_file, s.tls.cert_file, s.tls.key_file)
             client.tls_set_context(context)
             self._tls_context = context
         return client
@@ -265,12 +254,13 @@ class Connection:
     @classmethod
     async def open(
         cls,
-        settings: UplinkSettings,
+        section: UplinkSection,
+        options: ClientOptions,
         on_puback: Callable[[int, int], None],
         on_message: Callable[[IncomingMessage], None],
     ) -> Connection:
         loop = asyncio.get_running_loop()
-        conn = cls(settings, loop, on_puback, on_message)
+        conn = cls(section, options, loop, on_puback, on_message)
         try:
             await conn._connect()
         except BaseException:
@@ -279,20 +269,20 @@ class Connection:
         return conn
 
     async def _connect(self) -> None:
-        s = self.settings
+        s, o = self.section, self.options
         props = None
-        if s.mqtt5:
+        if self.mqtt5:
             props = _properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = s.session_expiry_s
             props.ReceiveMaximum = s.receive_maximum
-            if s.maximum_packet_size:
-                props.MaximumPacketSize = s.maximum_packet_size
+            if o.maximum_packet_size:
+                props.MaximumPacketSize = o.maximum_packet_size
         connect = partial(
             self.client.connect,
             s.host,
             s.port,
             keepalive=s.keepalive_s,
-            clean_start=False if s.mqtt5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            clean_start=False if self.mqtt5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
             properties=props,
         )
         try:
@@ -313,9 +303,9 @@ class Connection:
             raise TransientError(f"cannot reach {s.host}:{s.port}: {exc.strerror or exc}") from exc
         self.connected_at = time.monotonic()
         self._misc_task = asyncio.create_task(self._misc_loop(), name="mqtt-misc")
-        if s.subscribe_commands:
-            self.client.subscribe(s.command_filter, qos=1)
-        self.client.publish(s.status_topic, b"online", qos=1, retain=True)
+        if o.subscribe_commands:
+            self.client.subscribe(o.command_filter, qos=1)
+        self.client.publish(o.status_topic, b"online", qos=1, retain=True)
 
     # -- socket plumbing (paho -> asyncio) -------------------------------------------------
 
@@ -391,14 +381,12 @@ class Connection:
             if code in _AUTH_FAILURES:
                 error = AuthError(text)
             elif code == _PROTOCOL_REFUSED:
-                error = ProtocolRefusedError(
-                    f"{text}: {MQTT311_HINT}" if self.settings.mqtt5 else text
-                )
+                error = ProtocolRefusedError(f"{text}: {MQTT311_HINT}" if self.mqtt5 else text)
             else:
                 error = TransientError(text)
             self._connack.set_exception(error)
         else:
-            if self.settings.mqtt5:
+            if self.mqtt5:
                 self.granted = granted_properties(props)
             self._connack.set_result(bool(getattr(flags, "session_present", False)))
 
@@ -451,12 +439,12 @@ class Connection:
         if not self.is_open:
             raise TransientError("not connected")
         props = None
-        if self.settings.mqtt5 and correlation_data:
+        if self.mqtt5 and correlation_data:
             props = _properties(PacketTypes.PUBLISH)
             if content_type:
                 props.ContentType = content_type
             props.CorrelationData = correlation_data
-        elif self.settings.mqtt5 and content_type:
+        elif self.mqtt5 and content_type:
             props = self._content_type_props.get(content_type)
             if props is None:  # built once per content type: paho only reads them
                 props = _properties(PacketTypes.PUBLISH)
@@ -497,7 +485,7 @@ class Connection:
             return
         with contextlib.suppress(TransientError, TimeoutError):
             await self.publish_and_wait(
-                self.settings.status_topic, b"offline", retain=True, limit_s=limit_s
+                self.options.status_topic, b"offline", retain=True, limit_s=limit_s
             )
         with contextlib.suppress(Exception):
             self.client.disconnect()
@@ -527,7 +515,7 @@ class Connection:
     def _mark_closed(self, reason: str) -> None:
         if not self._connack.done():
             text = f"connection closed before CONNACK: {reason}"
-            if self.settings.mqtt5 and self._socket_opened:
+            if self.mqtt5 and self._socket_opened:
                 text += f" ({MQTT311_HINT})"
             self._connack.set_exception(TransientError(text))
         if self.closed.is_set():
@@ -543,10 +531,14 @@ class Connection:
 
 
 class Uplink:
-    """Keeps one connection to the broker, reconnecting with capped, jittered back-off."""
+    """Keeps one connection to the broker, reconnecting with capped, jittered back-off.
 
-    def __init__(self, settings: UplinkSettings) -> None:
-        self.settings = settings
+    Reads the `[uplink]` section as it is (its `tls` and `reconnect` tables too); `options`
+    are what is derived from elsewhere."""
+
+    def __init__(self, section: UplinkSection, options: ClientOptions) -> None:
+        self.section = section
+        self.options = options
         self.state = UplinkState.DISCONNECTED
         self.connection: Connection | None = None
         self.last_error = ""
@@ -572,7 +564,7 @@ class Uplink:
 
     def topic(self, relative: str) -> str:
         """The absolute topic; event topics as `uplink.topic_style` spells them."""
-        return f"{self.settings.prefix}/{event_topic(relative, self.settings.topic_style)}"
+        return f"{self.options.prefix}/{event_topic(relative, self.section.topic_style)}"
 
     def drop(self, reason: str) -> None:
         """Abort the current connection (e.g. PUBACKs stopped coming); run() reconnects."""
@@ -583,16 +575,18 @@ class Uplink:
     async def run(self) -> None:
         """Connect and reconnect until stop(). No failure to connect ends this loop (only
         cancellation does): each is logged once, shown in `state`/`last_error`, and retried."""
-        s = self.settings
-        backoff = Backoff(s.min_delay_s, s.max_delay_s)
+        retry = self.section.reconnect
+        backoff = Backoff(retry.min_delay_s, retry.max_delay_s)
         failures = 0
         while not self._stopping:
             self.state = UplinkState.CONNECTING
             self.attempts += 1
             try:
-                conn = await Connection.open(s, self._on_puback, self._message_handler)
+                conn = await Connection.open(
+                    self.section, self.options, self._on_puback, self._message_handler
+                )
             except AuthError as exc:
-                delay = s.auth_failure_delay_s
+                delay = retry.auth_failure_delay_s
                 self._report(UplinkState.AUTH_FAILED, exc, failures, delay, force=True)
                 failures += 1
             except TlsFilesError as exc:
@@ -600,11 +594,11 @@ class Uplink:
                 self._report(UplinkState.TLS_FAILED, exc, failures, delay, force=True)
                 failures += 1
             except ConfigError as exc:
-                delay = s.auth_failure_delay_s
+                delay = retry.auth_failure_delay_s
                 self._report(UplinkState.TLS_FAILED, exc, failures, delay, force=True)
                 failures += 1
             except ProtocolRefusedError as exc:
-                delay = s.auth_failure_delay_s
+                delay = retry.auth_failure_delay_s
                 self._report(UplinkState.PROTOCOL_REFUSED, exc, failures, delay, force=True)
                 failures += 1
             except TransientError as exc:
@@ -644,9 +638,9 @@ class Uplink:
         self.last_error = ""
         _LOGGER.info(
             "connected to MQTT broker %s:%d as %s",
-            self.settings.host,
-            self.settings.port,
-            self.settings.client_id,
+            self.section.host,
+            self.section.port,
+            self.options.client_id,
         )
         self._check_grants(conn.granted)
         for listener in self._listeners:
@@ -662,7 +656,7 @@ class Uplink:
     def _check_grants(self, granted: dict[str, int]) -> None:
         """Log (once per value) where the broker's CONNACK lowered what we asked for."""
         self.granted = dict(granted)
-        s = self.settings
+        s = self.section
         asked = {"session_expiry_s": s.session_expiry_s, "server_keepalive_s": s.keepalive_s}
         why = {
             "session_expiry_s": "commands queued while the gateway is away longer than that "

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiosqlite
 
@@ -209,7 +209,29 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @dataclass(frozen=True, slots=True)
+class Recovery:
+    """A damaged store found at open: what was wrong, where it went, what was saved."""
+
+    error: str
+    moved_to: Path
+    salvaged: int
+
+
+class StoreParams(Protocol):
+    """What opening the store reads: the `[outbox]` section itself, or a StoreOptions."""
+
+    @property
+    def journal_size_limit_bytes(self) -> int: ...
+    @property
+    def integrity_check(self) -> str: ...  # "quick", "full" or "off"
+    @property
+    def integrity_check_sync_max_bytes(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
 class StoreOptions:
+    """The store's defaults, for tests and tools without a configuration."""
+
     journal_size_limit_bytes: int = 32 * 1024 * 1024
     integrity_check: str = "quick"  # "quick", "full" or "off"
     integrity_check_sync_max_bytes: int = 64 * 1024 * 1024
@@ -243,9 +265,12 @@ class Database:
         writer: aiosqlite.Connection,
         reader: aiosqlite.Connection,
         deferred_check: bool,
-        options: StoreOptions,
+        options: StoreParams,
+        recovery: Recovery | None = None,
     ) -> None:
         self.path = path
+        self.recovery = recovery
+        """Set when `open` found the file damaged (the daemon reports it once)."""
         self.writer = writer
         self.reader = reader
         self.write_lock = asyncio.Lock()
@@ -253,12 +278,13 @@ class Database:
         self._options = options
 
     @classmethod
-    async def open(cls, path: Path, options: StoreOptions | None = None) -> Database:
+    async def open(cls, path: Path, options: StoreParams | None = None) -> Database:
         options = options or StoreOptions()
         size = await asyncio.to_thread(_prepare_directory, path)
         check_now = (
             options.integrity_check != "off" and size <= options.integrity_check_sync_max_bytes
         )
+        recovery = None
         try:
             writer = await _connect_writer(path, options, check_now)
         except StoreCorruptError as exc:
@@ -267,11 +293,12 @@ class Database:
             writer = await _connect_writer(path, options, check_now=False)
             salvaged = await salvage_into(quarantined, writer)
             _LOGGER.warning("salvaged %d undelivered messages from %s", salvaged, quarantined)
+            recovery = Recovery(str(exc), quarantined, salvaged)
         reader = await aiosqlite.connect(path, isolation_level=None)
         await reader.execute("PRAGMA query_only = ON")
         await reader.execute("PRAGMA busy_timeout = 5000")
         deferred = options.integrity_check != "off" and not check_now
-        return cls(path, writer, reader, deferred, options)
+        return cls(path, writer, reader, deferred, options, recovery)
 
     @contextlib.asynccontextmanager
     async def transaction(self, doing: str) -> AsyncIterator[aiosqlite.Connection]:
@@ -359,7 +386,7 @@ def _owner_only(path: Path) -> None:
 
 
 async def _connect_writer(
-    path: Path, options: StoreOptions, check_now: bool
+    path: Path, options: StoreParams, check_now: bool
 ) -> aiosqlite.Connection:
     try:
         writer = await aiosqlite.connect(path, isolation_level=None)
@@ -382,7 +409,7 @@ async def _connect_writer(
     return writer
 
 
-async def _configure(conn: aiosqlite.Connection, options: StoreOptions) -> None:
+async def _configure(conn: aiosqlite.Connection, options: StoreParams) -> None:
     async with conn.execute("PRAGMA journal_mode = WAL") as cursor:
         row = await cursor.fetchone()
     if row is None or str(row[0]).lower() != "wal":
@@ -393,7 +420,7 @@ async def _configure(conn: aiosqlite.Connection, options: StoreOptions) -> None:
     await conn.execute(f"PRAGMA journal_size_limit = {int(options.journal_size_limit_bytes)}")
     await conn.execute("PRAGMA busy_timeout = 5000")
     await conn.execute("PRAGMA temp_store = MEMORY")
-    if options.max_page_count is not None:
+    if isinstance(options, StoreOptions) and options.max_page_count is not None:
         await conn.execute(f"PRAGMA max_page_count = {int(options.max_page_count)}")
 
 

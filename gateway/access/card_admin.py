@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from gateway import event_payloads as payloads
 from gateway.access.cards import CardRegister, mask_card, normalise_card
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
 from gateway.events import DeviceRef, EventFactory, Kind
@@ -122,8 +123,8 @@ class CardAdmin:
         action = "card.added" if person is not None else "card.removed"
         event = self._events.make(
             Kind.AUDIT_RECORD,
+            payloads.AuditRecord(action=action, card=mask_card(key), person=person, actor=actor),
             device=self._door_ref,
-            data={"action": action, "card": mask_card(key), "person": person, "actor": actor},
         )
         async with self._db.transaction("changing the card register") as conn:
             await conn.execute(

@@ -43,7 +43,7 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -51,6 +51,7 @@ from typing import Any, Final
 from common.errors import ConfigError
 from drivers.card_reader import CardDecoder, CardRead, make_decoder
 from drivers.serial_port import SerialLink, SerialSettings
+from gateway import event_payloads as payloads
 from gateway.access.config import clear_cards_warning
 from gateway.access.door import DoorController, Record
 from gateway.access.second_factor import FaceChecks
@@ -291,8 +292,8 @@ class CardAccess:
         (_LOGGER.info if online else _LOGGER.error)("%s: %s (%s)", kind, self.name, reason)
         event = self._events.make(
             kind,
+            payloads.LinkState(reader=self.name, url=self.link.settings.url, reason=reason),
             device=self.reader_ref,
-            data={"reader": self.name, "url": self.link.settings.url, "reason": reason},
         )
         self._door.enqueue_event(event)  # recorded in order by the door's event queue
 
@@ -330,7 +331,8 @@ class CardAccess:
             _LOGGER.warning("%s: unknown card %s denied", self.name, masked)
             await self._record_or_queue(
                 self._event(
-                    Kind.ACCESS_DENIED, {"method": "card", "reason": "unknown_card", "card": masked}
+                    Kind.ACCESS_DENIED,
+                    payloads.AccessDenied(method="card", reason="unknown_card", card=masked),
                 )
             )
             return
@@ -347,12 +349,15 @@ class CardAccess:
         self.stats.granted += 1
         _LOGGER.info("%s: card %s of %s granted", self.name, masked, person)
         await self._record_or_queue(
-            self._event(Kind.ACCESS_GRANTED, {"method": "card", "person": person, "card": masked})
+            self._event(
+                Kind.ACCESS_GRANTED,
+                payloads.AccessGranted(method="card", person=person, card=masked),
+            )
         )
         await self._door.grant("card", person, masked)
 
-    def _event(self, kind: Kind, data: Mapping[str, Any]) -> Event:
-        return self._events.make(kind, device=self._door_ref, data=data)
+    def _event(self, kind: Kind, payload: payloads.Payload) -> Event:
+        return self._events.make(kind, payload, device=self._door_ref)
 
     async def _record_or_queue(self, event: Event) -> None:
         await self._door.record_or_queue(event, self._record)

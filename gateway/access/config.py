@@ -27,20 +27,42 @@ Pixels = Annotated[int, Meta(ge=160, le=4096)]
 
 
 class CameraSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Read as it is by drivers.camera.Camera (its CameraParams)."""
+
     source: str = ""  # "0" (USB index), "/dev/video0", "rtsp://…", or a video file; "" = none
     width: Pixels = 640
     height: Annotated[int, Meta(ge=120, le=4096)] = 480
     fps: Annotated[float, Meta(ge=0.5, le=60)] = 10.0
     loop_file: bool = False
+    # The back-off between attempts to reopen a lost camera: from reopen_min_s, doubling (with
+    # jitter) up to reopen_max_s.
+    reopen_min_s: Annotated[float, Meta(ge=0.1, le=600, description="not above reopen_max_s")] = 0.5
     reopen_max_s: Seconds = 30.0
     stall_s: Seconds = 5.0
+    # How long opening a stream URL (rtsp://, http://…) may take.
+    open_timeout_s: Annotated[float, Meta(ge=1, le=120)] = 10.0
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.reopen_min_s > self.reopen_max_s:
+            yield "reopen_min_s", "must be at least 0.1 and not above reopen_max_s"
+        if self.source != self.source.strip():
+            yield "source", "has blanks around it"
 
 
 class MotionSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Read as it is by drivers.motion.MotionGate (its MotionParams)."""
+
     enabled: bool = True
+    # Frames are compared shrunk to this width (cheap, and most sensor noise averages out).
+    scale_width: Annotated[int, Meta(ge=16, le=1920)] = 160
     pixel_delta: Annotated[int, Meta(ge=1, le=255)] = 16
     min_changed_fraction: Annotated[float, Meta(gt=0, lt=1)] = 0.01
     hold_s: Annotated[float, Meta(ge=0, le=600)] = 3.0
+    # A static scene is still looked at once every refresh_s (someone standing still long
+    # enough to become part of the reference is not forgotten).
+    refresh_s: Annotated[float, Meta(ge=0, le=600, description="0 turns it off")] = 5.0
+    # Time constant of the reference's running average: slow light changes are absorbed.
+    adapt_s: Annotated[float, Meta(ge=0.1, le=600)] = 5.0
 
 
 class RecognitionSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -209,6 +231,13 @@ class AccessSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     # 100 x standard deviation / mean of the inner face.
     enrol_min_contrast: Annotated[float, Meta(ge=0, le=100)] = 9.0
     max_templates_per_person: Annotated[int, Meta(ge=1, le=100)] = 10
+
+    @property
+    def enrol_jitters(self) -> int:
+        """Enrolment encodes a photo as the door encodes a frame: `recognition.jitters` (not a
+        key of its own). The enrol_* fields are read as they are by gateway.faces.enrolment
+        (its EnrolmentParams)."""
+        return self.recognition.jitters
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.door.credentials == "card_and_face" and not (

@@ -51,6 +51,7 @@ from common.errors import StorageError
 from drivers.door import DoorActuator
 from drivers.door_contact import ContactInput, Debouncer
 from drivers.outputs import Output
+from gateway import event_payloads as payloads
 from gateway.access.config import DoorSection
 from gateway.clock import utc_now
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
@@ -224,14 +225,16 @@ class DoorController:
         if first:
             self._open_by = None
             _LOGGER.warning("door %s is open at start-up", self.device.id)
-            self._queue(Kind.DOOR_OPENED, {"authorised_by": None, "at_start": True}, at, now)
+            self._queue(
+                Kind.DOOR_OPENED, payloads.DoorOpened(authorised_by=None, at_start=True), at, now
+            )
             return
         grant = self._pending_grant
         if grant is not None and at <= grant.at + self.section.unlock_window_s:
             self._pending_grant = None
             self._open_by = grant.method
             _LOGGER.info("door %s opened (%s)", self.device.id, grant.method)
-            self._queue(Kind.DOOR_OPENED, {"authorised_by": grant.method}, at, now)
+            self._queue(Kind.DOOR_OPENED, payloads.DoorOpened(authorised_by=grant.method), at, now)
             return
         self._open_by = None
         last = self._last_grant
@@ -243,15 +246,15 @@ class DoorController:
         )
         self._queue(
             Kind.DOOR_FORCED_OPEN,
-            {
-                "since_last_grant_s": since,
-                "last_grant_method": None if last is None else last.method,
-                "unlock_window_s": self.section.unlock_window_s,
-            },
+            payloads.DoorForcedOpen(
+                since_last_grant_s=since,
+                last_grant_method=None if last is None else last.method,
+                unlock_window_s=self.section.unlock_window_s,
+            ),
             at,
             now,
         )
-        self._queue(Kind.DOOR_OPENED, {"authorised_by": None}, at, now)
+        self._queue(Kind.DOOR_OPENED, payloads.DoorOpened(authorised_by=None), at, now)
 
     async def _closed(self, at: float, now: float) -> None:
         was_open, opened_at = self._state == "open", self._opened_at
@@ -262,11 +265,9 @@ class DoorController:
             _LOGGER.info("door %s closed after %.1f s", self.device.id, open_s)
             self._queue(
                 Kind.DOOR_CLOSED,
-                {
-                    "open_s": open_s,
-                    "held_open": self._held_reported,
-                    "authorised_by": self._open_by,
-                },
+                payloads.DoorClosed(
+                    open_s=open_s, held_open=self._held_reported, authorised_by=self._open_by
+                ),
                 at,
                 now,
             )
@@ -288,11 +289,9 @@ class DoorController:
             _LOGGER.error("DOOR %s HELD OPEN for %.0f s", self.device.id, open_for)
             self._queue(
                 Kind.DOOR_HELD_OPEN,
-                {
-                    "open_s": round(open_for, 1),
-                    "limit_s": s.held_open_s,
-                    "authorised_by": self._open_by,
-                },
+                payloads.DoorHeldOpen(
+                    open_s=round(open_for, 1), limit_s=s.held_open_s, authorised_by=self._open_by
+                ),
                 now,
                 now,
             )
@@ -312,10 +311,10 @@ class DoorController:
 
     # -- events -----------------------------------------------------------------------------
 
-    def _queue(self, kind: Kind, data: Mapping[str, Any], at: float, now: float) -> None:
+    def _queue(self, kind: Kind, payload: payloads.Payload, at: float, now: float) -> None:
         lag = min(max(now - at, 0.0), _MAX_EVENT_LAG_S)
         event = self._events.make(
-            kind, device=self.device, data=data, device_ts=utc_now() - timedelta(seconds=lag)
+            kind, payload, device=self.device, device_ts=utc_now() - timedelta(seconds=lag)
         )
         self.last_event = kind
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -454,14 +453,14 @@ class DoorController:
                 raise CommandRefused("invalid_args", f"reason is required, <= {_MAX_TEXT} chars")
             event = self._events.make(
                 Kind.ACCESS_GRANTED,
+                payloads.AccessGranted(
+                    method="remote",
+                    person=None,
+                    by=args.by,
+                    reason=args.reason,
+                    command_id=command.id,
+                ),
                 device=self.device,
-                data={
-                    "method": "remote",
-                    "person": None,
-                    "by": args.by,
-                    "reason": args.reason,
-                    "command_id": command.id,
-                },
             )
             await self.record_or_queue(event)
             await self.grant("remote", None, args.by)

@@ -24,6 +24,7 @@ from drivers.door import DoorActuator, DoorSpec, build_door
 from drivers.door_contact import ContactInput, GpioContact, SimulatedContact
 from drivers.outputs import Output, build_output, output_spec
 from drivers.serial_port import SerialSettings
+from gateway import event_payloads as payloads
 from gateway.access.card_admin import CardAdmin
 from gateway.access.cards import CardAccess, CardKey, CardRegister
 from gateway.access.config import AccessSection
@@ -34,7 +35,7 @@ from gateway.config_base import InputSection
 from gateway.events import DeviceRef, Event, Kind
 from gateway.faces.audit import AuditLog
 from gateway.faces.crypto import TemplateCipher
-from gateway.faces.enrolment import FaceEnrolment, enrolment_settings, max_templates
+from gateway.faces.enrolment import FaceEnrolment, max_templates
 from gateway.faces.store import FaceStore, RefreshLimits
 from gateway.feature import Core, run_all
 from gateway.sealing import PayloadCipher
@@ -196,7 +197,7 @@ class AccessFeature:
             self.store,
             self._events,
             self.door_ref,
-            enrolment_settings(self.cfg),
+            a,  # its enrol_* keys (EnrolmentParams)
             self.workers,
             RefreshLimits(ref.max_distance, ref.min_interval_s, ref.max_refreshed)
             if ref.enabled
@@ -214,35 +215,11 @@ class AccessFeature:
         if not a.camera.source:
             _LOGGER.info("access: no camera configured; cards and exit requests only")
             return
-        from drivers.camera import Camera, CameraSettings  # opencv: only with a camera
-        from drivers.motion import MotionGate, MotionSettings
+        from drivers.camera import Camera  # opencv: only with a camera
+        from drivers.motion import MotionGate
 
-        cam = a.camera
-        self.camera = Camera(
-            CameraSettings(
-                source=cam.source,
-                width=cam.width,
-                height=cam.height,
-                fps=cam.fps,
-                loop_file=cam.loop_file,
-                reopen_max_s=cam.reopen_max_s,
-                stall_s=cam.stall_s,
-            ),
-            self._camera_state,
-            name=CAMERA_ID,
-        )
-        m = a.motion
-        gate: Any = (
-            MotionGate(
-                MotionSettings(
-                    pixel_delta=m.pixel_delta,
-                    min_changed_fraction=m.min_changed_fraction,
-                    hold_s=m.hold_s,
-                )
-            )
-            if m.enabled
-            else _OpenGate()
-        )
+        self.camera = Camera(a.camera, self._camera_state, name=CAMERA_ID)
+        gate: Any = MotionGate(a.motion) if a.motion.enabled else _OpenGate()
         self.service = AccessService(
             a.decision,
             a.snapshots,
@@ -270,7 +247,7 @@ class AccessFeature:
         log("door camera %s: %s", "online" if online else "offline", reason)
         ref = DeviceRef(id=CAMERA_ID, type="camera", location=self.door_ref.location)
         event = self._events.make(
-            kind, device=ref, data={"reason": reason, "door": self.door_ref.id}
+            kind, payloads.CameraState(reason=reason, door=self.door_ref.id), device=ref
         )
         task = asyncio.get_running_loop().create_task(self._append_quietly(event))
         self._camera_events.add(task)

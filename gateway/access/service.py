@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from common.errors import StorageError
+from gateway import event_payloads as payloads
 from gateway.access.config import DecisionSection, SnapshotSection
 from gateway.access.second_factor import Claim, FaceChecks
 from gateway.access.snapshots import (
@@ -378,16 +379,16 @@ class AccessService:
             )
             event = self._events.make(
                 Kind.ACCESS_GRANTED,
+                payloads.AccessGranted(
+                    method="face",
+                    person=decision.person,
+                    distance=round(decision.distance, 3),
+                    margin=round(decision.margin, 3),
+                    frames=decision.frames,
+                    track=track.id,
+                    camera=self.camera_name,
+                ),
                 device=self._door_ref,
-                data={
-                    "method": "face",
-                    "person": decision.person,
-                    "distance": round(decision.distance, 3),
-                    "margin": round(decision.margin, 3),
-                    "frames": decision.frames,
-                    "track": track.id,
-                    "camera": self.camera_name,
-                },
             )
             event = _with_snapshot_ref(event)
             if not await self._record_safely(event):
@@ -412,14 +413,13 @@ class AccessService:
             event = _with_snapshot_ref(
                 self._events.make(
                     Kind.ACCESS_UNKNOWN_FACE,
+                    payloads.UnknownFace(
+                        frames=decision.frames,
+                        best_distance=None if best is None else round(best, 3),
+                        track=track.id,
+                        camera=self.camera_name,
+                    ),
                     device=self._door_ref,
-                    data={
-                        "method": "face",
-                        "frames": decision.frames,
-                        "best_distance": None if best is None else round(best, 3),
-                        "track": track.id,
-                        "camera": self.camera_name,
-                    },
                 )
             )
             if await self._record_safely(event):
@@ -475,17 +475,17 @@ class AccessService:
         event = _with_snapshot_ref(
             self._events.make(
                 Kind.ACCESS_GRANTED,
+                payloads.AccessGranted(
+                    method="card+face",
+                    person=claim.person,
+                    card=claim.card,
+                    distance=round(verified.distance, 3),
+                    frames=verified.frames,
+                    waited_s=round(frame.timestamp - claim.at, 2),
+                    track=track.id,
+                    camera=self.camera_name,
+                ),
                 device=self._door_ref,
-                data={
-                    "method": "card+face",
-                    "person": claim.person,
-                    "card": claim.card,
-                    "distance": round(verified.distance, 3),
-                    "frames": verified.frames,
-                    "waited_s": round(frame.timestamp - claim.at, 2),
-                    "track": track.id,
-                    "camera": self.camera_name,
-                },
             )
         )
         if not await self._record_safely(event):
@@ -545,15 +545,15 @@ class AccessService:
             )
             event = self._events.make(
                 Kind.ACCESS_DENIED,
+                payloads.AccessDenied(
+                    method="card+face",
+                    reason=reason,
+                    persons=[claim.person],
+                    card=claim.card,
+                    faces_seen=claim.faces_seen,
+                    camera=self.camera_name,
+                ),
                 device=self._door_ref,
-                data={
-                    "method": "card+face",
-                    "reason": reason,
-                    "persons": [claim.person],
-                    "card": claim.card,
-                    "faces_seen": claim.faces_seen,
-                    "camera": self.camera_name,
-                },
             )
             if await self._record_safely(event):
                 self.stats.denied += 1
@@ -573,14 +573,14 @@ class AccessService:
         event = _with_snapshot_ref(
             self._events.make(
                 Kind.ACCESS_DENIED,
+                payloads.AccessDenied(
+                    method="face",
+                    reason=reason,
+                    persons=list(persons),
+                    track=track.id,
+                    camera=self.camera_name,
+                ),
                 device=self._door_ref,
-                data={
-                    "method": "face",
-                    "reason": reason,
-                    "persons": list(persons),
-                    "track": track.id,
-                    "camera": self.camera_name,
-                },
             )
         )
         if not await self._record_safely(event):
@@ -608,14 +608,14 @@ class AccessService:
         event = _with_snapshot_ref(
             self._events.make(
                 Kind.ACCESS_PRESENTATION_ATTACK,
+                payloads.PresentationAttack(
+                    attempts=len(self._attacks),
+                    window_s=window,
+                    claimed=person,
+                    track=track.id,
+                    camera=self.camera_name,
+                ),
                 device=self._door_ref,
-                data={
-                    "attempts": len(self._attacks),
-                    "window_s": window,
-                    "claimed": person,
-                    "track": track.id,
-                    "camera": self.camera_name,
-                },
             )
         )
         if await self._record_safely(event):

@@ -47,6 +47,7 @@ import msgspec
 
 from common.errors import StorageError
 from drivers.outputs import Output
+from gateway import event_payloads as payloads
 from gateway.buttons.config import ButtonsSection
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
 from gateway.events import DeviceRef, Event, EventFactory, Kind
@@ -169,8 +170,7 @@ class AlarmBook:
     async def raise_alarm(
         self,
         device: DeviceRef,
-        cause: str,
-        data: Mapping[str, Any],
+        alarm: payloads.AlarmRaised,
         *,
         key: tuple[int, int] | None = None,
         cancel_window_s: float = 0.0,
@@ -185,7 +185,8 @@ class AlarmBook:
         window_ms = int(self.settings.dedup_window_s * 1000)
         stored: Event | None = None
         committed = False
-        event = self._events.make(Kind.ALARM_RAISED, device=device, data={"cause": cause, **data})
+        cause = alarm.cause
+        event = self._events.make(Kind.ALARM_RAISED, alarm, device=device)
         async with self._db.transaction("recording an alarm") as conn:
             if key is not None:
                 async with conn.execute(
@@ -267,14 +268,14 @@ class AlarmBook:
             await self._outbox.append(
                 self._events.make(
                     Kind.ALARM_ACKNOWLEDGED,
+                    payloads.AlarmAcknowledged(
+                        alarm_id=alarm.id,
+                        by=by,
+                        status=status,
+                        escalated=alarm.escalated,
+                        command_id=command_id,
+                    ),
                     device=alarm.device,
-                    data={
-                        "alarm_id": alarm.id,
-                        "by": by,
-                        "status": status,
-                        "escalated": alarm.escalated,
-                        "command_id": command_id,
-                    },
                 )
             )
         if status == "ok":
@@ -283,14 +284,8 @@ class AlarmBook:
         await self._quiet_output_if_done()
         return [a.id for a in targets]
 
-    async def end(
-        self,
-        kind: Literal[Kind.ALARM_CLEARED, Kind.ALARM_CANCELLED],
-        alarm_id: str,
-        device_id: str,
-        data: Mapping[str, Any],
-    ) -> list[str]:
-        """Close alarms (cleared by the platform or cancelled by the resident)."""
+    async def clear(self, alarm_id: str, device_id: str, by: str, command_id: str) -> list[str]:
+        """Close alarms (cleared by the platform's `alarm.clear`)."""
         targets = self._targets(alarm_id, device_id)
         if not targets:
             return []
@@ -300,7 +295,11 @@ class AlarmBook:
         for alarm in targets:
             self._open.pop(alarm.id, None)
             await self._outbox.append(
-                self._events.make(kind, device=alarm.device, data={"alarm_id": alarm.id, **data})
+                self._events.make(
+                    Kind.ALARM_CLEARED,
+                    payloads.AlarmCleared(alarm_id=alarm.id, by=by, command_id=command_id),
+                    device=alarm.device,
+                )
             )
         for device in {a.device.id for a in targets}:
             await self._send_downlink(device, "cleared")
@@ -308,7 +307,7 @@ class AlarmBook:
         return [a.id for a in targets]
 
     async def resident_cancel(
-        self, device_id: str, data: Mapping[str, Any], now: float | None = None
+        self, device_id: str, seq: int, authenticated: bool, now: float | None = None
     ) -> tuple[str, str] | None:
         """A CANCEL frame from `device_id` (see the module doc): end its most recent open alarm
         if that alarm may still be cancelled, else record `alarm.cancel_requested`. Returns
@@ -335,8 +334,10 @@ class AlarmBook:
             await self._outbox.append(
                 self._events.make(
                     Kind.ALARM_CANCELLED,
+                    payloads.AlarmCancelled(
+                        alarm_id=alarm.id, seq=seq, authenticated=authenticated
+                    ),
                     device=alarm.device,
-                    data={"alarm_id": alarm.id, "by": "resident", **data},
                 )
             )
             if not any(a.device.id == device_id for a in self._open.values()):
@@ -354,16 +355,16 @@ class AlarmBook:
         await self._outbox.append(
             self._events.make(
                 Kind.ALARM_CANCEL_REQUESTED,
+                payloads.AlarmCancelRequested(
+                    alarm_id=alarm.id,
+                    reason=reason,
+                    escalated=alarm.escalated or alarm.escalation_reported,
+                    ack_status=alarm.ack_status,
+                    open_alarms=len(mine),
+                    seq=seq,
+                    authenticated=authenticated,
+                ),
                 device=alarm.device,
-                data={
-                    "alarm_id": alarm.id,
-                    "by": "resident",
-                    "reason": reason,
-                    "escalated": alarm.escalated or alarm.escalation_reported,
-                    "ack_status": alarm.ack_status,
-                    "open_alarms": len(mine),
-                    **data,
-                },
             )
         )
         return "alarm.cancel_requested", alarm.id
@@ -423,13 +424,13 @@ class AlarmBook:
                 await self._outbox.append(
                     self._events.make(
                         Kind.ALARM_ESCALATED,
+                        payloads.AlarmEscalated(
+                            alarm_id=alarm.id,
+                            after_s=self.settings.ack_deadline_s,
+                            ack_status=alarm.ack_status,
+                            repeat_s=self.settings.escalation_repeat_s,
+                        ),
                         device=alarm.device,
-                        data={
-                            "alarm_id": alarm.id,
-                            "after_s": self.settings.ack_deadline_s,
-                            "ack_status": alarm.ack_status,
-                            "repeat_s": self.settings.escalation_repeat_s,
-                        },
                     )
                 )
 
@@ -453,12 +454,7 @@ class AlarmBook:
         async def clear(command: Command) -> Mapping[str, Any]:
             args: _TargetArgs = args_as(command, _TargetArgs)
             try:
-                done = await self.end(
-                    Kind.ALARM_CLEARED,
-                    args.alarm,
-                    args.device,
-                    {"by": args.by, "command_id": command.id},
-                )
+                done = await self.clear(args.alarm, args.device, args.by, command.id)
             except StorageError as exc:
                 raise CommandRefused("storage_error", str(exc)) from exc
             if not done:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from common.errors import StorageError
+from gateway import event_payloads as payloads
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
 from gateway.config_base import DEVICE_ID_RE
 from gateway.events import DeviceRef, EventFactory, Kind
@@ -124,12 +125,14 @@ class DeviceRegistry:
         await self._persist(device, removed=False)
         self._devices[device.id] = device
         self._unknown_reported.pop(device.id, None)
-        data: dict[str, Any] = {k: v for k, v in asdict(device).items() if k != "id"}
-        if command_id:
-            data["command_id"] = command_id
-        await self._outbox.append(
-            self._events.make(Kind.DEVICE_ADDED, device=device.ref(), data=data)
+        added = payloads.DeviceAdded(
+            type=device.type,
+            resident=device.resident,
+            location=device.location,
+            supervision_s=device.supervision_s,
+            command_id=command_id or payloads.UNSET,
         )
+        await self._outbox.append(self._events.make(Kind.DEVICE_ADDED, added, device=device.ref()))
 
     async def remove(self, device_id: str, command_id: str | None = None) -> Device:
         device = self._devices.get(device_id)
@@ -137,9 +140,9 @@ class DeviceRegistry:
             raise KeyError(device_id)
         await self._persist(device, removed=True)
         del self._devices[device_id]
-        data = {"command_id": command_id} if command_id else {}
+        removed = payloads.DeviceRemoved(command_id=command_id or payloads.UNSET)
         await self._outbox.append(
-            self._events.make(Kind.DEVICE_REMOVED, device=device.ref(), data=data)
+            self._events.make(Kind.DEVICE_REMOVED, removed, device=device.ref())
         )
         return device
 

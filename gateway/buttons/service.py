@@ -84,6 +84,7 @@ from drivers.buttons.terminal_codec import (
 )
 from drivers.buttons.terminal_codec import frame_type as terminal_frame_type
 from drivers.serial_port import SerialLink, SerialSettings
+from gateway import event_payloads as payloads
 from gateway.buttons.alarms import AlarmBook, DownlinkKind
 from gateway.buttons.auth import DeviceAuth, DeviceAuthSetting, Verdict
 from gateway.buttons.config import ButtonsSection, ReceiverSection
@@ -227,7 +228,8 @@ class ButtonService:
         kind = Kind.RECEIVER_ONLINE if online else Kind.RECEIVER_OFFLINE
         (_LOGGER.info if online else _LOGGER.error)("%s: %s (%s)", kind, receiver.cfg.name, reason)
         event = self._events.make(
-            kind, data={"receiver": receiver.cfg.name, "url": receiver.cfg.url, "reason": reason}
+            kind,
+            payloads.LinkState(receiver=receiver.cfg.name, url=receiver.cfg.url, reason=reason),
         )
         self._store_in_background(event)
 
@@ -326,11 +328,7 @@ class ButtonService:
             # Alarms first, committed before anything else; dedup is persistent (AlarmBook).
             await self.alarms.raise_alarm(
                 self.registry.ref(device_id),
-                _CAUSE[frame_type],
-                {
-                    **_alarm_data(frame, device.resident if device else None, device is None),
-                    "authenticated": authenticated,
-                },
+                _alarm(frame_type, frame, device, authenticated),
                 key=(int(frame_type), frame.seq),
                 cancel_window_s=self.cfg.cancel_window,
             )
@@ -366,9 +364,7 @@ class ButtonService:
         if isinstance(frame, Cancel):
             # At most this device's latest alarm, inside its cancel window; otherwise recorded
             # as alarm.cancel_requested and the alarm (and the siren) stays on.
-            await self.alarms.resident_cancel(
-                device_id, {"seq": frame.seq, "authenticated": authenticated}, now
-            )
+            await self.alarms.resident_cancel(device_id, frame.seq, authenticated, now)
         elif isinstance(frame, Heartbeat):
             # Telemetry: stored in the background (it may wait for company in the outbox, see
             # `outbox.telemetry_commit_window_ms`); the frame worker goes on with the next frame.
@@ -377,19 +373,23 @@ class ButtonService:
                 return
             event = self._events.make(
                 Kind.DEVICE_HEARTBEAT,
+                payloads.Heartbeat(battery_mv=frame.battery_mv, rssi_dbm=frame.rssi_dbm),
                 device=ref,
-                data={"battery_mv": frame.battery_mv, "rssi_dbm": frame.rssi_dbm},
             )
             self._store_in_background(event)
         elif isinstance(frame, BatteryLow):
             await self._outbox.append(
                 self._events.make(
-                    Kind.DEVICE_BATTERY_LOW, device=ref, data={"battery_mv": frame.battery_mv}
+                    Kind.DEVICE_BATTERY_LOW,
+                    payloads.BatteryLow(battery_mv=frame.battery_mv),
+                    device=ref,
                 )
             )
         elif isinstance(frame, Tamper):
             await self._outbox.append(
-                self._events.make(Kind.DEVICE_TAMPER, device=ref, data={"opened": frame.opened})
+                self._events.make(
+                    Kind.DEVICE_TAMPER, payloads.Tamper(opened=frame.opened), device=ref
+                )
             )
         await self._received(heard.receiver, frame.device_id, frame_type, frame.seq)
 
@@ -428,16 +428,16 @@ class ButtonService:
         self._auth_reported[device_id] = (now, 0)
         event = self._events.make(
             Kind.DEVICE_AUTH_FAILED,
+            payloads.AuthFailed(
+                reason=reason,
+                frame=name,
+                seq=frame.seq,
+                counter=counter,
+                last_counter=self.auth.last_counter(device_id),
+                policy=self.auth.policy(device_id),
+                failures=failures,
+            ),
             device=self.registry.ref(device_id),
-            data={
-                "reason": reason,
-                "frame": name,
-                "seq": frame.seq,
-                "counter": counter,
-                "last_counter": self.auth.last_counter(device_id),
-                "policy": self.auth.policy(device_id),
-                "failures": failures,
-            },
         )
         self._store_in_background(event)
 
@@ -447,14 +447,14 @@ class ButtonService:
         now = self._monotonic()
         await self.alarms.raise_alarm(
             self.registry.ref(device_id),
-            "rf_press",
-            {
-                "key": press.key,
-                "repeats": press.repeats,
-                "resident": device.resident if device else None,
-                "unregistered": device is None,
-                "authenticated": False,  # EV1527 cannot authenticate (docs/protocols.md)
-            },
+            payloads.AlarmRaised(
+                cause="rf_press",
+                key=press.key,
+                repeats=press.repeats,
+                resident=device.resident if device else None,
+                unregistered=device is None,
+                authenticated=False,  # EV1527 cannot authenticate (docs/protocols.md)
+            ),
         )
         await self._heard(device_id, known=device is not None, now=now)
 
@@ -598,12 +598,12 @@ class ButtonService:
         events = [
             self._events.make(
                 Kind.DEVICE_SUPERVISION_LOST,
+                payloads.SupervisionLost(
+                    silent_s=round(quiet, 1),
+                    supervision_s=device.supervision_s,
+                    resident=device.resident,
+                ),
                 device=device.ref(),
-                data={
-                    "silent_s": round(quiet, 1),
-                    "supervision_s": device.supervision_s,
-                    "resident": device.resident,
-                },
             )
             for device, quiet in silent
         ]
@@ -706,12 +706,17 @@ def _store_every(device: Device) -> float:
 _CAUSE = {FrameType.PRESS: "press", FrameType.PULL_CORD: "pull_cord", FrameType.FALL: "fall"}
 
 
-def _alarm_data(
-    frame: Press | PullCord | Fall, resident: str | None, unknown: bool
-) -> dict[str, Any]:
-    data: dict[str, Any] = {"seq": frame.seq, "resident": resident, "unregistered": unknown}
-    if isinstance(frame, Press):
-        data.update(button=frame.button, press=frame.kind.name.lower())
-    elif isinstance(frame, Fall):
-        data["confidence"] = frame.confidence
-    return data
+def _alarm(
+    frame_type: FrameType, frame: Press | PullCord | Fall, device: Device | None, signed: bool
+) -> payloads.AlarmRaised:
+    press = frame if isinstance(frame, Press) else None
+    return payloads.AlarmRaised(
+        cause=_CAUSE[frame_type],
+        seq=frame.seq,
+        resident=device.resident if device else None,
+        unregistered=device is None,
+        button=payloads.UNSET if press is None else press.button,
+        press=payloads.UNSET if press is None else press.kind.name.lower(),
+        confidence=frame.confidence if isinstance(frame, Fall) else payloads.UNSET,
+        authenticated=signed,
+    )

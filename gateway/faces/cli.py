@@ -28,11 +28,11 @@ from gateway.faces.crypto import TemplateCipher
 from gateway.faces.enrolment import (
     EnrolmentRefused,
     FaceEnrolment,
-    enrolment_settings,
+    enrolment_params,
     max_templates,
 )
 from gateway.faces.store import FaceStore
-from gateway.store import Database, StoreOptions
+from gateway.store import Database
 from gateway.vision.engine import EngineSettings
 from gateway.vision.models_check import FaceStackError, ensure_face_models
 from gateway.vision.workers import FaceWorkerPool
@@ -69,14 +69,9 @@ async def _run(args: argparse.Namespace, cfg: Config, key_file: Path, out: TextI
             except OSError as exc:
                 print(f"eldergate: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
                 return EX_NOINPUT
-    box = cfg.outbox
     db = await Database.open(
         cfg.outbox_path,
-        StoreOptions(
-            journal_size_limit_bytes=box.journal_size_limit_bytes,
-            integrity_check=box.integrity_check,
-            integrity_check_sync_max_bytes=box.integrity_check_sync_max_bytes,
-        ),
+        cfg.outbox,
     )
     try:
         cipher = TemplateCipher.load_or_create(key_file)
@@ -91,11 +86,11 @@ async def _run(args: argparse.Namespace, cfg: Config, key_file: Path, out: TextI
                 return EX_UNAVAILABLE
             workers = FaceWorkerPool(EngineSettings(), workers=1)  # started by the first photo
             try:
-                enrolment = FaceEnrolment(store, events, None, enrolment_settings(cfg), workers)
+                enrolment = FaceEnrolment(store, events, None, enrolment_params(cfg), workers)
                 return await _enroll(enrolment, args, photos, out)
             finally:
                 await asyncio.to_thread(workers.shutdown)
-        enrolment = FaceEnrolment(store, events, None, enrolment_settings(cfg), None)
+        enrolment = FaceEnrolment(store, events, None, enrolment_params(cfg), None)
         if command == "remove":
             return await _remove(enrolment, args, out)
         if command == "doors":

@@ -34,18 +34,19 @@ import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
 from common.errors import StorageError
+from gateway import event_payloads as payloads
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
 from gateway.config import Config
 from gateway.events import DeviceRef, Event, EventFactory, Kind
 from gateway.faces import quality
-from gateway.faces.quality import QualityLimits
+from gateway.faces.quality import QualityLimits, QualityParams
 from gateway.faces.store import (
     DEFAULT_MAX_TEMPLATES,
     EnrolmentRefused,
@@ -60,9 +61,11 @@ from gateway.vision.models_check import FaceStackError, ensure_face_models
 from gateway.vision.workers import DEFAULT_MAX_IMAGE_PIXELS
 
 __all__ = [
+    "EnrolmentParams",
     "EnrolmentRefused",
     "EnrolmentSettings",
     "FaceEnrolment",
+    "PhotoLimits",
     "encode_photo",
 ]
 
@@ -74,47 +77,56 @@ _MAX_REASON = 200
 MAX_PHOTOS = 5  # per enrolment; the command's payload limit bounds them too
 
 
+class EnrolmentParams(QualityParams, Protocol):
+    """What enrolment reads: the `[access]` section itself (its `enrol_*` keys; `enrol_jitters`
+    is the door's `recognition.jitters`, so a template is encoded as the door encodes a
+    frame), or an EnrolmentSettings. Picklable either way: a photo is encoded in a worker
+    process, which gets a copy. The sharpness, exposure, contrast and pose gates are
+    QualityParams' (gateway.faces.quality): a poor template would cost recognitions for as
+    long as the person stays enrolled."""
+
+    @property
+    def enrol_upsample(self) -> int: ...  # HOG upsampling: 1 also finds smaller faces
+    @property
+    def enrol_jitters(self) -> int: ...
+    @property
+    def enrol_min_face_px(self) -> int: ...  # face box height in the original photo
+
+
 @dataclass(frozen=True, slots=True)
-class EnrolmentSettings:
+class EnrolmentSettings(QualityLimits):
+    """The defaults of `[access]`'s enrolment keys, for standalone use (tests, benchmarks, the
+    faces CLI without an [access] section)."""
+
+    enrol_upsample: int = 1
+    enrol_jitters: int = 1
+    enrol_min_face_px: int = 80
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoLimits:
+    """What a photo may be: fixed limits on untrusted input, not configured."""
+
     max_bytes: int = 8 * 1024 * 1024
     # Refused from the header before decoding; the workers' decoder holds the same limit
     # (WorkerLimits.max_image_pixels) whatever the header parsing made of the file.
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_side: int = 1600  # longest side after downscaling, in pixels
-    upsample: int = 1  # HOG upsampling: 1 also finds smaller faces in the background
-    jitters: int = 1
-    min_face_px: int = 80  # face box height in the original photo
-    # Sharpness, exposure, contrast and pose gates (gateway.faces.quality): a poor template
-    # would cost recognitions for as long as the person stays enrolled.
-    quality: QualityLimits = QualityLimits()
 
 
-def enrolment_settings(cfg: Config) -> EnrolmentSettings:
-    """The enrolment settings of a configuration (defaults without an [access] section)."""
-    if cfg.access is None:
-        return EnrolmentSettings()
-    a = cfg.access
-    return EnrolmentSettings(
-        upsample=a.enrol_upsample,
-        jitters=a.recognition.jitters,
-        min_face_px=a.enrol_min_face_px,
-        quality=QualityLimits(
-            min_sharpness=a.enrol_min_sharpness,
-            max_yaw=a.enrol_max_yaw,
-            max_roll_deg=a.enrol_max_roll_deg,
-            min_brightness=a.enrol_min_brightness,
-            max_brightness=a.enrol_max_brightness,
-            max_clipped=a.enrol_max_clipped,
-            min_contrast=a.enrol_min_contrast,
-        ),
-    )
+def enrolment_params(cfg: Config) -> EnrolmentParams:
+    """What enrolment reads of a configuration: its [access] section (the defaults without
+    one)."""
+    return cfg.access if cfg.access is not None else EnrolmentSettings()
 
 
 def max_templates(cfg: Config) -> int:
     return cfg.access.max_templates_per_person if cfg.access is not None else DEFAULT_MAX_TEMPLATES
 
 
-def encode_photo(data: bytes, settings: EnrolmentSettings) -> npt.NDArray[np.float32]:
+def encode_photo(
+    data: bytes, params: EnrolmentParams, limits: PhotoLimits = PhotoLimits()
+) -> npt.NDArray[np.float32]:
     """The float32 (128,) encoding of the one face in a JPEG or PNG photo.
 
     Blocking (0.1-1 s on x86, several on a Pi): run it in an executor, a `FaceWorkerPool`
@@ -123,14 +135,14 @@ def encode_photo(data: bytes, settings: EnrolmentSettings) -> npt.NDArray[np.flo
     face-recognition stack is not installed.
     """
     try:
-        return _encode(data, settings)
+        return _encode(data, params, limits)
     except MemoryError as exc:  # the worker's address-space limit, anywhere on the way
         raise EnrolmentRefused(
             "too_large", "encoding the photo needs more memory than a face worker may use"
         ) from exc
 
 
-def _encode(data: bytes, settings: EnrolmentSettings) -> npt.NDArray[np.float32]:
+def _encode(data: bytes, params: EnrolmentParams, limits: PhotoLimits) -> npt.NDArray[np.float32]:
     """Decode, find exactly one face, apply the size and quality gates, encode.
 
     The quality gates (face_too_dark, face_overexposed, face_low_contrast, face_blurred,
@@ -138,36 +150,36 @@ def _encode(data: bytes, settings: EnrolmentSettings) -> npt.NDArray[np.float32]
     encoding: their measures do not depend on the resolution."""
     import cv2
 
-    if len(data) > settings.max_bytes:
+    if len(data) > limits.max_bytes:
         raise EnrolmentRefused(
-            "too_large", f"the photo has {len(data)} bytes; at most {settings.max_bytes}"
+            "too_large", f"the photo has {len(data)} bytes; at most {limits.max_bytes}"
         )
     is_jpeg = data.startswith(_JPEG_MAGIC)
     if not is_jpeg and not data.startswith(_PNG_MAGIC):
         raise EnrolmentRefused("not_an_image", "the photo must be a JPEG or PNG file")
     size = image_size(data)
-    if size is not None and size[0] * size[1] > settings.max_pixels:
+    if size is not None and size[0] * size[1] > limits.max_pixels:
         raise EnrolmentRefused(
             "too_large",
-            f"the photo is {size[0]}x{size[1]} pixels; at most {settings.max_pixels} pixels",
+            f"the photo is {size[0]}x{size[1]} pixels; at most {limits.max_pixels} pixels",
         )
     flags = cv2.IMREAD_COLOR
     if is_jpeg and size is not None:  # let libjpeg decode a big photo at 1/2, 1/4 or 1/8
         longest = max(size)
         for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4)):
-            if longest // factor >= settings.max_side:
+            if longest // factor >= limits.max_side:
                 flags = reduced
                 break
         else:
-            if longest // 2 >= settings.max_side:
+            if longest // 2 >= limits.max_side:
                 flags = cv2.IMREAD_REDUCED_COLOR_2
     image = _decode(data, flags)
     if image is None or image.ndim != 3 or image.size == 0:
         raise EnrolmentRefused("not_an_image", "the photo cannot be decoded")
     original_longest = max(size) if size is not None else max(image.shape[:2])
     longest = max(image.shape[:2])
-    if longest > settings.max_side:
-        ratio = settings.max_side / longest
+    if longest > limits.max_side:
+        ratio = limits.max_side / longest
         width = max(1, round(image.shape[1] * ratio))
         height = max(1, round(image.shape[0] * ratio))
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
@@ -176,7 +188,9 @@ def _encode(data: bytes, settings: EnrolmentSettings) -> npt.NDArray[np.float32]
     del image
 
     fr = _face_recognition()
-    locations = fr.face_locations(rgb, number_of_times_to_upsample=settings.upsample, model="hog")
+    locations = fr.face_locations(
+        rgb, number_of_times_to_upsample=params.enrol_upsample, model="hog"
+    )
     if not locations:
         raise EnrolmentRefused("no_face", "no face was found in the photo")
     if len(locations) > 1:
@@ -186,18 +200,18 @@ def _encode(data: bytes, settings: EnrolmentSettings) -> npt.NDArray[np.float32]
         )
     top, right, bottom, left = locations[0]
     face_px = (bottom - top) / scale
-    if face_px < settings.min_face_px:
+    if face_px < params.enrol_min_face_px:
         raise EnrolmentRefused(
             "face_too_small",
-            f"the face is about {face_px:.0f} px high; at least {settings.min_face_px} px "
+            f"the face is about {face_px:.0f} px high; at least {params.enrol_min_face_px} px "
             "is needed (move closer or use a larger photo)",
         )
     # dlib's 5-point model (CC0), as the encoding uses; never the 68-point one.
     landmarks = fr.face_landmarks(rgb, [locations[0]], model="small")
     if len(landmarks) != 1:
         raise EnrolmentRefused("no_face", "the face's landmarks could not be found")
-    quality.check(quality.measure(rgb, locations[0], landmarks[0]), settings.quality)
-    found = fr.face_encodings(rgb, [locations[0]], num_jitters=settings.jitters, model="small")
+    quality.check(quality.measure(rgb, locations[0], landmarks[0]), params)
+    found = fr.face_encodings(rgb, [locations[0]], num_jitters=params.enrol_jitters, model="small")
     del rgb
     if len(found) != 1:
         raise EnrolmentRefused("no_face", "the face could not be encoded")
@@ -305,22 +319,25 @@ class FaceEnrolment:
         store: FaceStore,
         events: EventFactory,
         gateway_device: DeviceRef | None,
-        settings: EnrolmentSettings,
+        params: EnrolmentParams,
         executor: concurrent.futures.Executor | None,
         refresh_limits: RefreshLimits | None = None,
+        *,
+        limits: PhotoLimits = PhotoLimits(),
     ) -> None:
         self._store = store
         self._events = events
         self._device = gateway_device
-        self._settings = settings
+        self._params = params
+        self._limits = limits
         self._executor = executor
         self._encode_lock = asyncio.Lock()  # one dlib encoding at a time: the Pi has 4 cores
         self.refresh_limits = refresh_limits  # None: templates are never refreshed
         self.refreshes: dict[str, int] = {}  # refresh offers by outcome
 
     @property
-    def settings(self) -> EnrolmentSettings:
-        return self._settings
+    def params(self) -> EnrolmentParams:
+        return self._params
 
     async def enroll(
         self,
@@ -358,19 +375,17 @@ class FaceEnrolment:
         made: list[Event] = []
 
         def event(templates_total: int) -> Event:
-            data: dict[str, Any] = {
-                "person": person_id,
-                "consent_ref": consent_ref,
-                "templates_added": len(encodings),
-                "templates_total": templates_total,
-                "source": source,
-                "actor": actor,
-            }
-            if allowed is not None:
-                data["doors"] = list(allowed) or "all"
-            if command_id:
-                data["command_id"] = command_id
-            made.append(self._events.make(Kind.FACE_ENROLLED, device=self._device, data=data))
+            enrolled = payloads.FaceEnrolled(
+                person=person_id,
+                consent_ref=consent_ref,
+                templates_added=len(encodings),
+                templates_total=templates_total,
+                source=source,
+                actor=actor,
+                doors=payloads.UNSET if allowed is None else list(allowed) or "all",
+                command_id=command_id or payloads.UNSET,
+            )
+            made.append(self._events.make(Kind.FACE_ENROLLED, enrolled, device=self._device))
             return made[-1]
 
         matrix = np.vstack(encodings)
@@ -398,7 +413,7 @@ class FaceEnrolment:
         async with self._encode_lock:
             try:
                 return await loop.run_in_executor(
-                    self._executor, encode_photo, photo, self._settings
+                    self._executor, encode_photo, photo, self._params, self._limits
                 )
             except BrokenProcessPool as exc:  # killed (out of memory?) or crashed in dlib
                 _LOGGER.error("a face worker died while encoding an enrolment photo")
@@ -418,15 +433,15 @@ class FaceEnrolment:
         door = self._device.id if self._device is not None else None
 
         def event(distance: float, replaced: int, total: int) -> Event:
-            data: dict[str, Any] = {
-                "person": person_id,
-                "distance": round(distance, 3),
-                "replaced": replaced,
-                "templates_total": total,
-                "grant": grant_id,
-                "door": door,
-            }
-            return self._events.make(Kind.FACE_TEMPLATE_REFRESHED, device=self._device, data=data)
+            refreshed = payloads.FaceTemplateRefreshed(
+                person=person_id,
+                distance=round(distance, 3),
+                replaced=replaced,
+                templates_total=total,
+                grant=grant_id,
+                door=door,
+            )
+            return self._events.make(Kind.FACE_TEMPLATE_REFRESHED, refreshed, device=self._device)
 
         outcome = await self._store.refresh(
             person_id, encoding, self.refresh_limits, event=event, actor=f"door:{door}"
@@ -446,15 +461,14 @@ class FaceEnrolment:
         made: list[Event] = []
 
         def event(templates: int) -> Event:
-            data: dict[str, Any] = {
-                "person": person_id,
-                "doors": sorted(set(doors)) or "all",
-                "templates": templates,
-                "actor": actor,
-            }
-            if command_id:
-                data["command_id"] = command_id
-            made.append(self._events.make(Kind.FACE_DOORS_CHANGED, device=self._device, data=data))
+            changed = payloads.FaceDoorsChanged(
+                person=person_id,
+                doors=sorted(set(doors)) or "all",
+                templates=templates,
+                actor=actor,
+                command_id=command_id or payloads.UNSET,
+            )
+            made.append(self._events.make(Kind.FACE_DOORS_CHANGED, changed, device=self._device))
             return made[-1]
 
         allowed = await self._store.set_doors(person_id, doors, event=event, actor=actor)
@@ -472,15 +486,14 @@ class FaceEnrolment:
         made: list[Event] = []
 
         def event(templates_removed: int) -> Event:
-            data: dict[str, Any] = {
-                "person": person_id,
-                "templates_removed": templates_removed,
-                "reason": reason,
-                "actor": actor,
-            }
-            if command_id:
-                data["command_id"] = command_id
-            made.append(self._events.make(Kind.FACE_REMOVED, device=self._device, data=data))
+            removed = payloads.FaceRemoved(
+                person=person_id,
+                templates_removed=templates_removed,
+                reason=reason,
+                actor=actor,
+                command_id=command_id or payloads.UNSET,
+            )
+            made.append(self._events.make(Kind.FACE_REMOVED, removed, device=self._device))
             return made[-1]
 
         removed = await self._store.remove(person_id, event=event, actor=actor)
@@ -560,9 +573,9 @@ class FaceEnrolment:
         )
 
     def _decode_b64(self, text: str) -> bytes:
-        if len(text) // 4 * 3 > self._settings.max_bytes + 3:
+        if len(text) // 4 * 3 > self._limits.max_bytes + 3:
             raise CommandRefused(
-                "too_large", f"a photo is larger than {self._settings.max_bytes} bytes"
+                "too_large", f"a photo is larger than {self._limits.max_bytes} bytes"
             )
         try:
             return base64.b64decode(text, validate=True)

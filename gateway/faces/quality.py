@@ -23,14 +23,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from gateway.faces.store import EnrolmentRefused
 
-__all__ = ["FaceQuality", "QualityLimits", "check", "measure"]
+__all__ = ["FaceQuality", "QualityLimits", "QualityParams", "check", "measure"]
 
 # Sharpness is measured on the face box resized to this height: a template is computed from
 # a 150x150 chip whatever the photo's resolution, so focus matters at about that scale.
@@ -48,10 +48,30 @@ Landmarks = Mapping[str, Sequence[tuple[int, int]]]  # face_landmarks(..., model
 Rgb = npt.NDArray[np.uint8]
 
 
+class QualityParams(Protocol):
+    """What `check` reads: a QualityLimits, or the `[access]` section itself (the names are its
+    `enrol_*` keys)."""
+
+    @property
+    def enrol_min_sharpness(self) -> float: ...
+    @property
+    def enrol_max_yaw(self) -> float: ...
+    @property
+    def enrol_max_roll_deg(self) -> float: ...
+    @property
+    def enrol_min_brightness(self) -> float: ...
+    @property
+    def enrol_max_brightness(self) -> float: ...
+    @property
+    def enrol_max_clipped(self) -> float: ...
+    @property
+    def enrol_min_contrast(self) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
 class QualityLimits:
-    """Where each gate refuses. A minimum of 0 (or a maximum at the top of its range) turns
-    that gate off.
+    """Where each gate refuses (the defaults of `[access]`'s `enrol_*` gates, for standalone
+    use). A minimum of 0 (or a maximum at the top of its range) turns that gate off.
 
     The defaults are the limits benchmarks/enrolment_quality.py derives on half of the shared
     photos' people, rounded outwards (towards accepting): a lower limit just below what
@@ -60,13 +80,13 @@ class QualityLimits:
     of an ordinary photo; pose at 1.5 x the most turned or tilted ordinary photo. On the
     other half they refuse none of the ordinary photos."""
 
-    min_sharpness: float = 27.0  # 0-100, 100 x (1 - blur effect) at 128 px high
-    max_yaw: float = 0.25  # |nose tip offset from the eyes' midpoint| / inter-eye distance
-    max_roll_deg: float = 25.0  # angle of the eye line, degrees
-    min_brightness: float = 25.0  # mean grey level of the inner face, 0-255
-    max_brightness: float = 225.0
-    max_clipped: float = 0.06  # fraction of the inner face at or above CLIPPED_LEVEL
-    min_contrast: float = 9.0  # % : 100 x standard deviation / mean of the inner face
+    enrol_min_sharpness: float = 27.0  # 0-100, 100 x (1 - blur effect) at 128 px high
+    enrol_max_yaw: float = 0.25  # |nose tip offset from the eyes' midpoint| / inter-eye distance
+    enrol_max_roll_deg: float = 25.0  # angle of the eye line, degrees
+    enrol_min_brightness: float = 25.0  # mean grey level of the inner face, 0-255
+    enrol_max_brightness: float = 225.0
+    enrol_max_clipped: float = 0.06  # fraction of the inner face at or above CLIPPED_LEVEL
+    enrol_min_contrast: float = 9.0  # % : 100 x standard deviation / mean of the inner face
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,55 +132,55 @@ def measure(rgb: Rgb, location: Location, landmarks: Landmarks) -> FaceQuality:
     )
 
 
-def check(quality: FaceQuality, limits: QualityLimits) -> None:
+def check(quality: FaceQuality, limits: QualityParams) -> None:
     """Raise EnrolmentRefused for the first gate `quality` fails; return if it passes all.
 
     Order: exposure, contrast, sharpness, pose. A dark or washed-out face also measures as
     blurred, and the light is what the installer should fix first."""
     q, lim = quality, limits
-    if q.brightness < lim.min_brightness:
+    if q.brightness < lim.enrol_min_brightness:
         raise EnrolmentRefused(
             "face_too_dark",
             f"the face is too dark (brightness {q.brightness:.1f} of 255, at least "
-            f"{lim.min_brightness:g} needed): light the face from the front or move to a "
+            f"{lim.enrol_min_brightness:g} needed): light the face from the front or move to a "
             "brighter place",
         )
-    if q.brightness > lim.max_brightness:
+    if q.brightness > lim.enrol_max_brightness:
         raise EnrolmentRefused(
             "face_overexposed",
             f"the face is overexposed (brightness {q.brightness:.1f} of 255, at most "
-            f"{lim.max_brightness:g}): avoid direct sunlight or flash on the face",
+            f"{lim.enrol_max_brightness:g}): avoid direct sunlight or flash on the face",
         )
-    if q.clipped > lim.max_clipped:
+    if q.clipped > lim.enrol_max_clipped:
         raise EnrolmentRefused(
             "face_overexposed",
-            f"{q.clipped:.1%} of the face is blown out to white (at most {lim.max_clipped:.1%}): "
-            "avoid direct sunlight or flash on the face",
+            f"{q.clipped:.1%} of the face is blown out to white (at most "
+            f"{lim.enrol_max_clipped:.1%}): avoid direct sunlight or flash on the face",
         )
-    if q.contrast < lim.min_contrast:
+    if q.contrast < lim.enrol_min_contrast:
         raise EnrolmentRefused(
             "face_low_contrast",
             f"the face has too little contrast ({q.contrast:.1f} %, at least "
-            f"{lim.min_contrast:g} % needed): clean the lens and avoid a bright window or "
+            f"{lim.enrol_min_contrast:g} % needed): clean the lens and avoid a bright window or "
             "lamp behind the person",
         )
-    if q.sharpness < lim.min_sharpness:
+    if q.sharpness < lim.enrol_min_sharpness:
         raise EnrolmentRefused(
             "face_blurred",
             f"the face is blurred (sharpness {q.sharpness:.1f}, at least "
-            f"{lim.min_sharpness:g} needed): hold the camera still and focus on the face",
+            f"{lim.enrol_min_sharpness:g} needed): hold the camera still and focus on the face",
         )
-    if not abs(q.yaw) <= lim.max_yaw:  # also refuses nan
+    if not abs(q.yaw) <= lim.enrol_max_yaw:  # also refuses nan
         raise EnrolmentRefused(
             "face_not_frontal",
             f"the face is turned to the side (nose {abs(q.yaw):.2f} eye distances off centre, "
-            f"at most {lim.max_yaw:g}): ask the person to look straight at the camera",
+            f"at most {lim.enrol_max_yaw:g}): ask the person to look straight at the camera",
         )
-    if not abs(q.roll_deg) <= lim.max_roll_deg:
+    if not abs(q.roll_deg) <= lim.enrol_max_roll_deg:
         raise EnrolmentRefused(
             "face_not_frontal",
             f"the head is tilted by {abs(q.roll_deg):.1f} degrees (at most "
-            f"{lim.max_roll_deg:g}): hold the camera level and ask the person to keep the "
+            f"{lim.enrol_max_roll_deg:g}): hold the camera level and ask the person to keep the "
             "head upright",
         )
 
