@@ -3,6 +3,7 @@
 - puts the repository root on ``sys.path`` so ``gateway`` and ``tests.support`` import;
 - :func:`broker`: a throw-away mosquitto on a free 127.0.0.1 port (tests/support/broker.py);
 - :func:`make_events`: ~300-byte events, rendered exactly as the gateway renders them;
+- :func:`sqlite_outbox`: the outbox table behind a plain sqlite3 connection (the baselines);
 - :class:`Stack`: Outbox + Forwarder + Uplink wired like gateway/daemon.py, without the rest;
 - :class:`SubscriberProc`: an MQTT subscriber in a *separate process* (so its CPU does not
   share the gateway's event loop) that stamps every message with ``time.time_ns()`` on receipt;
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import re
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -34,12 +36,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from gateway.clock import ClockSync  # noqa: E402
-from gateway.config import ForwardingSection, OutboxSection  # noqa: E402
+from gateway.config import ForwardingSection, OutboxSection, UplinkSection  # noqa: E402
 from gateway.events import DeviceRef, Event, EventFactory, Lane  # noqa: E402
 from gateway.forwarder import Forwarder  # noqa: E402
-from gateway.mqtt import Uplink, UplinkSettings, UplinkState  # noqa: E402
+from gateway.mqtt import ClientOptions, Uplink, UplinkState  # noqa: E402
 from gateway.outbox import Outbox  # noqa: E402
-from gateway.store import Database, StoreOptions  # noqa: E402
+from gateway.store import MIGRATIONS, Database, StoreOptions  # noqa: E402
 from tests.support.broker import MosquittoBroker  # noqa: E402
 
 GATEWAY_ID = "bench-gw"
@@ -119,10 +121,10 @@ def make_events(n: int, kind: str = "device.heartbeat", size: int = TARGET_PAYLO
     factory = EventFactory(GATEWAY_ID, ClockSync())
     device = DeviceRef(id="t-2000001a", type="smart_terminal")
     data: dict[str, Any] = {"battery_mv": 2950, "rssi_dbm": -71}
-    probe = factory.make(kind, device=device, data=data).render(123456)
+    probe = factory.make_free(kind, device=device, data=data).render(123456)
     if len(probe.payload) + 10 < size:  # ',"note":""' is 10 bytes
         data["note"] = "x" * (size - len(probe.payload) - 10)
-    return [factory.make(kind, device=device, data=data) for _ in range(n)]
+    return [factory.make_free(kind, device=device, data=data) for _ in range(n)]
 
 
 def mixed_backlog(n: int) -> list[Event]:
@@ -136,6 +138,20 @@ def mixed_backlog(n: int) -> list[Event]:
             if i < len(group):
                 out.append(group[i])
     return out
+
+
+def sqlite_outbox(path: Path) -> sqlite3.Connection:
+    """The naive baselines' database: a new one at `path` with the outbox table (the first
+    migration), WAL and synchronous=FULL, through a stdlib sqlite3 connection in autocommit."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("BEGIN")
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("COMMIT")
+    return conn
 
 
 # -- the broker ------------------------------------------------------------------------------
@@ -185,14 +201,13 @@ class Stack:
         self.outbox = Outbox(self.db, self.limits, on_commit=self._committed)
         await self.outbox.load()
         self.uplink = Uplink(
-            UplinkSettings(
-                host="127.0.0.1",
-                port=self.port,
+            UplinkSection(host="127.0.0.1", port=self.port),
+            ClientOptions(
                 client_id=self.client_id,
                 prefix=PREFIX,
                 subscribe_commands=False,
                 max_inflight=self.forwarding.window + 16,
-            )
+            ),
         )
         self.forwarder = Forwarder(self.outbox, self.uplink, self.forwarding)
         forwarder_puback = self.uplink._puback_handler  # a benchmark probe
@@ -353,8 +368,20 @@ _SEQ_RE = re.compile(rb'"seq":(\d+)')
 _ID_RE = re.compile(rb'"id":"([^"]+)"')
 
 
-def _subscribe_main(port: int, topic: str, out: Path) -> int:
-    """Child process: record `time_ns topic seq id` for every message, line-flushed."""
+#: What a subscriber records of a message, after the time: (topic, payload) -> one line's text.
+Describe = Callable[[str, bytes | bytearray], str]
+
+
+def _describe_event(topic: str, payload: bytes | bytearray) -> str:
+    """`topic seq id` (-1 / '-' when absent): what :class:`SubscriberProc` reads back."""
+    seq = _SEQ_RE.search(payload)
+    eid = _ID_RE.search(payload)
+    return f"{topic} {int(seq.group(1)) if seq else -1} {eid.group(1).decode() if eid else '-'}"
+
+
+def subscribe(port: int, topic: str, out: Path, describe: Describe, client_id: str) -> int:
+    """Child process: record `time_ns <describe(topic, payload)>` for every message, line-flushed,
+    after an `R` line once subscribed. The MQTT client id is `client_id` and the process id."""
     import signal
 
     import paho.mqtt.client as mqtt
@@ -370,17 +397,11 @@ def _subscribe_main(port: int, topic: str, out: Path) -> int:
 
     def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         now = time.time_ns()
-        payload = msg.payload
-        seq = _SEQ_RE.search(payload)
-        eid = _ID_RE.search(payload)
-        sink.write(
-            f"{now} {msg.topic} {int(seq.group(1)) if seq else -1} "
-            f"{eid.group(1).decode() if eid else '-'}\n"
-        )
+        sink.write(f"{now} {describe(msg.topic, msg.payload)}\n")
 
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
-        client_id=f"bench-sub-{os.getpid()}",
+        client_id=f"{client_id}-{os.getpid()}",
         protocol=MQTTProtocolVersion.MQTTv5,
     )
     client.on_connect = on_connect
@@ -391,6 +412,21 @@ def _subscribe_main(port: int, topic: str, out: Path) -> int:
     client.loop_forever()
     sink.close()
     return 0
+
+
+def subscribe_command(
+    argv: Sequence[str] | None, describe: Describe, client_id: str, description: str | None = None
+) -> int:
+    """`SCRIPT subscribe --port P --topic T --out FILE` (what :class:`SubscriberProc` runs):
+    parse `argv` (default: the command line) and run :func:`subscribe`."""
+    parser = argparse.ArgumentParser(description=description)
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("subscribe")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--topic", required=True)
+    s.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    return subscribe(args.port, args.topic, args.out, describe, client_id)
 
 
 # -- the real daemon -------------------------------------------------------------------------
@@ -497,14 +533,7 @@ def thread_switches(pid: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("subscribe")
-    s.add_argument("--port", type=int, required=True)
-    s.add_argument("--topic", required=True)
-    s.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    return _subscribe_main(args.port, args.topic, args.out)
+    return subscribe_command(argv, _describe_event, "bench-sub", __doc__)
 
 
 if __name__ == "__main__":

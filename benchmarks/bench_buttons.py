@@ -37,14 +37,12 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -98,46 +96,17 @@ class EventSubscriber(h.SubscriberProc):
         return True
 
 
-def _subscribe_main(port: int, topic: str, out: Path) -> int:
-    """Child process: `time_ns kind device_id data.seq` per message (-1 / '-' when absent)."""
-    import signal
-
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
-    sink = out.open("a", buffering=1, encoding="utf-8")
-
-    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        client.subscribe(topic, qos=1)
-
-    def on_subscribe(client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
-        sink.write("R\n")
-
-    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        now = time.time_ns()
-        try:
-            body = json.loads(msg.payload)
-            kind = str(body.get("kind", "-"))
-            device = str((body.get("device") or {}).get("id", "-"))
-            seq = (body.get("data") or {}).get("seq", -1)
-            seq = seq if isinstance(seq, int) else -1
-        except (ValueError, AttributeError):
-            kind, device, seq = "-", "-", -1
-        sink.write(f"{now} {kind.replace(' ', '_')} {device.replace(' ', '_')} {seq}\n")
-
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"bench-btn-sub-{os.getpid()}",
-        protocol=MQTTProtocolVersion.MQTTv5,
-    )
-    client.on_connect = on_connect
-    client.on_subscribe = on_subscribe
-    client.on_message = on_message
-    signal.signal(signal.SIGTERM, lambda *_: client.disconnect())
-    client.connect("127.0.0.1", port, keepalive=30)
-    client.loop_forever()
-    sink.close()
-    return 0
+def _describe(topic: str, payload: bytes | bytearray) -> str:
+    """`kind device_id data.seq` of an event (-1 / '-' when absent): what EventSubscriber reads."""
+    try:
+        body = json.loads(payload)
+        kind = str(body.get("kind", "-"))
+        device = str((body.get("device") or {}).get("id", "-"))
+        seq = (body.get("data") or {}).get("seq", -1)
+        seq = seq if isinstance(seq, int) else -1
+    except (ValueError, AttributeError):
+        kind, device, seq = "-", "-", -1
+    return f"{kind.replace(' ', '_')} {device.replace(' ', '_')} {seq}"
 
 
 # -- the daemon's configuration --------------------------------------------------------------
@@ -433,12 +402,7 @@ async def run(args: argparse.Namespace, work: Path, port: int) -> int:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "subscribe":
-        sp = argparse.ArgumentParser()
-        sp.add_argument("--port", type=int, required=True)
-        sp.add_argument("--topic", required=True)
-        sp.add_argument("--out", type=Path, required=True)
-        a = sp.parse_args(sys.argv[2:])
-        return _subscribe_main(a.port, a.topic, a.out)
+        return h.subscribe_command(sys.argv[1:], _describe, "bench-btn-sub")
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,19 +39,12 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h  # puts the repository on sys.path
+from face_accuracy import load_face_recognition
 
 from drivers.camera import Camera, CameraSettings
 from drivers.motion import MotionGate
-from gateway.vision.models_check import ensure_face_models
 
 Image = npt.NDArray[np.uint8]
-
-
-def load_face_recognition() -> ModuleType:
-    ensure_face_models()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated as an API")
-        return importlib.import_module("face_recognition")
 
 
 def corridor() -> Image:

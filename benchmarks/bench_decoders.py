@@ -19,6 +19,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from drivers.buttons import ev1527_codec, terminal_codec
 from drivers.buttons.ev1527_codec import Ev1527Decoder, RfPress
@@ -112,31 +113,59 @@ def peak_kib(feed: Callable[[], None]) -> float:
     return peak / 1024
 
 
-def run_terminal(name: str, chunks: Sequence[bytes]) -> tuple[FuzzResult, list[TerminalFrame]]:
+class Decoder(Protocol):
+    @property
+    def buffered(self) -> int: ...
+
+    @property
+    def buffer_high_water(self) -> int: ...
+
+
+_D = TypeVar("_D", bound=Decoder)
+_T = TypeVar("_T")
+
+
+def fuzz(
+    name: str,
+    make: Callable[[], _D],
+    feed: Callable[[_D, float, bytes], Sequence[_T]],
+    timeline: Sequence[tuple[float, bytes]],
+) -> tuple[FuzzResult, list[_T], _D]:
+    """Feed `timeline` (reads and their times) through a fresh decoder: peak memory in a first
+    pass, then exceptions, buffer sizes and the decoded items; the note is the caller's."""
+
     def count_only() -> None:
-        dec = TerminalDecoder()
-        for chunk in chunks:
-            dec.feed(chunk)
+        dec = make()
+        for now, chunk in timeline:
+            feed(dec, now, chunk)
 
     peak = peak_kib(count_only)
-    dec = TerminalDecoder()
-    got: list[TerminalFrame] = []
+    dec = make()
+    got: list[_T] = []
     exceptions = 0
     max_buffered = 0
-    for chunk in chunks:
+    for now, chunk in timeline:
         try:
-            got.extend(dec.feed(chunk))
+            got.extend(feed(dec, now, chunk))
         except Exception:
             exceptions += 1
         max_buffered = max(max_buffered, dec.buffered)
+    fed = sum(len(x) for _, x in timeline)
+    result = FuzzResult(
+        name, fed, exceptions, max_buffered, dec.buffer_high_water, peak, len(got), ""
+    )
+    return result, got, dec
+
+
+def run_terminal(name: str, chunks: Sequence[bytes]) -> tuple[FuzzResult, list[TerminalFrame]]:
+    def feed(dec: TerminalDecoder, now: float, chunk: bytes) -> list[TerminalFrame]:
+        return dec.feed(chunk)
+
+    result, got, dec = fuzz(name, TerminalDecoder, feed, [(0.0, chunk) for chunk in chunks])
     c = dec.counters
-    note = (
+    result.note = (
         f"crc_errors={c.crc_errors} bad_length={c.bad_length} unknown_type={c.unknown_type} "
         f"bad_payload={c.bad_payload} discarded={c.bytes_discarded} overflows={c.overflows}"
-    )
-    fed = sum(len(x) for x in chunks)
-    result = FuzzResult(
-        name, fed, exceptions, max_buffered, dec.buffer_high_water, peak, len(got), note
     )
     return result, got
 
@@ -181,31 +210,15 @@ def ev_traffic(rng: random.Random, size: int) -> tuple[list[tuple[float, bytes]]
 def run_ev(
     name: str, timeline: Sequence[tuple[float, bytes]], min_repeats: int = 2
 ) -> tuple[FuzzResult, list[RfPress], Ev1527Decoder]:
-    def count_only() -> None:
-        dec = Ev1527Decoder(min_repeats)
-        for now, chunk in timeline:
-            dec.feed(chunk, now)
+    def feed(dec: Ev1527Decoder, now: float, chunk: bytes) -> list[RfPress]:
+        return dec.feed(chunk, now)
 
-    peak = peak_kib(count_only)
-    dec = Ev1527Decoder(min_repeats)
-    got: list[RfPress] = []
-    exceptions = 0
-    max_buffered = 0
-    for now, chunk in timeline:
-        try:
-            got.extend(dec.feed(chunk, now))
-        except Exception:
-            exceptions += 1
-        max_buffered = max(max_buffered, dec.buffered)
+    result, got, dec = fuzz(name, lambda: Ev1527Decoder(min_repeats), feed, timeline)
     c = dec.counters
-    note = (
+    result.note = (
         f"groups_ok={c.groups_ok} rejected={c.groups_rejected} "
         f"singletons_expired={c.singletons_expired} evictions={c.evictions} "
         f"discarded={c.bytes_discarded}"
-    )
-    fed = sum(len(x) for _, x in timeline)
-    result = FuzzResult(
-        name, fed, exceptions, max_buffered, dec.buffer_high_water, peak, len(got), note
     )
     return result, got, dec
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import sqlite3
 import sys
 import tempfile
 import time
@@ -48,7 +47,6 @@ import _harness as h
 from gateway.config import ForwardingSection, OutboxSection
 from gateway.events import Event
 from gateway.outbox import Outbox
-from gateway.store import MIGRATIONS
 
 _ids = itertools.count(1)
 BURST = 0.0  # the "rate" of the burst workload
@@ -64,6 +62,29 @@ class Writes:
     commits: int | None = None
     wal_growth: int | None = None  # cross-check runs only
     db_growth: int | None = None
+
+    @classmethod
+    def measured(
+        cls,
+        events: int,
+        seconds: float,
+        io: tuple[dict[str, int], dict[str, int], dict[str, int]],
+        commits: int | None = None,
+        wal_growth: int | None = None,
+        db_growth: int | None = None,
+    ) -> Writes:
+        """From `h.proc_io()` read at the start, before the final checkpoint and after it."""
+        start, before_checkpoint, end = io
+        return cls(
+            events=events,
+            seconds=seconds,
+            write_bytes=end["write_bytes"] - start["write_bytes"],
+            wchar=end["wchar"] - start["wchar"],
+            checkpoint_bytes=end["write_bytes"] - before_checkpoint["write_bytes"],
+            commits=commits,
+            wal_growth=wal_growth,
+            db_growth=db_growth,
+        )
 
     def per_event(self, value: int | None) -> str:
         return "n/a" if value is None else f"{value / self.events:,.0f}"
@@ -139,12 +160,10 @@ async def gateway_writes(
         io2 = h.proc_io()
         db2 = _size(path)
         commits1 = getattr(s.outbox.stats(), "commits", None)
-    return Writes(
-        events=n,
-        seconds=seconds,
-        write_bytes=io2["write_bytes"] - io0["write_bytes"],
-        wchar=io2["wchar"] - io0["wchar"],
-        checkpoint_bytes=io2["write_bytes"] - io1["write_bytes"],
+    return Writes.measured(
+        n,
+        seconds,
+        (io0, io1, io2),
         commits=None if commits0 is None or commits1 is None else commits1 - commits0,
         wal_growth=wal1 - wal0 if crosscheck else None,
         db_growth=db2 - db0 if crosscheck else None,
@@ -154,15 +173,8 @@ async def gateway_writes(
 def naive_writes(work: Path, rate: float, n: int) -> Writes:
     """One transaction per insert and one per delete; same schema and pragmas."""
     path = work / f"naive-{next(_ids)}.db"
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = h.sqlite_outbox(path)
     try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("BEGIN")
-        for statement in MIGRATIONS[0].split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         rendered = [e.render(i + 1) for i, e in enumerate(h.make_events(n))]
         io0 = h.proc_io()
@@ -189,14 +201,7 @@ def naive_writes(work: Path, rate: float, n: int) -> Writes:
         io2 = h.proc_io()
     finally:
         conn.close()
-    return Writes(
-        events=n,
-        seconds=seconds,
-        write_bytes=io2["write_bytes"] - io0["write_bytes"],
-        wchar=io2["wchar"] - io0["wchar"],
-        checkpoint_bytes=io2["write_bytes"] - io1["write_bytes"],
-        commits=2 * n,
-    )
+    return Writes.measured(n, seconds, (io0, io1, io2), commits=2 * n)
 
 
 async def main_async(args: argparse.Namespace) -> int:

@@ -43,13 +43,11 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import importlib
 import os
 import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,28 +61,16 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h  # puts the repository on sys.path
+from face_accuracy import faces_dir, load_face_recognition
 
 from drivers.sim.video import Scene, compose, write_door_video
 from gateway.vision.engine import EngineSettings, FaceEngine
 from gateway.vision.matcher import ENCODING_DIM, Gallery
-from gateway.vision.models_check import ensure_face_models
 
 Image = npt.NDArray[np.uint8]
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 FPS = 10.0
 WIDTH, HEIGHT = 640, 480
-
-
-def faces_dir() -> Path:
-    override = os.environ.get("ELDERGATE_FACES_DIR")
-    return Path(override) if override else h.REPO.parent / "shared" / "data" / "faces"
-
-
-def load_face_recognition() -> ModuleType:
-    ensure_face_models()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated as an API")
-        return importlib.import_module("face_recognition")
 
 
 def rss_mib() -> float:

@@ -28,14 +28,18 @@ import sys
 import tarfile
 import tempfile
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from gateway.faces.enrolment import EnrolmentRefused, EnrolmentSettings, encode_photo  # noqa: E402
+from gateway.faces.enrolment import (  # noqa: E402
+    EnrolmentRefused,
+    EnrolmentSettings,
+    PhotoLimits,
+    encode_photo,
+)
 from gateway.vision.engine import EngineSettings  # noqa: E402
 from gateway.vision.workers import FaceWorkerPool, WorkerLimits, worker_memory  # noqa: E402
 
@@ -124,13 +128,13 @@ def before(old_rev: str, bomb: bytes, safety: int) -> tuple[str, int, int]:
     return lines[-2], hwm, peak
 
 
-def in_worker(photo: bytes, settings: EnrolmentSettings) -> tuple[str, int, int]:
+def in_worker(photo: bytes, limits: PhotoLimits) -> tuple[str, int, int]:
     """Outcome, VmHWM and VmPeak of a fresh FaceWorkerPool worker encoding the photo."""
     pool = FaceWorkerPool(EngineSettings(), workers=1)
     try:
         pool.start()
         try:
-            pool.submit(encode_photo, photo, settings).result(timeout=600)
+            pool.submit(encode_photo, photo, EnrolmentSettings(), limits).result(timeout=600)
             result = "encoded"
         except EnrolmentRefused as exc:
             result = f"refused {exc}"
@@ -160,15 +164,15 @@ def main() -> None:
         f"before ({args.old_rev}, ulimit -v {args.safety_gib:g} GiB): {outcome}\n"
         f"  peak RSS {hwm / (1 << 30):.2f} GiB, address space {peak / (1 << 30):.2f} GiB"
     )
-    settings = EnrolmentSettings()
-    lifted = replace(settings, max_pixels=1 << 40, max_side=1 << 20)  # header check out of play
-    for label, chosen in (("after", settings), ("after, decoder limit alone", lifted)):
+    limits = PhotoLimits()
+    lifted = PhotoLimits(max_pixels=1 << 40, max_side=1 << 20)  # header check out of play
+    for label, chosen in (("after", limits), ("after, decoder limit alone", lifted)):
         outcome, hwm, peak = in_worker(bomb, chosen)
         print(
             f"{label} (FaceWorkerPool worker): {outcome}\n"
             f"  peak RSS {hwm / MIB:.0f} MiB, address space {peak / MIB:.0f} MiB"
         )
-    _, normal_hwm, normal_peak = in_worker(SALLEY.read_bytes(), settings)
+    _, normal_hwm, normal_peak = in_worker(SALLEY.read_bytes(), limits)
     print(
         f"normal enrolment (150x150 photo, fresh worker): peak RSS {normal_hwm / MIB:.0f} MiB, "
         f"address space {normal_peak / MIB:.0f} MiB of the {limit.memory_bytes / MIB:.0f} MiB limit"

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import itertools
 import random
-import sqlite3
 import sys
 import tempfile
 import time
@@ -42,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 
-from gateway.config import ForwardingSection
-from gateway.mqtt import Connection, UplinkSettings
-from gateway.store import MIGRATIONS, Database
+from gateway.config import ForwardingSection, UplinkSection
+from gateway.mqtt import ClientOptions, Connection
+from gateway.store import Database
 
 _ids = itertools.count(1)
 _INSERT = (
@@ -61,20 +60,9 @@ def _ms(values: list[float]) -> tuple[float, float]:
     return h.percentile(values, 50) * 1000, h.percentile(values, 99) * 1000
 
 
-def _schema(conn: sqlite3.Connection) -> None:
-    conn.execute("BEGIN")
-    for statement in MIGRATIONS[0].split(";"):
-        if statement.strip():
-            conn.execute(statement)
-    conn.execute("COMMIT")
-
-
 async def sqlite_commits(work: Path, payload: bytes, args: argparse.Namespace) -> list[float]:
     path = work / f"sq-{next(_ids)}.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
-    _schema(conn)
+    conn = h.sqlite_outbox(path)
     rng = random.Random(1)
     out = []
     try:
@@ -109,12 +97,9 @@ async def aiosqlite_commits(work: Path, payload: bytes, args: argparse.Namespace
 
 
 async def raw_pubacks(port: int, payload: bytes, args: argparse.Namespace) -> list[float]:
-    settings = UplinkSettings(
-        host="127.0.0.1",
-        port=port,
-        client_id=f"bench-raw-{next(_ids)}",
-        prefix=h.PREFIX,
-        subscribe_commands=False,
+    section = UplinkSection(host="127.0.0.1", port=port)
+    options = ClientOptions(
+        client_id=f"bench-raw-{next(_ids)}", prefix=h.PREFIX, subscribe_commands=False
     )
     loop = asyncio.get_running_loop()
     waiting: dict[int, asyncio.Future[float]] = {}
@@ -124,7 +109,7 @@ async def raw_pubacks(port: int, payload: bytes, args: argparse.Namespace) -> li
         if future is not None and not future.done():
             future.set_result(time.perf_counter())
 
-    conn = await Connection.open(settings, on_puback, lambda msg: None)
+    conn = await Connection.open(section, options, on_puback, lambda msg: None)
     rng = random.Random(3)
     out = []
     try:

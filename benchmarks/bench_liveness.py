@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import statistics
 import sys
 import time
@@ -35,6 +34,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from face_accuracy import CLIP, IMAGE_SUFFIXES, add_clip_options, faces_dir, video_dir  # noqa: E402
 
 from drivers.sim.video import handheld_print, iter_frames, video_fps  # noqa: E402
 from gateway.vision.engine import EngineSettings, FaceEngine  # noqa: E402
@@ -51,20 +52,6 @@ from gateway.vision.liveness import (  # noqa: E402
 
 WINDOW_S = 3.0  # the decision window (gateway.vision.decision.DEFAULT_WINDOW_S)
 RATES_FPS = (30.0, 10.0, 5.0, 3.0, 2.0)
-
-
-def shared() -> Path:
-    return REPO.parent / "shared" / "data"
-
-
-def faces_dir() -> Path:
-    override = os.environ.get("ELDERGATE_FACES_DIR")
-    return Path(override) if override else shared() / "faces"
-
-
-def video_path() -> Path:
-    override = os.environ.get("ELDERGATE_VIDEO_DIR")
-    return (Path(override) if override else shared() / "video") / "short_hamilton_clip.mp4"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +90,9 @@ def crops_of(frames: Sequence[np.ndarray], fps: float, engine: FaceEngine, first
 def clip_crops(engine: FaceEngine, start: int = 0, count: int | None = None) -> Crops:
     """The crops of the clip's frames `start` .. `start + count - 1` (None: to the end)."""
     end = None if count is None else start + count
-    frames = list(itertools.islice(iter_frames(video_path()), start, end))
-    return crops_of(frames, video_fps(video_path()), engine, start)
+    clip = video_dir() / CLIP
+    frames = list(itertools.islice(iter_frames(clip), start, end))
+    return crops_of(frames, video_fps(clip), engine, start)
 
 
 def samples_of(crops: Crops, max_gap_s: float = 1.5) -> list[PairSample]:
@@ -178,15 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(seeds 1-2; revised once after seed 4 on the odd ones): report on the "
         "odd-numbered ones (default, seed 5), those, or all",
     )
-    parser.add_argument(
-        "--clip-start", type=int, default=0, help="first frame of the clip analysed (default 0)"
-    )
-    parser.add_argument(
-        "--clip-frames",
-        type=int,
-        default=None,
-        help="frames of the clip analysed from --clip-start (default: to the end)",
-    )
+    add_clip_options(parser)
     args = parser.parse_args(argv)
     if args.clip_start < 0 or (args.clip_frames is not None and args.clip_frames < 2):
         parser.error("--clip-start must be >= 0 and --clip-frames >= 2")
@@ -212,9 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"motion % {percentiles([s.motion_pct for s in pooled])}; {kinds(pooled)}"
         )
 
-    every = sorted(
-        p for p in faces_dir().glob("*/*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"}
-    )
+    every = sorted(p for p in faces_dir().glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES)
     chosen = {"held-out": every[1::2], "tuning": every[::2], "all": every}[args.set]
     photos = chosen[: args.photos]
     print(f"photo attacks on the {args.set} photos ({len(photos)}), seed {args.seed}")

@@ -17,28 +17,19 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
+from face_accuracy import load_face_recognition
 
 from gateway.vision.matcher import ENCODING_DIM, Gallery
-from gateway.vision.models_check import ensure_face_models
 
 SIZES = (1_000, 16_884, 178_200)
-
-
-def load_face_recognition() -> ModuleType:
-    ensure_face_models()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated as an API")
-        return importlib.import_module("face_recognition")
 
 
 def random_gallery(

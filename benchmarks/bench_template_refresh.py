@@ -199,13 +199,6 @@ def evaluate(
     return runs
 
 
-def percent_spread(values: Sequence[float]) -> str:
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return "n/a"
-    return f"{statistics.median(finite):6.1%} [{min(finite):6.1%}, {max(finite):6.1%}]"
-
-
 def print_report(report: Report) -> None:
     folds = report.folds
     points = [f.point.threshold for f in folds]
@@ -237,7 +230,7 @@ def print_report(report: Report) -> None:
         worst = f"{max(r.distance for r in refreshes):5.3f}" if refreshes else f"{'-':>5}"
         near = f"{to_refreshed:8.3f}" if math.isfinite(to_refreshed) else f"{'-':>8}"
         print(
-            f"{name:<16} | {percent_spread([t.tar for t in tallies]):<25} "
+            f"{name:<16} | {fa.spread([t.tar for t in tallies], '6.1%', labelled=False):<25} "
             f"{sum(t.true_accepts for t in tallies):4d}/{visits:<4d} "
             f"{sum(t.wrong_accepts for t in tallies):5d} | "
             f"{len(refreshes):4d} {far:4d} {worst} | "
@@ -263,10 +256,7 @@ def run(argv: Sequence[str] | None = None, encoded: fa.Encoded | None = None) ->
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 of the 5 folds")
     fa.add_selection_options(parser)
     args = parser.parse_args(argv)
-    root = fa.faces_dir()
-    if not root.is_dir():
-        parser.error(f"no photos at {root} (set ELDERGATE_FACES_DIR)")
-    photos = fa.select_photos(fa.list_photos(root), args.people, args.photos)
+    root, photos = fa.selected_photos(parser, args)
     if encoded is None:
         config = fa.EncodeConfig(upsample=0, landmarks="small", jitters=1)
         encoded = fa.encode_photos(photos, config)

@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h
 
 from common.aio import wait_event
-from gateway.config import ForwardingSection, OutboxSection
+from gateway.config import ForwardingSection, OutboxSection, UplinkSection
 from gateway.events import Event
-from gateway.mqtt import Connection, UplinkSettings
+from gateway.mqtt import ClientOptions, Connection
 from gateway.outbox import Outbox
 
 _ids = itertools.count(1)
@@ -121,9 +121,8 @@ async def run_outbox_only(work: Path, events: list[Event], args: argparse.Namesp
 
 
 async def run_raw(port: int, payloads: list[tuple[str, bytes]], args: argparse.Namespace) -> float:
-    settings = UplinkSettings(
-        host="127.0.0.1",
-        port=port,
+    section = UplinkSection(host="127.0.0.1", port=port)
+    options = ClientOptions(
         client_id=f"bench-raw-{next(_ids)}",
         prefix=h.PREFIX,
         subscribe_commands=False,
@@ -140,7 +139,7 @@ async def run_raw(port: int, payloads: list[tuple[str, bytes]], args: argparse.N
             acked += 1
             wake.set()
 
-    conn = await Connection.open(settings, on_puback, lambda msg: None)
+    conn = await Connection.open(section, options, on_puback, lambda msg: None)
     try:
         n = len(payloads)
         sent = 0

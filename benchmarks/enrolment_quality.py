@@ -56,7 +56,7 @@ if str(REPO) not in sys.path:
 import cv2  # noqa: E402
 import face_accuracy as fa  # noqa: E402
 
-from gateway.faces.enrolment import EnrolmentSettings, encode_photo  # noqa: E402
+from gateway.faces.enrolment import EnrolmentSettings, PhotoLimits, encode_photo  # noqa: E402
 from gateway.faces.quality import FaceQuality, QualityLimits, check, measure  # noqa: E402
 from gateway.faces.store import EnrolmentRefused  # noqa: E402
 
@@ -84,20 +84,20 @@ SIZE_AND_QUALITY_CODES = frozenset(
 @dataclass(frozen=True, slots=True)
 class Gate:
     field: str  # of FaceQuality (absolute value for yaw and roll)
-    limit: str  # of QualityLimits
+    limit: str  # of QualityLimits (the [access] key)
     upper: bool  # the limit is a maximum
     kind: str  # the degradations that should trip it ("" = none can be made)
     fraction: bool = False
 
 
 GATES = (
-    Gate("sharpness", "min_sharpness", upper=False, kind="blur"),
-    Gate("brightness", "min_brightness", upper=False, kind="dark"),
-    Gate("brightness", "max_brightness", upper=True, kind="over"),
-    Gate("clipped", "max_clipped", upper=True, kind="over", fraction=True),
-    Gate("contrast", "min_contrast", upper=False, kind="flat"),
-    Gate("yaw", "max_yaw", upper=True, kind=""),
-    Gate("roll_deg", "max_roll_deg", upper=True, kind="roll"),
+    Gate("sharpness", "enrol_min_sharpness", upper=False, kind="blur"),
+    Gate("brightness", "enrol_min_brightness", upper=False, kind="dark"),
+    Gate("brightness", "enrol_max_brightness", upper=True, kind="over"),
+    Gate("clipped", "enrol_max_clipped", upper=True, kind="over", fraction=True),
+    Gate("contrast", "enrol_min_contrast", upper=False, kind="flat"),
+    Gate("yaw", "enrol_max_yaw", upper=True, kind=""),
+    Gate("roll_deg", "enrol_max_roll_deg", upper=True, kind="roll"),
 )
 
 
@@ -150,13 +150,13 @@ class Face:
     location: tuple[int, int, int, int]
 
 
-def decoded(data: bytes, settings: EnrolmentSettings) -> Rgb:
+def decoded(data: bytes, limits: PhotoLimits) -> Rgb:
     """The RGB pixels `_encode` detects on: decoded, longest side at most `max_side`."""
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     assert image is not None, "not an image"
     longest = max(image.shape[:2])
-    if longest > settings.max_side:
-        ratio = settings.max_side / longest
+    if longest > limits.max_side:
+        ratio = limits.max_side / longest
         size = (max(1, round(image.shape[1] * ratio)), max(1, round(image.shape[0] * ratio)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), dtype=np.uint8)
@@ -164,12 +164,13 @@ def decoded(data: bytes, settings: EnrolmentSettings) -> Rgb:
 
 def analyse(fr: ModuleType, rgb: Rgb, settings: EnrolmentSettings) -> Face | str:
     """Measure and encode the one face, or the refusal code when there is not exactly one."""
-    locations = fr.face_locations(rgb, number_of_times_to_upsample=settings.upsample)
+    locations = fr.face_locations(rgb, number_of_times_to_upsample=settings.enrol_upsample)
     if len(locations) != 1:
         return "no_face" if not locations else "multiple_faces"
     location = tuple(locations[0])
     (landmarks,) = fr.face_landmarks(rgb, [location], model="small")
-    (encoding,) = fr.face_encodings(rgb, [location], num_jitters=settings.jitters, model="small")
+    jitters = settings.enrol_jitters
+    (encoding,) = fr.face_encodings(rgb, [location], num_jitters=jitters, model="small")
     return Face(measure(rgb, location, landmarks), np.asarray(encoding, np.float32), location)
 
 
@@ -256,7 +257,7 @@ class Study:
     def run(self, photos: Sequence[fa.Photo]) -> None:
         half = halves(photos)
         for photo in photos:
-            rgb = decoded(photo.path.read_bytes(), self.settings)
+            rgb = decoded(photo.path.read_bytes(), PhotoLimits())
             face = analyse(self.fr, rgb, self.settings)
             if isinstance(face, str):
                 self.not_one.append((photo, face))
@@ -378,7 +379,7 @@ def report_degradations(study: Study, limits: QualityLimits) -> None:
 def report_derived(study: Study, limits: QualityLimits) -> None:
     print("\n== 3. limits derived on the tuning half (odd-numbered people) vs the defaults ==")
     for key, (limit, why) in derive(study).items():
-        print(f"{key:15s} derived {limit:8.3f}   default {getattr(limits, key):8.3f}   ({why})")
+        print(f"{key:20s} derived {limit:8.3f}   default {getattr(limits, key):8.3f}   ({why})")
 
 
 def report_real(study: Study, photos: Sequence[fa.Photo], settings: EnrolmentSettings) -> None:
@@ -404,7 +405,7 @@ def report_real(study: Study, photos: Sequence[fa.Photo], settings: EnrolmentSet
     accepted = [
         own_distance(s.face.encoding, study.others_of(s))
         for s in study.samples
-        if outcome(s.face.quality, settings.quality) == ACCEPTED and study.others_of(s)
+        if outcome(s.face.quality, settings) == ACCEPTED and study.others_of(s)
     ]
     median = float(np.median(accepted))
     print(f"accepted photos: median distance to the person's other photos {median:.3f}")
@@ -431,7 +432,7 @@ def report_real(study: Study, photos: Sequence[fa.Photo], settings: EnrolmentSet
         tenth = max(1, len(ranked) // 10)
         worst = [own_distance(s.face.encoding, study.others_of(s)) for s in ranked[:tenth]]
         rest = [own_distance(s.face.encoding, study.others_of(s)) for s in ranked[tenth:]]
-        print(f"  {gate.limit:15s} worst {tenth}: {np.median(worst):.3f}", end="")
+        print(f"  {gate.limit:20s} worst {tenth}: {np.median(worst):.3f}", end="")
         print(f"   rest: {np.median(rest):.3f}")
     for still in sorted(fa.video_dir().glob("*.png")):  # the door's enrolment stills
         try:
@@ -445,10 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     fa.add_selection_options(parser)
     args = parser.parse_args(argv)
-    root = fa.faces_dir()
-    if not root.is_dir():
-        parser.error(f"no photos at {root} (set ELDERGATE_FACES_DIR)")
-    photos = fa.select_photos(fa.list_photos(root), args.people, args.photos)
+    root, photos = fa.selected_photos(parser, args)
     settings = EnrolmentSettings()
     tuned = sorted(p for p, h in halves(photos).items() if h == "tune")
     print(f"{len(photos)} photos of {len({p.person for p in photos})} people from {root}")
@@ -458,8 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for photo, code in study.not_one:
         print(f"not exactly one face ({code}): {photo.person}/{photo.path.name}")
     report_measures(study)
-    report_degradations(study, settings.quality)
-    report_derived(study, settings.quality)
+    report_degradations(study, settings)
+    report_derived(study, settings)
     report_real(study, photos, settings)
     return 0
 

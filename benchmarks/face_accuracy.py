@@ -131,6 +131,30 @@ def add_selection_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def selected_photos(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[Path, list[Photo]]:
+    """The shared photos' folder and the photos chosen by `add_selection_options`; a usage
+    error (`parser.error`) when there is no such folder."""
+    root = faces_dir()
+    if not root.is_dir():
+        parser.error(f"no photos at {root} (set ELDERGATE_FACES_DIR)")
+    return root, select_photos(list_photos(root), args.people, args.photos)
+
+
+def add_clip_options(parser: argparse.ArgumentParser) -> None:
+    """--clip-start / --clip-frames: analyse part of the real clip (default: all of it)."""
+    parser.add_argument(
+        "--clip-start", type=int, default=0, help="first frame of the clip analysed (default 0)"
+    )
+    parser.add_argument(
+        "--clip-frames",
+        type=positive,
+        default=None,
+        help="frames of the clip analysed from --clip-start (default: to the end)",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class EncodeConfig:
     upsample: int = 0
@@ -560,11 +584,16 @@ def cross_validate(
     return results
 
 
-def spread(values: Sequence[float]) -> str:
+def spread(values: Sequence[float], spec: str = ".3f", labelled: bool = True) -> str:
+    """'median M [min A, max B]' of the values that are not NaN, each in format `spec`
+    ('M [A, B]' unless `labelled`; 'n/a' when there are none)."""
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return "n/a"
-    return f"median {statistics.median(finite):.3f} [min {min(finite):.3f}, max {max(finite):.3f}]"
+    mid, low, high = (
+        format(v, spec) for v in (statistics.median(finite), min(finite), max(finite))
+    )
+    return f"median {mid} [min {low}, max {high}]" if labelled else f"{mid} [{low}, {high}]"
 
 
 def report_held_out(encoded: Encoded, enrol_count: int = 1) -> list[FoldResult]:
@@ -829,20 +858,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="skip the in-sample tables: only the held-out folds and the real clip",
     )
     add_selection_options(parser)
-    parser.add_argument(
-        "--clip-start", type=int, default=0, help="first frame of the clip analysed (default 0)"
-    )
-    parser.add_argument(
-        "--clip-frames",
-        type=positive,
-        default=None,
-        help="frames of the clip analysed from --clip-start (default: to the end)",
-    )
+    add_clip_options(parser)
     args = parser.parse_args(argv)
-    root = faces_dir()
-    if not root.is_dir():
-        parser.error(f"no photos at {root} (set ELDERGATE_FACES_DIR)")
-    photos = select_photos(list_photos(root), args.people, args.photos)
+    root, photos = selected_photos(parser, args)
     print(f"{len(photos)} photos of {len({p.person for p in photos})} people from {root}")
     daemon = EncodeConfig(upsample=0, landmarks="small")
     encoded_daemon: Encoded | None = None

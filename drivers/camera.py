@@ -6,7 +6,7 @@ and counted, never queued). The event loop takes frames with :meth:`Camera.wait_
 newest frame newer than the one it already has) or :meth:`Camera.latest`. A frame that is
 replaced in the slot before anybody took it counts as dropped.
 
-Sources (``CameraSettings.source``):
+Sources (``CameraParams.source``):
 
 * ``"0"``, ``"1"``...: a USB camera by index, V4L2 on Linux (``/dev/video<N>`` must exist);
 * ``/dev/...``: a device path (``/dev/video0``, ``/dev/v4l/by-id/...``), V4L2;
@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import cv2
@@ -58,6 +58,7 @@ from common.backoff import Backoff
 
 __all__ = [
     "Camera",
+    "CameraParams",
     "CameraSettings",
     "CameraStats",
     "Frame",
@@ -129,9 +130,34 @@ def redact_source(source: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+class CameraParams(Protocol):
+    """What a :class:`Camera` reads: a :class:`CameraSettings`, or a configuration section with
+    these fields (the gateway's ``[access.camera]``, whose ranges are checked when the file is
+    loaded). See :class:`CameraSettings` for what each means."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def fps(self) -> float: ...
+    @property
+    def loop_file(self) -> bool: ...
+    @property
+    def reopen_min_s(self) -> float: ...
+    @property
+    def reopen_max_s(self) -> float: ...
+    @property
+    def stall_s(self) -> float: ...
+    @property
+    def open_timeout_s(self) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CameraSettings:
-    """Where the camera is and how to read it.
+    """Where the camera is and how to read it (for standalone use: benchmarks, tests).
 
     ``source``: see :func:`source_kind`. ``width``/``height``/``fps``: requested from devices;
     files are paced at ``min(file fps, fps)``. ``loop_file``: a file that ends starts again
@@ -262,14 +288,12 @@ class Camera:
     No I/O happens before :meth:`start`. Call :meth:`stop` (awaited) to end it.
     """
 
-    def __init__(
-        self, settings: CameraSettings, on_state: OnState, *, name: str = "camera"
-    ) -> None:
+    def __init__(self, settings: CameraParams, on_state: OnState, *, name: str = "camera") -> None:
         self._settings = settings
         self._on_state = on_state
         self._name = name
-        self._kind = settings.kind
-        self._redacted = settings.redacted_source
+        self._kind = source_kind(settings.source)
+        self._redacted = redact_source(settings.source)
         # At a very low frame rate the gap between two frames is not a stall: the limit is at
         # least two frame periods (of the file's own rate too, set at each open).
         self._stall_s = max(settings.stall_s, 2.0 / settings.fps)
@@ -294,7 +318,7 @@ class Camera:
         self._failures = 0
 
     @property
-    def settings(self) -> CameraSettings:
+    def settings(self) -> CameraParams:
         return self._settings
 
     @property

@@ -47,7 +47,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
-from drivers.stream_decoder import StreamDecoder
+from drivers.stream_decoder import StreamDecoder, Verdict
 
 __all__ = [
     "ETX",
@@ -146,21 +146,19 @@ def encode_line(card: str, ending: bytes = b"\r\n") -> bytes:
 
 
 class _Base(StreamDecoder[CardRead]):
-    __slots__ = ("_checksum_errors", "_damaged", "_reads")
+    __slots__ = ("_checksum_errors",)
     max_buffer = MAX_BUFFER
     longest = 32  # between chunks the buffer holds less than this
 
     def __init__(self) -> None:
         super().__init__()
-        self._reads = 0
-        self._damaged = 0
         self._checksum_errors = 0
 
     @property
     def counters(self) -> CardReaderCounters:
         return CardReaderCounters(
-            self._reads,
-            self._damaged,
+            self._accepted,
+            self._rejected,
             self._checksum_errors,
             self._bytes_discarded,
             self._overflows,
@@ -174,43 +172,19 @@ class Em4100Decoder(_Base):
     """
 
     __slots__ = ()
+    marker = bytes((STX,))
 
-    def _extract(self, out: list[CardRead]) -> None:
+    def _judge(self, at: int, n: int) -> Verdict[CardRead]:
         buf = self._buf
-        n = len(buf)
-        pos = 0
-        while True:
-            s = buf.find(STX, pos)
-            if s < 0:
-                self._bytes_discarded += n - pos
-                pos = n
-                break
-            self._bytes_discarded += s - pos
-            pos = s
-            verdict = self._judge(buf, s, n)
-            if verdict is None:
-                break  # a valid prefix: wait for more bytes
-            if isinstance(verdict, CardRead):
-                out.append(verdict)
-                self._reads += 1
-                pos = s + _EM_LEN
-                continue
-            self._damaged += 1
-            self._bytes_discarded += 1
-            pos = s + 1
-        del buf[:pos]
-
-    def _judge(self, buf: bytearray, s: int, n: int) -> CardRead | bool | None:
-        """A read, False (rejected), or None (a valid prefix so far)."""
-        end = min(n, s + _EM_LEN)
-        for i in range(s + 1, min(end, s + 13)):
+        end = min(n, at + _EM_LEN)
+        for i in range(at + 1, min(end, at + 13)):
             if buf[i] not in _HEX:
                 return False
-        if end < s + _EM_LEN:
+        if end < at + _EM_LEN:
             return None
-        if buf[s + 13] != ETX:
+        if buf[at + 13] != ETX:
             return False
-        digits = buf[s + 1 : s + 13]
+        digits = buf[at + 1 : at + 13]
         values = [_HEX_VALUE[digits[i]] << 4 | _HEX_VALUE[digits[i + 1]] for i in range(0, 12, 2)]
         checksum = 0
         for value in values[:5]:
@@ -218,7 +192,7 @@ class Em4100Decoder(_Base):
         if checksum != values[5]:
             self._checksum_errors += 1
             return False
-        return CardRead(bytes(digits[:10]).decode("ascii").lower())
+        return CardRead(bytes(digits[:10]).decode("ascii").lower()), _EM_LEN
 
 
 class LineDecoder(_Base):
@@ -248,7 +222,7 @@ class LineDecoder(_Base):
                     # Cannot be a read any more: drop it now, keep dropping to its terminator.
                     self._bytes_discarded += n - pos
                     if not self._overlong:
-                        self._damaged += 1
+                        self._rejected += 1
                     self._overlong = True
                     pos = n
                 break
@@ -262,9 +236,9 @@ class LineDecoder(_Base):
                 pass  # the LF of CR LF, or a blank line
             elif LINE_MIN <= len(line) <= LINE_MAX and all(c in _HEX for c in line):
                 out.append(CardRead(bytes(line).decode("ascii").lower()))
-                self._reads += 1
+                self._accepted += 1
             else:
-                self._damaged += 1
+                self._rejected += 1
                 self._bytes_discarded += len(line)
             pos = end + 1
         del buf[:pos]

@@ -19,7 +19,6 @@ door unlocked.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import math
 import time
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from common.errors import ConfigError, TransientError
+from drivers.gpio import claim_output
 from drivers.relay_board import RelayError, SerialRelayBoard
 
 __all__ = [
@@ -176,17 +176,9 @@ class GpioDoor(_RelayDoor):
     @classmethod
     def create(cls, pin: int, active_high: bool) -> GpioDoor:
         """ConfigError when gpiozero (or the pin) is not usable on this machine."""
-        try:
-            gpiozero = importlib.import_module("gpiozero")
-        except ImportError as exc:
-            raise ConfigError(
-                'access.door.kind = "gpio" needs the gpiozero package (and a GPIO header); '
-                'install it or use kind = "log" or "serial_relay"'
-            ) from exc
-        try:
-            device = gpiozero.OutputDevice(pin, active_high=active_high, initial_value=False)
-        except Exception as exc:  # gpiozero raises many types for "no GPIO here"
-            raise ConfigError(f"access.door.pin {pin}: cannot use this GPIO pin: {exc}") from exc
+        device = claim_output(
+            pin, active_high, section="access.door", instead='kind = "log" or "serial_relay"'
+        )
         return cls(device, name=f"gpio {pin}")
 
     async def _switch(self, on: bool) -> None:

@@ -20,7 +20,6 @@ An exit-request button is the same kind of input: ``raw_open`` then means "press
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import math
 import time
@@ -28,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from common.errors import ConfigError
+from drivers.gpio import claim_pin
 
 __all__ = [
     "ContactInput",
@@ -195,17 +194,15 @@ class GpioContact:
     @classmethod
     def create(cls, pin: int, pull_up: bool, open_is_high: bool) -> GpioContact:
         """ConfigError when gpiozero (or the pin) is not usable on this machine."""
-        try:
-            gpiozero = importlib.import_module("gpiozero")
-        except ImportError as exc:
-            raise ConfigError(
-                "a GPIO door contact or exit button needs the gpiozero package (and a GPIO "
-                'header); install it or use kind = "simulated"'
-            ) from exc
-        try:
-            device = gpiozero.DigitalInputDevice(pin, pull_up=pull_up, bounce_time=None)
-        except Exception as exc:  # gpiozero raises many types for "no GPIO here"
-            raise ConfigError(f"GPIO pin {pin}: cannot use it as an input: {exc}") from exc
+        device = claim_pin(
+            "DigitalInputDevice",
+            pin,
+            pull_up=pull_up,
+            bounce_time=None,
+            needed_by="a GPIO door contact or exit button",
+            instead='kind = "simulated"',
+            unusable=f"GPIO pin {pin}: cannot use it as an input",
+        )
         return cls(device, pull_up, open_is_high, name=f"gpio {pin}")
 
     def _raw_open(self, active: bool) -> bool:

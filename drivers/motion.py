@@ -31,17 +31,38 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MotionGate", "MotionSettings"]
+__all__ = ["MotionGate", "MotionParams", "MotionSettings"]
+
+
+class MotionParams(Protocol):
+    """What a :class:`MotionGate` reads: a :class:`MotionSettings`, or a configuration section
+    with these fields (the gateway's ``[access.motion]``, whose ranges are checked when the file
+    is loaded)."""
+
+    @property
+    def scale_width(self) -> int: ...
+    @property
+    def pixel_delta(self) -> int: ...
+    @property
+    def min_changed_fraction(self) -> float: ...
+    @property
+    def hold_s(self) -> float: ...
+    @property
+    def refresh_s(self) -> float: ...
+    @property
+    def adapt_s(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
 class MotionSettings:
-    """See the module doc. Times are seconds of the caller's monotonic clock."""
+    """See the module doc (for standalone use: benchmarks, tests). Times are seconds of the
+    caller's monotonic clock."""
 
     scale_width: int = 160
     pixel_delta: int = 16
@@ -74,8 +95,8 @@ class MotionSettings:
 class MotionGate:
     """Decides per frame whether the scene changed enough to look for faces; see module doc."""
 
-    def __init__(self, settings: MotionSettings | None = None) -> None:
-        self._settings = settings or MotionSettings()
+    def __init__(self, settings: MotionParams | None = None) -> None:
+        self._settings = settings if settings is not None else MotionSettings()
         self._reference: npt.NDArray[np.float32] | None = None
         self._source_shape: tuple[int, ...] = ()
         self._last_update: float = 0.0
@@ -84,7 +105,7 @@ class MotionGate:
         self._last_fraction = 0.0
 
     @property
-    def settings(self) -> MotionSettings:
+    def settings(self) -> MotionParams:
         return self._settings
 
     @property

@@ -23,7 +23,6 @@ GPIO pin is allowed). :meth:`Output.open` may be awaited at start to find a miss
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any, Final, Protocol
 
 from common.backoff import Backoff
 from common.errors import ConfigError
+from drivers.gpio import claim_output
 from drivers.relay_board import RelayError, SerialRelayBoard
 
 _LOGGER = logging.getLogger(__name__)
@@ -122,17 +122,7 @@ class GpioOutput:
 
     @classmethod
     def create(cls, pin: int, active_high: bool) -> GpioOutput:
-        try:
-            gpiozero = importlib.import_module("gpiozero")
-        except ImportError as exc:
-            raise ConfigError(
-                'buttons.output.kind = "gpio" needs the gpiozero package (and a GPIO header); '
-                'install it or use kind = "log"'
-            ) from exc
-        try:
-            device = gpiozero.OutputDevice(pin, active_high=active_high, initial_value=False)
-        except Exception as exc:  # gpiozero raises many types for "no GPIO here"
-            raise ConfigError(f"buttons.output.pin {pin}: cannot use this GPIO pin: {exc}") from exc
+        device = claim_output(pin, active_high, section="buttons.output", instead='kind = "log"')
         return cls(device)
 
     @property

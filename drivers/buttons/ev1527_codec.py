@@ -43,7 +43,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
-from drivers.stream_decoder import StreamDecoder
+from drivers.stream_decoder import StreamDecoder, Verdict
 
 __all__ = [
     "END",
@@ -130,15 +130,11 @@ class FramerCounters:
 
 
 @dataclass(frozen=True, slots=True)
-class Ev1527Counters:
+class Ev1527Counters(FramerCounters):
     """Framer counters plus: ``presses`` returned; ``singletons_expired`` codes that were seen
     but never confirmed within the window (for ``min_repeats=2``: seen exactly once);
     ``evictions`` codes dropped because ``max_codes`` were already tracked."""
 
-    groups_ok: int = 0
-    groups_rejected: int = 0
-    bytes_discarded: int = 0
-    overflows: int = 0
     presses: int = 0
     singletons_expired: int = 0
     evictions: int = 0
@@ -150,65 +146,39 @@ class Ev1527Framer(StreamDecoder[RfGroup]):
     Invariant (tested): ``groups bytes + bytes_discarded + buffered == total bytes fed``.
     """
 
-    __slots__ = ("_allow_long", "_allow_short", "_groups_ok", "_groups_rejected")
+    __slots__ = ("_sizes",)
     max_buffer = MAX_BUFFER
     longest = _LONG
+    marker = bytes((START,))
 
     def __init__(self, extra_byte: bool | None = None) -> None:
         super().__init__()
-        self._allow_short = extra_byte is not True
-        self._allow_long = extra_byte is not False
-        self._groups_ok = 0
-        self._groups_rejected = 0
+        # The group sizes accepted, tried in this order.
+        self._sizes: tuple[int, ...] = (_SHORT, _LONG)
+        if extra_byte is True:
+            self._sizes = (_LONG,)
+        elif extra_byte is False:
+            self._sizes = (_SHORT,)
 
     @property
     def counters(self) -> FramerCounters:
         return FramerCounters(
-            self._groups_ok, self._groups_rejected, self._bytes_discarded, self._overflows
+            self._accepted, self._rejected, self._bytes_discarded, self._overflows
         )
 
-    def _extract(self, out: list[RfGroup]) -> None:
+    def _judge(self, at: int, n: int) -> Verdict[RfGroup]:
         buf = self._buf
-        n = len(buf)
-        pos = 0
-        while True:
-            s = buf.find(START, pos)
-            if s < 0:
-                self._bytes_discarded += n - pos
-                pos = n
-                break
-            self._bytes_discarded += s - pos
-            pos = s
-            if self._allow_short:
-                if n - s < _SHORT:
-                    break
-                if buf[s + 4] == END:
-                    out.append(
-                        RfGroup(
-                            buf[s + 1] << 12 | buf[s + 2] << 4 | buf[s + 3] >> 4, buf[s + 3] & 0xF
-                        )
-                    )
-                    self._groups_ok += 1
-                    pos = s + _SHORT
-                    continue
-            if self._allow_long:
-                if n - s < _LONG:
-                    break
-                if buf[s + 5] == END:
-                    out.append(
-                        RfGroup(
-                            buf[s + 1] << 12 | buf[s + 2] << 4 | buf[s + 3] >> 4,
-                            buf[s + 3] & 0xF,
-                            buf[s + 4],
-                        )
-                    )
-                    self._groups_ok += 1
-                    pos = s + _LONG
-                    continue
-            self._groups_rejected += 1
-            self._bytes_discarded += 1
-            pos = s + 1
-        del buf[:pos]
+        for size in self._sizes:
+            if n - at < size:
+                return None
+            if buf[at + size - 1] == END:
+                group = RfGroup(
+                    buf[at + 1] << 12 | buf[at + 2] << 4 | buf[at + 3] >> 4,
+                    buf[at + 3] & 0xF,
+                    buf[at + 4] if size == _LONG else None,
+                )
+                return group, size
+        return False
 
 
 @dataclass(slots=True)

@@ -179,144 +179,114 @@ def _check_range(name: str, value: int, low: int, high: int) -> None:
         raise ValueError(f"{name} must be an int in {low}..{high}, got {value!r}")
 
 
-def _check_header(device_id: int, seq: int) -> None:
-    _check_range("device_id", device_id, 0, 0xFFFFFFFF)
-    _check_range("seq", seq, 0, 0xFF)
-
-
 # Frames. Each validates its fields on construction, so every frame object that exists can be
-# encoded and means what the table says. (No shared base class: zero-argument super() does not
-# work in slots dataclasses on Python 3.11.)
+# encoded and means what the table says. (`_Frame` checks the header, then calls the frame's
+# own `_check`: a frame's `__post_init__` could not call super()'s, zero-argument super() does
+# not work in slots dataclasses on Python 3.11.)
 
 
 @dataclass(frozen=True, slots=True)
-class Press:
-    """0x01 PRESS: an SOS button was pressed."""
+class _Frame:
+    """What every plain frame carries: the terminal's device id and the frame's seq."""
 
     device_id: int
     seq: int
+
+    def __post_init__(self) -> None:
+        _check_range("device_id", self.device_id, 0, 0xFFFFFFFF)
+        _check_range("seq", self.seq, 0, 0xFF)
+        self._check()
+
+    def _check(self) -> None:
+        """Validate the payload fields (a frame without any has nothing to check)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Press(_Frame):
+    """0x01 PRESS: an SOS button was pressed."""
+
     button: int
     kind: PressKind
 
-    def __post_init__(self) -> None:
-        _check_header(self.device_id, self.seq)
+    def _check(self) -> None:
         _check_range("button", self.button, 0, 0xFF)
         if not isinstance(self.kind, PressKind):
             raise TypeError(f"kind must be a PressKind, got {self.kind!r}")
 
 
 @dataclass(frozen=True, slots=True)
-class Cancel:
+class Cancel(_Frame):
     """0x02 CANCEL: the resident cancelled the alarm."""
-
-    device_id: int
-    seq: int
-
-    def __post_init__(self) -> None:
-        _check_header(self.device_id, self.seq)
 
 
 @dataclass(frozen=True, slots=True)
-class Heartbeat:
+class Heartbeat(_Frame):
     """0x03 HEARTBEAT: battery in mV and received signal strength in dBm (signed)."""
 
-    device_id: int
-    seq: int
     battery_mv: int
     rssi_dbm: int
 
-    def __post_init__(self) -> None:
-        _check_header(self.device_id, self.seq)
+    def _check(self) -> None:
         _check_range("battery_mv", self.battery_mv, 0, 0xFFFF)
         _check_range("rssi_dbm", self.rssi_dbm, -128, 127)
 
 
 @dataclass(frozen=True, slots=True)
-class BatteryLow:
+class BatteryLow(_Frame):
     """0x04 BATTERY_LOW: battery in mV."""
 
-    device_id: int
-    seq: int
     battery_mv: int
 
-    def __post_init__(self) -> None:
-        _check_header(self.device_id, self.seq)
+    def _check(self) -> None:
         _check_range("battery_mv", self.battery_mv, 0, 0xFFFF)
 
 
 @dataclass(frozen=True, slots=True)
-class Tamper:
+class Tamper(_Frame):
     """0x05 TAMPER: case opened (True) or closed (False)."""
 
-    device_id: int
-    seq: int
     opened: bool
 
-    def __post_init__(self) -> None:
-        _check_header(self.device_id, self.seq)
+    def _check(self) -> None:
         if not isinstance(self.opened, bool):
             raise TypeError(f"opened must be a bool, got {self.opened!r}")
 
 
 @dataclass(frozen=True, slots=True)
-class PullCord:
+class PullCord(_Frame):
     """0x06 PULL_CORD: the bathroom pull-cord was pulled."""
-
-    device_id: int
-    seq: int
-
-    def __post_init__(self) -> None:
-        _check_header(self.device_id, self.seq)
 
 
 @dataclass(frozen=True, slots=True)
-class Fall:
+class Fall(_Frame):
     """0x07 FALL: the terminal detected a fall, confidence 0-100."""
 
-    device_id: int
-    seq: int
     confidence: int
 
-    def __post_init__(self) -> None:
-        _check_header(self.device_id, self.seq)
+    def _check(self) -> None:
         _check_range("confidence", self.confidence, 0, 100)
 
 
 @dataclass(frozen=True, slots=True)
-class Received:
+class Received(_Frame):
     """0x81 RECEIVED (gateway -> device): frame ``ack_type``/``ack_seq`` is committed."""
 
-    device_id: int
-    seq: int
     ack_type: int
     ack_seq: int
 
-    def __post_init__(self) -> None:
-        _check_header(self.device_id, self.seq)
+    def _check(self) -> None:
         _check_range("ack_type", self.ack_type, 0, 0xFF)
         _check_range("ack_seq", self.ack_seq, 0, 0xFF)
 
 
 @dataclass(frozen=True, slots=True)
-class HelpComing:
+class HelpComing(_Frame):
     """0x82 HELP_COMING (gateway -> device): the platform acknowledged the alarm."""
-
-    device_id: int
-    seq: int
-
-    def __post_init__(self) -> None:
-        _check_header(self.device_id, self.seq)
 
 
 @dataclass(frozen=True, slots=True)
-class Cleared:
+class Cleared(_Frame):
     """0x83 CLEARED (gateway -> device): the alarm is over."""
-
-    device_id: int
-    seq: int
-
-    def __post_init__(self) -> None:
-        _check_header(self.device_id, self.seq)
 
 
 UplinkFrame = Press | Cancel | Heartbeat | BatteryLow | Tamper | PullCord | Fall
@@ -501,6 +471,10 @@ class TerminalCounters:
     abandoned: int = 0
 
 
+#: The counters of :class:`TerminalCounters` that a rejected candidate is charged to.
+_REJECTIONS: Final = ("crc_errors", "bad_length", "unknown_type", "bad_payload")
+
+
 class TerminalDecoder(StreamDecoder[TerminalFrame]):
     """Streaming decoder: ``feed`` any bytes, get complete valid frames back. Never raises.
 
@@ -511,34 +485,21 @@ class TerminalDecoder(StreamDecoder[TerminalFrame]):
             == total bytes fed
     """
 
-    __slots__ = (
-        "_abandoned",
-        "_bad_length",
-        "_bad_payload",
-        "_crc_errors",
-        "_frames_ok",
-        "_unknown_type",
-    )
+    __slots__ = ("_abandoned", "_rejections")
     max_buffer = MAX_BUFFER
     longest = MAX_FRAME_LEN
 
     def __init__(self) -> None:
         super().__init__()
-        self._frames_ok = 0
-        self._crc_errors = 0
-        self._bad_length = 0
-        self._unknown_type = 0
-        self._bad_payload = 0
+        # Rejected candidates by the counter `_classify` charges them to.
+        self._rejections = dict.fromkeys(_REJECTIONS, 0)
         self._abandoned = 0
 
     @property
     def counters(self) -> TerminalCounters:
         return TerminalCounters(
-            frames_ok=self._frames_ok,
-            crc_errors=self._crc_errors,
-            bad_length=self._bad_length,
-            unknown_type=self._unknown_type,
-            bad_payload=self._bad_payload,
+            frames_ok=self._accepted,
+            **self._rejections,
             bytes_discarded=self._bytes_discarded,
             overflows=self._overflows,
             abandoned=self._abandoned,
@@ -549,16 +510,11 @@ class TerminalDecoder(StreamDecoder[TerminalFrame]):
         n = len(buf)
         pos = 0
         while True:
-            start = buf.find(MAGIC, pos)
-            if start < 0:
-                # No candidate left; keep a trailing 0xAA, it may be the first magic byte.
-                keep = 1 if n > pos and buf[n - 1] == 0xAA else 0
-                self._bytes_discarded += n - keep - pos
-                pos = n - keep
+            # With no magic left, a trailing 0xAA stays: it may be the first magic byte.
+            start = pos = self._skip_to(MAGIC, pos)
+            if n - start < len(MAGIC):
                 break
-            self._bytes_discarded += start - pos
-            pos = start
-            verdict = self._judge(start, n)
+            verdict = self._classify(start, n)
             if verdict is None:  # incomplete: wait, unless a whole frame starts inside it
                 later = self._complete_inside(start, n)
                 if later is None:
@@ -568,37 +524,27 @@ class TerminalDecoder(StreamDecoder[TerminalFrame]):
                 pos = later
                 continue
             if isinstance(verdict, str):
-                self._count(verdict)
+                self._rejections[verdict] += 1
                 self._bytes_discarded += 1
                 pos = start + 1
                 continue
             frame, total = verdict
-            self._frames_ok += 1
+            self._accepted += 1
             out.append(frame)
             pos = start + total
         del buf[:pos]
-
-    def _count(self, reason: str) -> None:
-        if reason == "bad_length":
-            self._bad_length += 1
-        elif reason == "unknown_type":
-            self._unknown_type += 1
-        elif reason == "crc_errors":
-            self._crc_errors += 1
-        else:
-            self._bad_payload += 1
 
     def _complete_inside(self, start: int, n: int) -> int | None:
         """Where a complete valid frame starts inside the incomplete candidate at ``start``."""
         buf = self._buf
         at = buf.find(MAGIC, start + 1)
         while 0 <= at < n:
-            if isinstance(self._judge(at, n), tuple):
+            if isinstance(self._classify(at, n), tuple):
                 return at
             at = buf.find(MAGIC, at + 1)
         return None
 
-    def _judge(self, start: int, n: int) -> tuple[TerminalFrame, int] | str | None:
+    def _classify(self, start: int, n: int) -> tuple[TerminalFrame, int] | str | None:
         """The candidate at ``start`` (``AA 55`` there): (frame, its length), the counter to
         charge its rejection to, or None while more bytes are needed. No side effects."""
         buf = self._buf
