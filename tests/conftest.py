@@ -1,5 +1,5 @@
-"""Shared fixtures. Sections: real broker, daemon configs, network faults, MQTT clients (add
-yours below).
+"""Shared fixtures. Sections: real broker, daemon configs, network faults, MQTT clients, serial
+devices (add yours below).
 
 Everything here runs real processes and sockets on loopback only, and cleans up at teardown
 even when the test fails. When a test fails, the log tail of every broker it used is attached to
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -18,9 +18,11 @@ from gateway.config import Config
 from tests.support.broker import MosquittoBroker
 from tests.support.configs import daemon_config
 from tests.support.proxy import TcpProxy
+from tests.support.pty_board import ReaderPty
 from tests.support.subscriber import Subscriber
 
 _BROKERS = pytest.StashKey[list[MosquittoBroker]]()
+_T = TypeVar("_T")
 
 
 # The face pipeline's tests and the benchmarks' smoke run keep both cores busy. scripts/test.sh
@@ -62,6 +64,16 @@ def pytest_runtest_makereport(
     return report
 
 
+def _close_all(made: list[_T], close: Callable[[_T], object]) -> None:
+    """Teardown: ``close`` each of ``made``, the last made first; one failing does not keep the
+    others open (it is printed)."""
+    for thing in reversed(made):
+        try:
+            close(thing)
+        except Exception as exc:  # keep closing the others
+            print(f"closing {thing!r} failed: {exc!r}")
+
+
 # -- real broker -------------------------------------------------------------------------------
 
 BrokerFactory = Callable[..., MosquittoBroker]
@@ -84,11 +96,7 @@ def broker_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[B
         return broker.start() if start else broker
 
     yield make
-    for broker in reversed(started):
-        try:
-            broker.stop()
-        except Exception as exc:  # keep stopping the others
-            print(f"stopping {broker!r} failed: {exc!r}")
+    _close_all(started, MosquittoBroker.stop)
 
 
 @pytest.fixture
@@ -154,11 +162,18 @@ def subscriber(broker: MosquittoBroker) -> Iterator[SubscriberFactory]:
         return sub.start() if start else sub
 
     yield make
-    for sub in reversed(made):
-        try:
-            sub.close()
-        except Exception as exc:  # keep closing the others
-            print(f"closing {sub!r} failed: {exc!r}")
+    _close_all(made, Subscriber.close)
+
+
+# -- serial devices ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def reader_pty() -> Iterator[ReaderPty]:
+    """A card reader on a real pty: the gateway opens ``reader_pty.path``."""
+    pty = ReaderPty()
+    yield pty
+    pty.unplug()
 
 
 # -- the shared face photos ----------------------------------------------------------------------

@@ -16,12 +16,10 @@ from typing import Any
 
 import pytest
 
-from gateway.clock import iso_utc
 from gateway.command_clock import CommandClock
 from gateway.commands import Command, CommandService, CommandSpec
-from gateway.config import CommandsSection, OutboxSection
+from gateway.config import CommandsSection
 from gateway.outbox import Outbox
-from gateway.signing import canonical_bytes, sign
 from gateway.store import Database
 from gateway.untrusted_json import (
     UntrustedJsonError,
@@ -29,6 +27,8 @@ from gateway.untrusted_json import (
     check_numbers,
     nesting_depth,
 )
+from tests.support.commands import command_body
+from tests.support.store import OpenStore
 
 GW = "gw-hard-01"
 T0 = datetime(2026, 12, 2, 12, 0, 0, tzinfo=UTC)
@@ -91,33 +91,15 @@ class Rig:
     def command(
         self, name: str, cid: str, args: dict[str, Any] | None = None, *, signed: bool = True
     ) -> bytes:
-        issued = self.clocks.wall_at
-        body: dict[str, Any] = {
-            "id": cid,
-            "issued_at": iso_utc(issued),
-            "expires_at": iso_utc(issued + timedelta(seconds=60)),
-            "args": args or {},
-        }
-        if signed:
-            canonical = canonical_bytes(
-                GW, name, cid, body["issued_at"], body["expires_at"], body["args"]
-            )
-            body["sig"] = sign(self.key, canonical)
+        key = self.key if signed else None
+        body = command_body(GW, name, args or {}, key=key, cid=cid, issued=self.clocks.wall_at)
         return json.dumps(body).encode()
 
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    import asyncio
-
-    db = await Database.open(tmp_path / "outbox.db")
-    outbox = Outbox(db, OutboxSection())
-    await outbox.load()
-    writer = asyncio.create_task(outbox.run())
-    yield Rig(db, outbox, secrets.token_bytes(32), Clocks(), [])
-    await outbox.close()
-    await writer
-    await db.close()
+    async with OpenStore.opened(tmp_path / "outbox.db") as store:
+        yield Rig(store.db, store.outbox, secrets.token_bytes(32), Clocks(), [])
 
 
 async def prune(service: CommandService) -> None:

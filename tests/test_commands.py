@@ -30,12 +30,13 @@ from paho.mqtt.properties import Properties
 
 from gateway.clock import iso_utc, utc_now
 from gateway.config import Config, config_from_mapping
-from gateway.daemon import DaemonHooks, Gateway, run
 from gateway.events import Lane
 from gateway.signing import canonical_bytes, sign
 from tests.conftest import SubscriberFactory
 from tests.support.broker import MosquittoBroker
+from tests.support.commands import command_body
 from tests.support.configs import daemon_mapping, merged
+from tests.support.inprocess import InProcessDaemon, start_daemon
 from tests.support.paths import REPO
 from tests.support.subscriber import ReceivedMessage, Subscriber, make_properties
 
@@ -71,16 +72,7 @@ def _toml(mapping: dict[str, Any], table: str = "") -> str:
 # -- the daemon --------------------------------------------------------------------------------
 
 
-@dataclass
-class Daemon:
-    gateway: Gateway
-    stop: asyncio.Event
-    task: asyncio.Task[int]
-
-    async def shutdown(self) -> int:
-        self.stop.set()
-        async with asyncio.timeout(20):
-            return await self.task
+Daemon = InProcessDaemon
 
 
 @dataclass
@@ -113,26 +105,13 @@ class Harness:
         return config_from_mapping(self.mapping(**overrides))
 
     async def start(self, cfg: Config | None = None) -> Daemon:
-        cfg = cfg or self.config()
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[Gateway] = loop.create_future()
-        stop = asyncio.Event()
-        task = asyncio.create_task(
-            run(cfg, stop=stop, hooks=DaemonHooks(on_ready=ready.set_result)), name="daemon"
-        )
-        waiters: set[asyncio.Future[Any]] = {ready, task}
-        async with asyncio.timeout(WAIT_S):
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        if ready not in done:
-            ready.cancel()
-            raise AssertionError(f"daemon did not become ready: {task!r}")
-        daemon = Daemon(ready.result(), stop, task)
+        daemon = await start_daemon(cfg or self.config(), timeout=WAIT_S)
         self.running.append(daemon)
         return daemon
 
     async def stop(self, daemon: Daemon) -> int:
         self.running.remove(daemon)
-        return await daemon.shutdown()
+        return await daemon.finish(20)
 
 
 @pytest.fixture
@@ -145,7 +124,7 @@ async def harness(tmp_path: Path, broker: MosquittoBroker) -> AsyncIterator[Harn
     state_dir.mkdir()
     h = Harness(tmp_path, broker, key, key_file, state_dir)
     yield h
-    codes = [await daemon.shutdown() for daemon in list(h.running)]
+    codes = [await daemon.finish(20) for daemon in list(h.running)]
     assert codes == [0] * len(codes), "the daemon did not stop cleanly (a task died?)"
 
 
@@ -173,24 +152,21 @@ class Platform:
         sign_name: str | None = None,
         sign_key: bytes | None = None,
     ) -> dict[str, Any]:
-        now = utc_now() + timedelta(seconds=issued_offset_s)
-        body: dict[str, Any] = {
-            "id": cid or new_id(),
-            "issued_at": iso_utc(now),
-            "expires_at": iso_utc(now + timedelta(seconds=ttl_s)),
-            "args": args or {},
-        }
-        if signed:
-            canonical = canonical_bytes(
-                sign_gw or self.gw,
-                sign_name or name,
-                body["id"],
-                body["issued_at"],
-                body["expires_at"],
-                body["args"],
-            )
-            body["sig"] = sign(sign_key or self.key, canonical)
-        return body
+        return command_body(
+            sign_gw or self.gw,
+            sign_name or name,
+            args or {},
+            key=(sign_key or self.key) if signed else None,
+            cid=cid or new_id(),
+            issued=utc_now() + timedelta(seconds=issued_offset_s),
+            ttl_s=ttl_s,
+        )
+
+    def set_interval(self, cid: str, value: Any) -> dict[str, Any]:
+        """A signed config.set of health.interval_s."""
+        return self.command(
+            "config.set", cid, {"name": "health.interval_s", "value": value}, signed=True
+        )
 
     async def send(
         self, name: str, payload: dict[str, Any] | bytes, properties: Properties | None = None
@@ -297,9 +273,7 @@ async def test_config_set_signed_changes_value_and_persists(
 ) -> None:
     assert _interval(daemon) == 60.0
     cid = new_id("set")
-    body = platform.command(
-        "config.set", cid, {"name": "health.interval_s", "value": 42}, signed=True
-    )
+    body = platform.set_interval(cid, 42)
     result = await platform.call("config.set", body, cid)
     assert result == {
         "id": cid,
@@ -478,9 +452,7 @@ async def test_config_set_signature_checks(
     assert _settings_rows(harness.state_dir) == {}
     # The genuine command (fresh id) still works after the refusal.
     ok_id = new_id("sig-ok")
-    good = platform.command(
-        "config.set", ok_id, {"name": "health.interval_s", "value": 30}, signed=True
-    )
+    good = platform.set_interval(ok_id, 30)
     assert (await platform.call("config.set", good, ok_id))["ok"] is True
     assert _interval(daemon) == 30.0
 
@@ -511,9 +483,7 @@ async def test_signed_command_without_configured_key(harness: Harness, platform:
     await harness.start(harness.config(commands={"hmac_key_file": ""}))
     await platform.wait_ready()
     cid = new_id("nokey")
-    body = platform.command(
-        "config.set", cid, {"name": "health.interval_s", "value": 30}, signed=True
-    )
+    body = platform.set_interval(cid, 30)
     result = await platform.call("config.set", body, cid)
     assert code_of(result) == "signing_key_not_configured"
     await platform.assert_alive()
@@ -643,16 +613,12 @@ async def test_replayed_id_is_refused_and_not_executed(
     harness: Harness, daemon: Daemon, platform: Platform
 ) -> None:
     cid = new_id("replay")
-    first = platform.command(
-        "config.set", cid, {"name": "health.interval_s", "value": 30}, signed=True
-    )
+    first = platform.set_interval(cid, 30)
     assert (await platform.call("config.set", first, cid))["ok"] is True
     assert _interval(daemon) == 30.0
     platform.sub.clear()
     # Same id, a different (validly signed) value: refused, not applied.
-    second = platform.command(
-        "config.set", cid, {"name": "health.interval_s", "value": 90}, signed=True
-    )
+    second = platform.set_interval(cid, 90)
     result = await platform.call("config.set", second, cid)
     assert code_of(result) == "replayed"
     assert result["id"] == cid
@@ -672,18 +638,14 @@ async def test_replay_protection_survives_restart(
     harness: Harness, daemon: Daemon, platform: Platform
 ) -> None:
     cid = new_id("replay")
-    first = platform.command(
-        "config.set", cid, {"name": "health.interval_s", "value": 30}, signed=True
-    )
+    first = platform.set_interval(cid, 30)
     assert (await platform.call("config.set", first, cid))["ok"] is True
     assert await harness.stop(daemon) == 0
 
     again = await harness.start()
     await platform.wait_ready()
     platform.sub.clear()
-    second = platform.command(
-        "config.set", cid, {"name": "health.interval_s", "value": 90}, signed=True
-    )
+    second = platform.set_interval(cid, 90)
     result = await platform.call("config.set", second, cid)
     assert code_of(result) == "replayed" and result["id"] == cid
     assert _interval(again) == 30.0
@@ -946,9 +908,7 @@ async def test_huge_numbers_never_fail_with_overflow(
     daemon: Daemon, platform: Platform, value: Any, code: str
 ) -> None:
     cid = new_id("num")
-    body = platform.command(
-        "config.set", cid, {"name": "health.interval_s", "value": 0}, signed=True
-    )
+    body = platform.set_interval(cid, 0)
     # Sign what is sent: the canonical JSON of the huge value, as a platform would.
     raw = value if not isinstance(value, str) else float("inf")
     body["args"]["value"] = raw if raw != float("inf") else 0
@@ -971,9 +931,7 @@ async def test_unsigned_command_does_not_burn_the_id_of_a_signed_one(
     cid = new_id("burn")
     assert (await platform.call("ping", platform.command("ping", cid), cid))["ok"] is True
     platform.sub.clear()
-    body = platform.command(
-        "config.set", cid, {"name": "health.interval_s", "value": 33}, signed=True
-    )
+    body = platform.set_interval(cid, 33)
     assert (await platform.call("config.set", body, cid))["ok"] is True
     assert _interval(daemon) == 33.0
 
@@ -1032,9 +990,7 @@ async def test_commands_spelled_with_slashes(daemon: Daemon, platform: Platform)
     """RabbitMQ's MQTT plugin turns "." in topic names into "/": `cmd/config/set` is
     `config.set` (and is signed as `config.set`)."""
     cid = new_id("slash")
-    body = platform.command(
-        "config.set", cid, {"name": "health.interval_s", "value": 21}, signed=True
-    )
+    body = platform.set_interval(cid, 21)
     assert await platform.send("config/set", body) == 0
     assert (await platform.result(cid))["ok"] is True
     assert _interval(daemon) == 21.0
@@ -1063,9 +1019,7 @@ async def test_refusals_are_rate_limited_not_stored_without_bound(
         lambda _: commands.health()["unanswered"] >= 35 - 1, timeout=WAIT_S
     )
     cid = new_id("signed")
-    body = platform.command(
-        "config.set", cid, {"name": "health.interval_s", "value": 44}, signed=True
-    )
+    body = platform.set_interval(cid, 44)
     assert (await platform.call("config.set", body, cid))["ok"] is True
     health = commands.health()
     assert health["unanswered"] + len(platform.results(None)) >= 40

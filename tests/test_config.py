@@ -27,7 +27,7 @@ from gateway.config import (
     load_config,
     parse_config,
 )
-from gateway.daemon import DaemonHooks, Gateway, run, uplink_settings
+from gateway.daemon import DaemonHooks, Gateway, client_options, run
 from gateway.mqtt import UplinkState
 from tests.conftest import BrokerFactory
 from tests.support.paths import REPO
@@ -96,6 +96,32 @@ def test_example_config_mentions_every_key_of_the_model() -> None:
     walk("", msgspec.to_builtins(builtins))
     walk("access", msgspec.to_builtins(AccessSection()))
     assert missing == []
+
+
+def test_the_camera_and_motion_sections_are_what_the_drivers_read_with_their_defaults() -> None:
+    """`[access.camera]` and `[access.motion]` are passed to the drivers as they are (their
+    CameraParams and MotionParams): every field a driver reads is a key, with the default the
+    driver's own settings class has for standalone use."""
+    from drivers.camera import CameraParams, CameraSettings
+    from drivers.motion import MotionParams, MotionSettings
+
+    for protocol, section, standalone in (
+        (CameraParams, AccessSection().camera, CameraSettings("0")),
+        (MotionParams, AccessSection().motion, MotionSettings()),
+    ):
+        names = [n for n, v in vars(protocol).items() if isinstance(v, property)]
+        assert names
+        for name in names:
+            if name != "source":
+                assert getattr(section, name) == getattr(standalone, name), name
+    with pytest.raises(ConfigError, match="reopen_min_s"):
+        config_from_mapping(
+            {"gateway": {"id": "gw-1"}, "access": {"camera": {"reopen_min_s": 40.0}}}
+        )
+    with pytest.raises(ConfigError, match="access.camera.source: has blanks around it"):
+        config_from_mapping(
+            {"gateway": {"id": "gw-1"}, "access": {"camera": {"source": " /dev/video0"}}}
+        )
 
 
 # -- bad configurations: key and line ----------------------------------------------------------
@@ -520,11 +546,11 @@ def test_redacted_hides_secret_paths_and_never_reads_the_files(tmp_path: Path) -
     assert red["commands"]["hmac_key_file"] == "<set>"
     assert red["uplink"]["username"] == "gw-1"
     dumped = json.dumps(red)
-    for text in (dumped, repr(cfg), str(cfg), repr(uplink_settings(cfg))):
+    for text in (dumped, repr(cfg), str(cfg), repr(client_options(cfg))):
         assert password not in text
         assert key_hex not in text
     # The password is read for the uplink, and still not shown by its repr.
-    assert uplink_settings(cfg).password == password
+    assert client_options(cfg).password == password
     # Empty secret paths stay empty (not "<set>").
     plain = config_from_mapping({"gateway": {"id": "gw-1"}}).redacted()
     assert plain["uplink"]["password_file"] == "" and plain["commands"]["hmac_key_file"] == ""

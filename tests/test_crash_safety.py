@@ -22,6 +22,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,7 @@ from tests.support.chaos import (
     DeliveryTally,
     Device,
     EventStream,
+    FaultInjector,
     broker_bounce,
     gateway_kill,
     link_fault,
@@ -82,12 +84,71 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
         print(gw.log_tail(30))
 
 
-def report(result: ChaosResult, record_property: Callable[[str, object], None]) -> None:
-    for name, value in result.properties().items():
-        record_property(name, value)
-    print(f"\n{result.summary()}")
-    if result.missing:
-        print("missing (first 20):", [(a.kind, a.seq) for a in result.missing[:20]])
+@dataclass(frozen=True, slots=True)
+class Chaos:
+    """What every scenario here uses: the platform, the daemons, the report properties."""
+
+    platform: Subscriber
+    gateway_factory: GatewayFactory
+    record_property: Callable[[str, object], None]
+
+    async def gateway(self, port: int) -> GatewayProcess:
+        """A started daemon whose uplink is 127.0.0.1:port."""
+        gw = self.gateway_factory(port)
+        await asyncio.to_thread(gw.start)
+        return gw
+
+    async def run(
+        self,
+        scenario: str,
+        gw: GatewayProcess,
+        inject: FaultInjector,
+        faults: int,
+        seed: int,
+        *,
+        between_s: tuple[float, float],
+        per_fault_s: float,
+        drain_timeout_s: float = 40.0,
+    ) -> ChaosResult:
+        """:func:`run_chaos` at 40 events/s per device for at most ``per_fault_s`` a fault, its
+        figures printed and recorded."""
+        result = await run_chaos(
+            scenario,
+            gw,
+            self.platform,
+            inject,
+            faults=faults,
+            seed=seed,
+            rate=40.0,
+            between_s=between_s,
+            time_limit_s=faults * per_fault_s,
+            drain_timeout_s=drain_timeout_s,
+        )
+        for name, value in result.properties().items():
+            self.record_property(name, value)
+        print(f"\n{result.summary()}")
+        if result.missing:
+            print("missing (first 20):", [(a.kind, a.seq) for a in result.missing[:20]])
+        return result
+
+
+@pytest.fixture
+def chaos(
+    platform: Subscriber,
+    gateway_factory: GatewayFactory,
+    record_property: Callable[[str, object], None],
+) -> Chaos:
+    return Chaos(platform, gateway_factory, record_property)
+
+
+def quick_and_soak(
+    count: str, *, quick: tuple[int, int], soak: tuple[int, int]
+) -> pytest.MarkDecorator:
+    """Parametrize ``(count, seed)``: a quick run by default, the soak with ``-m slow``."""
+    return pytest.mark.parametrize(
+        (count, "seed"),
+        [pytest.param(*quick, id="quick"), pytest.param(*soak, id="soak", marks=pytest.mark.slow)],
+    )
 
 
 def check_delivery(result: ChaosResult, gw: GatewayProcess) -> None:
@@ -114,14 +175,10 @@ async def burst(client: IngestClient, kind: str, device_id: str, count: int) -> 
 
 
 async def test_outage_backlog_is_delivered_in_order_per_lane(
-    broker: MosquittoBroker,
-    platform: Subscriber,
-    gateway_factory: GatewayFactory,
-    record_property: Callable[[str, object], None],
+    broker: MosquittoBroker, chaos: Chaos
 ) -> None:
-    gw = gateway_factory(broker.port)
-    await asyncio.to_thread(gw.start)
-    tally = DeliveryTally(platform)
+    gw = await chaos.gateway(broker.port)
+    tally = DeliveryTally(chaos.platform)
     await asyncio.to_thread(broker.stop)
 
     clients = [IngestClient(gw.ingest_socket) for _ in DEFAULT_DEVICES]
@@ -149,44 +206,22 @@ async def test_outage_backlog_is_delivered_in_order_per_lane(
         assert seqs == sorted(seqs), f"lane {lane}: first arrivals out of seq order: {seqs}"
     assert sorted(by_lane) == [0, 1, 2, 3]
     assert not tally.order_violations()
-    record_property("events", len(acked))
-    record_property("duplicates", tally.duplicates)
+    chaos.record_property("events", len(acked))
+    chaos.record_property("duplicates", tally.duplicates)
     print(f"\noutage: {len(acked)} events delivered in order, {tally.duplicates} duplicates")
 
 
 # -- daemon SIGKILL ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("kills", "seed"),
-    [
-        pytest.param(22, 20261128, id="quick"),
-        pytest.param(300, 4242, id="soak", marks=pytest.mark.slow),
-    ],
-)
+@quick_and_soak("kills", quick=(22, 20261128), soak=(300, 4242))
 async def test_gateway_sigkill_chaos_loses_nothing(
-    kills: int,
-    seed: int,
-    broker: MosquittoBroker,
-    platform: Subscriber,
-    gateway_factory: GatewayFactory,
-    record_property: Callable[[str, object], None],
+    kills: int, seed: int, broker: MosquittoBroker, chaos: Chaos
 ) -> None:
-    gw = gateway_factory(broker.port)
-    await asyncio.to_thread(gw.start)
-    result = await run_chaos(
-        "gateway SIGKILL",
-        gw,
-        platform,
-        gateway_kill(gw),
-        faults=kills,
-        seed=seed,
-        rate=40.0,
-        between_s=(0.2, 1.0),
-        time_limit_s=kills * 3.0,
-        drain_timeout_s=40.0,
+    gw = await chaos.gateway(broker.port)
+    result = await chaos.run(
+        "gateway SIGKILL", gw, gateway_kill(gw), kills, seed, between_s=(0.2, 1.0), per_fault_s=3.0
     )
-    report(result, record_property)
     assert len(result.faults) == kills
     assert gw.kills >= kills
     assert len(result.acked) >= kills * 50
@@ -196,36 +231,20 @@ async def test_gateway_sigkill_chaos_loses_nothing(
 # -- broker stop/start -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("restarts", "seed"),
-    [
-        pytest.param(8, 7, id="quick"),
-        pytest.param(80, 77, id="soak", marks=pytest.mark.slow),
-    ],
-)
+@quick_and_soak("restarts", quick=(8, 7), soak=(80, 77))
 async def test_broker_restarts_lose_nothing(
-    restarts: int,
-    seed: int,
-    broker: MosquittoBroker,
-    platform: Subscriber,
-    gateway_factory: GatewayFactory,
-    record_property: Callable[[str, object], None],
+    restarts: int, seed: int, broker: MosquittoBroker, chaos: Chaos
 ) -> None:
-    gw = gateway_factory(broker.port)
-    await asyncio.to_thread(gw.start)
-    result = await run_chaos(
+    gw = await chaos.gateway(broker.port)
+    result = await chaos.run(
         "broker restart",
         gw,
-        platform,
-        broker_bounce(broker, platform, hard=False, down_s=(0.2, 1.5)),
-        faults=restarts,
-        seed=seed,
-        rate=40.0,
+        broker_bounce(broker, chaos.platform, hard=False, down_s=(0.2, 1.5)),
+        restarts,
+        seed,
         between_s=(0.5, 2.0),
-        time_limit_s=restarts * 6.0,
-        drain_timeout_s=40.0,
+        per_fault_s=6.0,
     )
-    report(result, record_property)
     assert len(result.faults) == restarts
     check_delivery(result, gw)
 
@@ -233,36 +252,20 @@ async def test_broker_restarts_lose_nothing(
 # -- link cut / black hole ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("faults", "seed"),
-    [
-        pytest.param(10, 11, id="quick"),
-        pytest.param(100, 1111, id="soak", marks=pytest.mark.slow),
-    ],
-)
+@quick_and_soak("faults", quick=(10, 11), soak=(100, 1111))
 async def test_link_cuts_and_black_holes_lose_nothing(
-    faults: int,
-    seed: int,
-    proxy: TcpProxy,
-    platform: Subscriber,
-    gateway_factory: GatewayFactory,
-    record_property: Callable[[str, object], None],
+    faults: int, seed: int, proxy: TcpProxy, chaos: Chaos
 ) -> None:
-    gw = gateway_factory(proxy.port)  # the subscriber talks to the broker directly
-    await asyncio.to_thread(gw.start)
-    result = await run_chaos(
+    gw = await chaos.gateway(proxy.port)  # the subscriber talks to the broker directly
+    result = await chaos.run(
         "link cut/blackhole",
         gw,
-        platform,
         link_fault(proxy, blackhole_share=0.5, blackhole_s=(0.5, 4.0)),
-        faults=faults,
-        seed=seed,
-        rate=40.0,
+        faults,
+        seed,
         between_s=(0.3, 1.5),
-        time_limit_s=faults * 8.0,
-        drain_timeout_s=40.0,
+        per_fault_s=8.0,
     )
-    report(result, record_property)
     kinds = {f.kind for f in result.faults}
     assert kinds == {"link-cut", "link-blackhole"}, kinds
     assert proxy.accepted_connections > faults // 2
@@ -272,20 +275,9 @@ async def test_link_cuts_and_black_holes_lose_nothing(
 # -- broker SIGKILL ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("kills", "seed"),
-    [
-        pytest.param(8, 3, id="quick"),
-        pytest.param(80, 33, id="soak", marks=pytest.mark.slow),
-    ],
-)
+@quick_and_soak("kills", quick=(8, 3), soak=(80, 33))
 async def test_broker_sigkill_with_connected_subscriber(
-    kills: int,
-    seed: int,
-    broker: MosquittoBroker,
-    platform: Subscriber,
-    gateway_factory: GatewayFactory,
-    record_property: Callable[[str, object], None],
+    kills: int, seed: int, broker: MosquittoBroker, chaos: Chaos
 ) -> None:
     """kill -9 of the broker while its subscriber is connected.
 
@@ -297,21 +289,17 @@ async def test_broker_sigkill_with_connected_subscriber(
     the subscriber has reconnected and re-subscribed. Missed events are reported per lane;
     lane 0 (alarms) must miss none.
     """
-    gw = gateway_factory(broker.port)
-    await asyncio.to_thread(gw.start)
-    result = await run_chaos(
+    gw = await chaos.gateway(broker.port)
+    result = await chaos.run(
         "broker SIGKILL",
         gw,
-        platform,
-        broker_bounce(broker, platform, hard=True, down_s=(0.0, 0.3)),
-        faults=kills,
-        seed=seed,
-        rate=40.0,
+        broker_bounce(broker, chaos.platform, hard=True, down_s=(0.0, 0.3)),
+        kills,
+        seed,
         between_s=(0.3, 1.5),
-        time_limit_s=kills * 8.0,
+        per_fault_s=8.0,
         drain_timeout_s=30.0,
     )
-    report(result, record_property)
     by_lane = result.missing_by_lane
     print(f"broker SIGKILL: missed by lane {by_lane} of acked by lane {result.acked_by_lane}")
     assert len(result.faults) == kills
@@ -324,13 +312,10 @@ async def test_broker_sigkill_with_connected_subscriber(
 
 
 async def test_press_during_outage_survives_gateway_sigkill(
-    broker: MosquittoBroker,
-    platform: Subscriber,
-    gateway_factory: GatewayFactory,
+    broker: MosquittoBroker, chaos: Chaos
 ) -> None:
-    gw = gateway_factory(broker.port)
-    await asyncio.to_thread(gw.start)
-    tally = DeliveryTally(platform)
+    gw = await chaos.gateway(broker.port)
+    tally = DeliveryTally(chaos.platform)
     await asyncio.to_thread(broker.stop)
 
     async with IngestClient(gw.ingest_socket) as client:
@@ -362,9 +347,7 @@ async def test_press_during_outage_survives_gateway_sigkill(
 
 
 async def test_second_alarm_is_not_left_in_the_outbox(
-    broker: MosquittoBroker,
-    platform: Subscriber,
-    gateway_factory: GatewayFactory,
+    broker: MosquittoBroker, chaos: Chaos
 ) -> None:
     """Two presses a few ms apart while lanes 2/3 are busy: both must go out at once.
 
@@ -374,9 +357,8 @@ async def test_second_alarm_is_not_left_in_the_outbox(
     20 s on a healthy connection) until another lane-0 commit or a reconnect. With that code
     this test failed within 2-6 s (about 1 pair in 100).
     """
-    gw = gateway_factory(broker.port)
-    await asyncio.to_thread(gw.start)
-    tally = DeliveryTally(platform)
+    gw = await chaos.gateway(broker.port)
+    tally = DeliveryTally(chaos.platform)
     rng = random.Random(5)
     background = (
         Device("door-0002", "door_contact", "door.opened"),

@@ -109,7 +109,7 @@ async def test_ready_status_and_clean_stop_with_offline_status(
     await asyncio.to_thread(notify.wait_for, "READY=1")
     assert any(m.startswith("STATUS=") or "\nSTATUS=" in m for m in notify.messages)
     # Appended together: telemetry alone waits up to 500 ms for company before its commit.
-    events = [gateway.events.make("device.heartbeat", data={"n": n}) for n in range(50)]
+    events = [gateway.events.make_free("device.heartbeat", data={"n": n}) for n in range(50)]
     await asyncio.gather(*(gateway.outbox.append(event) for event in events))
     ids = [event.id for event in events]
     assert await proc.finish() == 0
@@ -156,7 +156,7 @@ async def test_overflow_is_reported_as_an_event(
     gateway = await proc.gateway()
     await asyncio.to_thread(broker.stop)
     await gateway.outbox.append_many(
-        gateway.events.make("device.heartbeat", data={"n": n}) for n in range(1500)
+        gateway.events.make_free("device.heartbeat", data={"n": n}) for n in range(1500)
     )
     await gateway.report_overflow()
     assert gateway.outbox.stats().dropped[1] >= 500
@@ -312,3 +312,39 @@ def test_notify_never_blocks_when_nobody_reads(tmp_path: Path) -> None:
         notifier.close()
     finally:
         listener.close()
+
+
+async def test_a_damaged_store_is_reported_to_the_platform_once(
+    tmp_path: Path, broker: MosquittoBroker, subscriber: Any
+) -> None:
+    """The salvage at start-up is told on lane 1 (`gateway.store_recovered`), not only logged;
+    the next start, on the new store, says nothing more."""
+    cfg = make_config(tmp_path, broker)
+    state = tmp_path / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "outbox.db").write_bytes(b"this is not a database, it is a power cut" * 200)
+    sub: Subscriber = subscriber(f"{PREFIX}/event/#")
+    proc = InProcess(cfg)
+    await proc.gateway()
+    received = await sub.wait_for_async(
+        lambda ms: (
+            {"gateway.store_recovered", "gateway.started"}
+            <= {json.loads(m.payload)["kind"] for m in ms}
+        )
+    )
+    assert await proc.finish() == 0
+    report = next(
+        json.loads(m.payload)
+        for m in received
+        if m.topic == f"{PREFIX}/event/gateway.store_recovered"
+    )
+    assert report["priority"] == 1
+    assert report["data"]["salvaged"] == 0
+    assert "outbox.db.corrupt-" in report["data"]["moved_to"]
+    assert Path(report["data"]["moved_to"]).exists()
+    assert report["data"]["error"]
+
+    again = InProcess(cfg)
+    gateway = await again.gateway()
+    assert gateway.db.recovery is None
+    assert await again.finish() == 0

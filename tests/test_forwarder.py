@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,11 @@ from gateway.clock import ClockSync
 from gateway.config import ForwardingSection, OutboxSection
 from gateway.events import DeviceRef, EventFactory, Lane
 from gateway.forwarder import Forwarder
-from gateway.mqtt import Uplink, UplinkSettings, UplinkState
+from gateway.mqtt import ClientOptions, Uplink, UplinkState
 from gateway.outbox import Outbox
 from gateway.store import Database
 from tests.support.broker import MosquittoBroker
+from tests.support.configs import merged, uplink_section
 from tests.support.subscriber import ReceivedMessage, Subscriber
 from tests.support.tls import generate_tls_files
 
@@ -35,7 +35,7 @@ class Pipeline:
         self.tasks: list[asyncio.Task[None]] = []
 
     async def append(self, lane: int, n: int, device: str = "t-00000001") -> str:
-        event = EVENTS.make(
+        event = EVENTS.make_free(
             KIND[lane], device=DeviceRef(id=device, type="sos_button"), data={"n": n}
         )
         await self.outbox.append(event)
@@ -60,27 +60,37 @@ async def pipeline(broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator[Pip
     made: list[Pipeline] = []
 
     async def make(port: int | None = None, **overrides: Any) -> Pipeline:
+        """`overrides`: keys of [forwarding] or [uplink] (tables as dicts), or ClientOptions."""
         fwd_keys = set(ForwardingSection.__struct_fields__)
+        option_keys = set(ClientOptions.__dataclass_fields__)
         fwd_settings = ForwardingSection(
             replay_rate=0, no_consumer_retry_min_s=0.2, no_consumer_retry_max_s=1.0
         )
         fwd_settings = msgspec.structs.replace(
             fwd_settings, **{k: v for k, v in overrides.items() if k in fwd_keys}
         )
-        up_settings = UplinkSettings(
-            host="127.0.0.1",
-            port=port or broker.port,
-            client_id=f"{GW}-{len(made)}",
-            prefix=PREFIX,
-            keepalive_s=5,
-            min_delay_s=0.1,
-            max_delay_s=0.5,
-            auth_failure_delay_s=0.5,
-            will_delay_s=0,
+        section = uplink_section(
+            **merged(
+                {
+                    "host": "127.0.0.1",
+                    "port": port or broker.port,
+                    "keepalive_s": 5,
+                    "will_delay_s": 0,
+                    "reconnect": {
+                        "min_delay_s": 0.1,
+                        "max_delay_s": 0.5,
+                        "auth_failure_delay_s": 0.5,
+                    },
+                },
+                {k: v for k, v in overrides.items() if k not in fwd_keys | option_keys},
+            )
         )
-        up_settings = replace(
-            up_settings,
-            **{k: v for k, v in overrides.items() if k in UplinkSettings.__dataclass_fields__},
+        options = ClientOptions(
+            **{
+                "client_id": f"{GW}-{len(made)}",
+                "prefix": PREFIX,
+                **{k: v for k, v in overrides.items() if k in option_keys},
+            }
         )
         db = await Database.open(tmp_path / f"outbox-{len(made)}.db")
         holder: list[Forwarder] = []
@@ -90,7 +100,7 @@ async def pipeline(broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator[Pip
             on_commit=lambda lanes: holder[0].notify_committed(lanes),
         )
         await outbox.load()
-        uplink = Uplink(up_settings)
+        uplink = Uplink(section, options)
         forwarder = Forwarder(outbox, uplink, fwd_settings)
         holder.append(forwarder)
         pipe = Pipeline(db, outbox, uplink, forwarder)
@@ -198,7 +208,7 @@ async def test_live_alarm_overtakes_a_throttled_backlog(
     await asyncio.to_thread(broker.stop)
     await pipe.wait_state(UplinkState.DISCONNECTED)
     await pipe.outbox.append_many(
-        EVENTS.make("device.heartbeat", data={"n": n}) for n in range(1000)
+        EVENTS.make_free("device.heartbeat", data={"n": n}) for n in range(1000)
     )
     await asyncio.to_thread(broker.start)
     await pipe.wait_state(UplinkState.CONNECTED)
@@ -257,7 +267,7 @@ async def test_permanently_refused_row_moves_to_dead_letters(
 
 async def test_mqtt311_delivers(pipeline: PipelineFactory, subscriber: Any) -> None:
     sub: Subscriber = subscriber(f"{PREFIX}/event/#")
-    pipe: Pipeline = await pipeline(mqtt5=False)
+    pipe: Pipeline = await pipeline(protocol="mqtt311")
     await pipe.wait_state(UplinkState.CONNECTED)
     ids = {await pipe.append(n % 4, n) for n in range(20)}
     await sub.wait_for_async(has_ids(ids))
@@ -303,10 +313,12 @@ async def test_tls_verifies_the_broker_and_sends_a_client_certificate(
     sub: Subscriber = subscriber(f"{PREFIX}/event/#", port=secured.port)
     pipe: Pipeline = await pipeline(
         port=secured.tls_port,
-        tls=True,
-        ca_file=str(files.ca_cert),
-        cert_file=str(files.client_cert),
-        key_file=str(files.client_key),
+        tls={
+            "enabled": True,
+            "ca_file": str(files.ca_cert),
+            "cert_file": str(files.client_cert),
+            "key_file": str(files.client_key),
+        },
     )
     await pipe.wait_state(UplinkState.CONNECTED)
     alarm = await pipe.append(0, 1)
@@ -314,7 +326,7 @@ async def test_tls_verifies_the_broker_and_sends_a_client_certificate(
 
     other = generate_tls_files(tmp_path / "other")  # a CA that did not sign the broker
     untrusting: Pipeline = await pipeline(
-        port=secured.tls_port, tls=True, ca_file=str(other.ca_cert)
+        port=secured.tls_port, tls={"enabled": True, "ca_file": str(other.ca_cert)}
     )
     await untrusting.wait_state(UplinkState.TLS_FAILED)
     assert "not trusted" in untrusting.uplink.last_error
@@ -338,7 +350,9 @@ async def test_bad_ca_file_is_reported_and_retried_until_fixed(
     ca = tmp_path / "ca.pem"
     if damage == "garbage":
         ca.write_bytes(b"\x00not a certificate\xff" * 50)
-    pipe: Pipeline = await pipeline(port=secured.tls_port, tls=True, ca_file=str(ca))
+    pipe: Pipeline = await pipeline(
+        port=secured.tls_port, tls={"enabled": True, "ca_file": str(ca)}
+    )
     await pipe.wait_state(UplinkState.TLS_FAILED)
     assert "uplink.tls.ca_file" in pipe.uplink.last_error
     assert str(ca) in pipe.uplink.last_error
@@ -364,7 +378,7 @@ async def test_unexpected_exception_while_connecting_does_not_end_the_uplink(
     """Any exception from connecting (here paho's ValueError for an MQTT 3.1.1 persistent
     session without a client id) is reported and retried; only cancellation ends
     Uplink.run."""
-    pipe: Pipeline = await pipeline(mqtt5=False, client_id="")
+    pipe: Pipeline = await pipeline(protocol="mqtt311", client_id="")
     await pipe.wait_state(UplinkState.ERROR)
     assert "ValueError" in pipe.uplink.last_error
     attempts = pipe.uplink.attempts
@@ -478,7 +492,7 @@ async def test_granted_values_are_read_from_the_connack(
 
 
 async def test_mqtt311_has_nothing_granted(pipeline: PipelineFactory) -> None:
-    pipe: Pipeline = await pipeline(mqtt5=False)
+    pipe: Pipeline = await pipeline(protocol="mqtt311")
     await pipe.wait_state(UplinkState.CONNECTED)
     assert pipe.uplink.granted == {}
 

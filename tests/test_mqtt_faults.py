@@ -17,9 +17,9 @@ import pytest
 from gateway import daemon
 from gateway.config import Config, config_from_mapping
 from gateway.daemon import DaemonHooks, Gateway
-from gateway.mqtt import MQTT311_HINT, Connection, Uplink, UplinkSettings, UplinkState
+from gateway.mqtt import MQTT311_HINT, ClientOptions, Connection, Uplink, UplinkState
 from tests.support.broker import MosquittoBroker
-from tests.support.configs import daemon_config
+from tests.support.configs import daemon_config, uplink_section
 from tests.support.ingest_client import IngestClient
 from tests.support.subscriber import Subscriber
 from tests.support.tls import generate_tls_files
@@ -151,15 +151,12 @@ async def test_a_broker_that_refuses_mqtt5_is_named(close_only: bool) -> None:
     old = Mqtt311OnlyBroker(close_only=close_only)
     await old.start()
     uplink = Uplink(
-        UplinkSettings(
+        uplink_section(
             host="127.0.0.1",
             port=old.port,
-            client_id="gw-old",
-            prefix=PREFIX,
-            min_delay_s=0.1,
-            max_delay_s=0.2,
-            auth_failure_delay_s=0.2,
-        )
+            reconnect={"min_delay_s": 0.1, "max_delay_s": 0.2, "auth_failure_delay_s": 0.2},
+        ),
+        ClientOptions(client_id="gw-old", prefix=PREFIX),
     )
     task = asyncio.create_task(uplink.run())
     try:
@@ -244,8 +241,9 @@ def test_a_connection_outliving_its_event_loop_closes_quietly() -> None:
     on another thread and after the connection's event loop has closed: that must not raise
     (it surfaced as an unraisable exception in an unrelated test)."""
     loop = asyncio.new_event_loop()
-    settings = UplinkSettings("127.0.0.1", 1, "gw-test", "eldergate/gw-test")
-    connection = Connection(settings, loop, lambda mid, code: None, lambda m: None)
+    section = uplink_section(host="127.0.0.1", port=1)
+    options = ClientOptions("gw-test", "eldergate/gw-test")
+    connection = Connection(section, options, loop, lambda mid, code: None, lambda m: None)
     connection._fd = 12345  # as if a socket had been registered
     loop.close()
     errors: list[BaseException] = []

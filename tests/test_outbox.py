@@ -17,47 +17,30 @@ from gateway.config import OutboxSection
 from gateway.events import DeviceRef, EventFactory, Lane, decode_envelope
 from gateway.outbox import Outbox
 from gateway.store import Database, StoreOptions
+from tests.support.store import OpenStore
 
 EVENTS = EventFactory("gw-test", ClockSync())
 KIND_OF_LANE = {0: "alarm.raised", 1: "access.granted", 2: "device.tamper", 3: "device.heartbeat"}
 
 
 def event(lane: int, n: int = 0, pad: int = 100) -> object:
-    return EVENTS.make(
+    return EVENTS.make_free(
         KIND_OF_LANE[lane],
         device=DeviceRef(id=f"t-{n:08x}", type="sos_button"),
         data={"n": n, "pad": "x" * pad},
     )
 
 
-class Running:
-    """An open database with its outbox writer running."""
-
-    def __init__(self, db: Database, outbox: Outbox, task: asyncio.Task[None]) -> None:
-        self.db, self.outbox, self.task = db, outbox, task
-
-    @classmethod
-    async def open(
-        cls, path: Path, limits: OutboxSection | None = None, options: StoreOptions | None = None
-    ) -> Running:
-        db = await Database.open(path, options)
-        # Telemetry committed at once unless a test asks for the daemon's window (500 ms):
-        # these tests await each append.
-        outbox = Outbox(db, limits or OutboxSection(telemetry_commit_window_ms=0))
-        await outbox.load()
-        return cls(db, outbox, asyncio.create_task(outbox.run()))
-
-    async def close(self) -> None:
-        await self.outbox.close()
-        await self.task
-        await self.db.close()
+class Running(OpenStore):
+    # Telemetry committed at once unless a test asks for the daemon's window (500 ms): these
+    # tests await each append.
+    default_limits = OutboxSection(telemetry_commit_window_ms=0)
 
 
 @pytest.fixture
 async def box(tmp_path: Path) -> AsyncIterator[Running]:
-    running = await Running.open(tmp_path / "outbox.db")
-    yield running
-    await running.close()
+    async with Running.opened(tmp_path / "outbox.db") as running:
+        yield running
 
 
 async def all_rows(outbox: Outbox, lane: Lane) -> list[int]:
@@ -72,8 +55,7 @@ async def test_append_commits_and_survives_reopen(tmp_path: Path) -> None:
     assert [r.seq for r in receipts] == list(range(1, 9))
     await first.close()
 
-    second = await Running.open(path)
-    try:
+    async with Running.opened(path) as second:
         stored = await second.outbox.fetch(Lane.LIFE_SAFETY, 0, 100)
         assert [s.seq for s in stored] == [1, 5]
         envelope = decode_envelope(stored[0].message.payload)
@@ -81,8 +63,6 @@ async def test_append_commits_and_survives_reopen(tmp_path: Path) -> None:
         assert second.outbox.stats().rows == (2, 2, 2, 2)
         more = await second.outbox.append(event(3))  # type: ignore[arg-type]
         assert more.seq == 9
-    finally:
-        await second.close()
 
 
 async def test_seq_never_reused_after_everything_is_delivered(tmp_path: Path) -> None:
@@ -94,13 +74,10 @@ async def test_seq_never_reused_after_everything_is_delivered(tmp_path: Path) ->
         first.outbox.mark_delivered(row)
     await first.close()  # commits the pending deletes
 
-    second = await Running.open(path)
-    try:
+    async with Running.opened(path) as second:
         assert second.outbox.stats().depth == 0
         receipt = await second.outbox.append(event(3))  # type: ignore[arg-type]
         assert receipt.seq == 6 and receipt.row == 6
-    finally:
-        await second.close()
 
 
 async def test_concurrent_appends_are_group_committed(box: Running) -> None:
@@ -130,8 +107,7 @@ async def test_delivered_rows_are_deleted_in_batches(box: Running) -> None:
 async def test_overflow_drops_oldest_telemetry_then_status_never_lanes_0_and_1(
     tmp_path: Path,
 ) -> None:
-    running = await Running.open(tmp_path / "o.db", OutboxSection(max_rows=100))
-    try:
+    async with Running.opened(tmp_path / "o.db", OutboxSection(max_rows=100)) as running:
         ob = running.outbox
         await ob.append_many(event(3, n) for n in range(40))  # type: ignore[misc]
         await ob.append_many(event(2, n) for n in range(40))  # type: ignore[misc]
@@ -151,8 +127,6 @@ async def test_overflow_drops_oldest_telemetry_then_status_never_lanes_0_and_1(
         assert ob.stats().rows[0] == 80 and ob.stats().rows[1] == 60
         assert ob.stats().rows[2] == 0
         assert ob.stats().dropped == (40, 40)  # 30 + 10 status rows, all 40 telemetry rows
-    finally:
-        await running.close()
 
 
 async def test_drop_counters_survive_restart(tmp_path: Path) -> None:
@@ -160,18 +134,16 @@ async def test_drop_counters_survive_restart(tmp_path: Path) -> None:
     running = await Running.open(path, OutboxSection(max_rows=10))
     await running.outbox.append_many(event(3, n) for n in range(25))  # type: ignore[misc]
     await running.close()
-    again = await Running.open(path, OutboxSection(max_rows=10))
-    try:
+    async with Running.opened(path, OutboxSection(max_rows=10)) as again:
         assert again.outbox.stats().dropped == (0, 15)
         assert again.outbox.stats().rows == (0, 0, 0, 10)
-    finally:
-        await again.close()
 
 
 async def test_full_disk_drops_low_lanes_to_keep_an_alarm(tmp_path: Path) -> None:
     """SQLITE_FULL (provoked with max_page_count): room is made from lanes 3/2 for an alarm."""
-    running = await Running.open(tmp_path / "o.db", options=StoreOptions(max_page_count=60))
-    try:
+    async with Running.opened(
+        tmp_path / "o.db", options=StoreOptions(max_page_count=60)
+    ) as running:
         ob = running.outbox
         stored = 0
         for n in range(2000):  # bounded: fill until SQLite says the file is full
@@ -186,13 +158,12 @@ async def test_full_disk_drops_low_lanes_to_keep_an_alarm(tmp_path: Path) -> Non
         assert receipt.seq is not None
         assert ob.stats().rows[0] == 1
         assert ob.stats().dropped[1] > 0
-    finally:
-        await running.close()
 
 
 async def test_full_disk_with_only_alarms_fails_clearly_and_recovers(tmp_path: Path) -> None:
-    running = await Running.open(tmp_path / "o.db", options=StoreOptions(max_page_count=40))
-    try:
+    async with Running.opened(
+        tmp_path / "o.db", options=StoreOptions(max_page_count=40)
+    ) as running:
         ob = running.outbox
         accepted: list[int] = []
         with pytest.raises(StorageFullError, match="full"):
@@ -209,21 +180,16 @@ async def test_full_disk_with_only_alarms_fails_clearly_and_recovers(tmp_path: P
             await asyncio.sleep(0.02)
         again = await ob.append(event(0, 99999, pad=100))  # type: ignore[arg-type]
         assert again.row > accepted[-1]
-    finally:
-        await running.close()
 
 
 async def test_garbage_file_is_quarantined_and_a_new_store_starts(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     path.write_bytes(b"this is not a database, it is a power cut" * 200)
-    running = await Running.open(path)
-    try:
+    async with Running.opened(path) as running:
         assert running.outbox.stats().depth == 0
         await running.outbox.append(event(0))  # type: ignore[arg-type]
         kept = list(tmp_path.glob("outbox.db.corrupt-*"))
         assert kept, "the corrupt file is kept for inspection"
-    finally:
-        await running.close()
 
 
 async def test_truncated_file_is_salvaged_and_seq_jumps_ahead(tmp_path: Path) -> None:
@@ -234,15 +200,12 @@ async def test_truncated_file_is_salvaged_and_seq_jumps_ahead(tmp_path: Path) ->
     size = path.stat().st_size
     with path.open("r+b") as handle:
         handle.truncate(size // 2)
-    running = await Running.open(path)
-    try:
+    async with Running.opened(path) as running:
         depth = running.outbox.stats().depth
         assert 0 < depth < 3000, "some rows salvaged, the lost half not invented"
         receipt = await running.outbox.append(event(0))  # type: ignore[arg-type]
         assert receipt.seq is not None and receipt.seq > 3000 + 1_000_000
         assert list(tmp_path.glob("outbox.db.corrupt-*"))
-    finally:
-        await running.close()
 
 
 @pytest.mark.parametrize("make_bad", ["file_as_parent", "proc"])
@@ -297,8 +260,7 @@ async def test_os_full_disk_refuses_clearly_and_recovers(small_disk: Path) -> No
     limits = OutboxSection(  # the disk runs out
         min_free_disk_bytes=0, reserve_bytes=128 * 1024, telemetry_commit_window_ms=0
     )
-    running = await Running.open(small_disk / "outbox.db", limits)
-    try:
+    async with Running.opened(small_disk / "outbox.db", limits) as running:
         ob = running.outbox
         accepted: list[int] = []
         with pytest.raises(StorageFullError):
@@ -313,8 +275,6 @@ async def test_os_full_disk_refuses_clearly_and_recovers(small_disk: Path) -> No
                 await asyncio.sleep(0.02)
         again = await ob.append(event(0, 1, pad=100))  # type: ignore[arg-type]
         assert again.row > accepted[-1]
-    finally:
-        await running.close()
 
 
 @pytest.mark.parametrize("small_disk", ["8m"], indirect=True)
@@ -322,16 +282,13 @@ async def test_free_disk_floor_drops_telemetry_before_the_disk_fills(small_disk:
     limits = OutboxSection(
         min_free_disk_bytes=6 * 1024 * 1024, reserve_bytes=64 * 1024, telemetry_commit_window_ms=0
     )
-    running = await Running.open(small_disk / "outbox.db", limits)
-    try:
+    async with Running.opened(small_disk / "outbox.db", limits) as running:
         ob = running.outbox
         for n in range(6000):  # about 4 MiB of telemetry: twice what the floor allows
             await ob.append(event(3, n, pad=400))  # type: ignore[arg-type]
         assert ob.stats().dropped[1] > 0, "the oldest telemetry made room"
         alarm = await ob.append(event(0, 1, pad=400))  # type: ignore[arg-type]
         assert alarm.seq == 6001
-    finally:
-        await running.close()
 
 
 async def test_store_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
@@ -351,11 +308,9 @@ async def test_store_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
 async def test_telemetry_waits_for_company_and_goes_with_the_next_commit(tmp_path: Path) -> None:
     """Heartbeats alone wait (telemetry_window_s) so many share one commit; anything more
     urgent takes them along at once, and close() never leaves them behind."""
-    running = await Running.open(
-        tmp_path / "outbox.db", OutboxSection(telemetry_commit_window_ms=5000)
-    )
-    outbox = running.outbox
-    try:
+    limits = OutboxSection(telemetry_commit_window_ms=5000)
+    async with Running.opened(tmp_path / "outbox.db", limits) as running:
+        outbox = running.outbox
         before = outbox.stats().commits
         heartbeats = []
         for n in range(3):
@@ -369,8 +324,7 @@ async def test_telemetry_waits_for_company_and_goes_with_the_next_commit(tmp_pat
         assert outbox.stats().commits == before + 1
         late = asyncio.create_task(outbox.append(event(3, 100)))
         await asyncio.sleep(0.05)
-    finally:
-        await running.close()  # a held heartbeat is committed by close()
+    # the store is closed: close() committed the held heartbeat
     assert (await late).row > 0
 
 

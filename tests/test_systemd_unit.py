@@ -170,6 +170,18 @@ def test_modules_loaded_for_every_dynamic_device_group() -> None:
     assert {"usbserial", "cdc_acm", "videodev"} <= modules
 
 
+def verify(unit: Path) -> subprocess.CompletedProcess[str]:
+    """``systemd-analyze verify`` of the unit file at ``unit``, run in its directory."""
+    return subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=unit.parent,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": "cat"},
+    )
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     """Ask systemd itself. verify checks that ExecStart's binary exists, so a copy whose
@@ -184,14 +196,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     assert len(exec_lines) == 1
     copy = tmp_path / UNIT.name
     copy.write_text(text.replace(exec_lines[0], "ExecStart=/bin/true"), encoding="utf-8")
-    result = subprocess.run(
-        ["systemd-analyze", "verify", str(copy)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": "cat"},
-    )
+    result = verify(copy)
     output = (result.stdout + result.stderr).splitlines()
     ours = [line for line in output if str(copy) in line or line.startswith(f"{UNIT.name}:")]
     assert ours == [], "\n".join(output)
@@ -203,12 +208,6 @@ def test_verify_filter_catches_unit_errors(tmp_path: Path) -> None:
     """The filter above is not vacuous: a broken copy of the unit is reported."""
     copy = tmp_path / UNIT.name
     copy.write_text("[Service]\nType=notifyy\nExecStart=/bin/true\nBogusKey=1\n", encoding="utf-8")
-    result = subprocess.run(
-        ["systemd-analyze", "verify", str(copy)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    result = verify(copy)
     ours = [line for line in result.stderr.splitlines() if str(copy) in line]
     assert len(ours) == 2, result.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import secrets
 import sqlite3
 from pathlib import Path
@@ -26,10 +25,12 @@ from drivers.door import LoggingDoor
 from drivers.sim.video import Scene, write_door_video
 from gateway.config import Config
 from gateway.vision.decision import DEFAULT_MIN_MARGIN, DEFAULT_THRESHOLD
-from tests.buttons.test_buttons import PREFIX, WAIT_S, base_cfg, call, events, start, wait_events
+from tests.buttons.test_buttons import PREFIX, WAIT_S, base_cfg, call, events, wait_events
 from tests.conftest import SubscriberFactory
 from tests.support.broker import MosquittoBroker
+from tests.support.inprocess import daemon_running
 from tests.support.paths import FACES
+from tests.support.pty_board import ReaderPty
 
 pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason=f"face photos not found at {FACES}")
 
@@ -59,6 +60,9 @@ def access_cfg(
     )
 
 
+CARD = "0100a1b2c3"
+
+
 def jpeg_b64(photo: Path) -> str:
     return base64.b64encode(photo.read_bytes()).decode()
 
@@ -77,8 +81,7 @@ async def test_the_real_clip_opens_the_door_and_a_printed_photo_of_him_does_not(
     cfg = access_cfg(tmp_path, broker, camera, {"decision": {"liveness": "passive"}})
     assert cfg.access is not None and cfg.access.decision.liveness == "passive"
     sub = subscriber(f"{PREFIX}/#", client_id="platform")
-    running = await start(cfg)
-    try:
+    async with daemon_running(cfg):
         await wait_events(sub, "camera.offline")
         still = VIDEO / "lin-manuel-miranda.png"
         args = {"person": "p-lin", "consent_ref": "consent-lin", "photo_jpeg_b64": jpeg_b64(still)}
@@ -109,8 +112,6 @@ async def test_the_real_clip_opens_the_door_and_a_printed_photo_of_him_does_not(
         refused = [e for e in events(sub, "access.denied") if e["data"]["reason"] == "liveness"]
         assert len(refused) == 2 and all(e["data"]["persons"] == ["p-lin"] for e in refused)
         assert len(events(sub, "access.granted")) == 1  # the photo never opened the door
-    finally:
-        assert await running.finish() == 0
 
 
 async def test_door_opens_only_for_enrolled_residents(
@@ -123,8 +124,7 @@ async def test_door_opens_only_for_enrolled_residents(
     camera = tmp_path / "door-camera.avi"
     cfg = access_cfg(tmp_path, broker, camera)
     sub = subscriber(f"{PREFIX}/#", client_id="platform")
-    running = await start(cfg)
-    try:
+    async with daemon_running(cfg) as running:
         offline = await wait_events(sub, "camera.offline")
         assert "camera" in offline[0]["device"]["id"]
         key = tmp_path / "command.key"
@@ -199,8 +199,6 @@ async def test_door_opens_only_for_enrolled_residents(
         for message in sub.messages:
             if message.topic.startswith(f"{PREFIX}/event/"):
                 assert message.payload.count(b",") < 60
-    finally:
-        assert await running.finish() == 0
 
     # The snapshots waited in the outbox sealed: no JPEG (SOI, APP0, "JFIF") anywhere in the
     # database or its WAL, though the platform received each one as a valid JPEG.
@@ -226,11 +224,10 @@ async def test_face_enrol_remove_reenrol_over_mqtt_and_signatures(
     resident = people(2)[0]
     cfg = access_cfg(tmp_path, broker, tmp_path / "no-camera.avi")
     sub = subscriber(f"{PREFIX}/#", client_id="platform")
-    running = await start(cfg)
     wrong_key = tmp_path / "wrong.key"
     wrong_key.write_text(secrets.token_hex(32))
     args = {"person": "p-1", "consent_ref": "c-1", "photo_jpeg_b64": jpeg_b64(resident[0])}
-    try:
+    async with daemon_running(cfg) as running:
         await wait_events(sub, "camera.offline")  # connected: commands are subscribed to
         unsigned = await call(sub, "face.enroll", args)
         assert not unsigned["ok"] and "signature" in unsigned["error"]
@@ -254,8 +251,6 @@ async def test_face_enrol_remove_reenrol_over_mqtt_and_signatures(
         assert opened["ok"], opened
         remote = (await wait_events(sub, "access.granted"))[0]
         assert remote["data"]["method"] == "remote"
-    finally:
-        assert await running.finish() == 0
     conn = sqlite3.connect(cfg.outbox_path)
     try:
         audited = {r[0]: r[1] for r in conn.execute("SELECT event_id, action FROM audit_log")}
@@ -267,41 +262,29 @@ async def test_face_enrol_remove_reenrol_over_mqtt_and_signatures(
 
 
 async def test_cards_added_and_withdrawn_over_mqtt_persist_and_open_the_door(
-    tmp_path: Path, broker: MosquittoBroker, subscriber: SubscriberFactory
+    tmp_path: Path, broker: MosquittoBroker, subscriber: SubscriberFactory, reader_pty: ReaderPty
 ) -> None:
-    master, slave = os.openpty()
-    reader = {"card_reader": {"url": os.ttyname(slave), "format": "em4100"}}
+    reader = {"card_reader": {"url": reader_pty.path, "format": "em4100"}}
     cfg = access_cfg(tmp_path, broker, tmp_path / "no-camera.avi", reader)
     key = tmp_path / "command.key"
     sub = subscriber(f"{PREFIX}/#", client_id="platform")
-    card = "0100a1b2c3"
-    try:
-        running = await start(cfg)
-        try:
-            await wait_events(sub, "camera.offline")  # connected
-            unsigned = await call(sub, "card.add", {"card": card, "person": "p-7"})
-            assert not unsigned["ok"] and "signature" in unsigned["error"]
-            added = await call(sub, "card.add", {"card": card, "person": "p-7"}, key)
-            assert added["ok"] and added["data"]["card"] == "****b2c3"
-        finally:
-            assert await running.finish() == 0
-        running = await start(cfg)  # the register survives a restart
-        try:
-            os.write(master, encode_em4100(card))
-            granted = (await wait_events(sub, "access.granted"))[0]
-            assert granted["data"]["person"] == "p-7" and granted["data"]["method"] == "card"
-            assert card not in json.dumps(granted)  # masked
-            removed = await call(sub, "card.remove", {"card": card}, key)
-            assert removed["ok"], removed
-            await asyncio.sleep(2.5)  # past the repeat suppression of the same card
-            os.write(master, encode_em4100(card))
-            denied = (await wait_events(sub, "access.denied"))[0]
-            assert denied["data"]["reason"] == "unknown_card"
-        finally:
-            assert await running.finish() == 0
-    finally:
-        os.close(master)
-        os.close(slave)
+    async with daemon_running(cfg):
+        await wait_events(sub, "camera.offline")  # connected
+        unsigned = await call(sub, "card.add", {"card": CARD, "person": "p-7"})
+        assert not unsigned["ok"] and "signature" in unsigned["error"]
+        added = await call(sub, "card.add", {"card": CARD, "person": "p-7"}, key)
+        assert added["ok"] and added["data"]["card"] == "****b2c3"
+    async with daemon_running(cfg):  # the register survives a restart
+        reader_pty.write(encode_em4100(CARD))
+        granted = (await wait_events(sub, "access.granted"))[0]
+        assert granted["data"]["person"] == "p-7" and granted["data"]["method"] == "card"
+        assert CARD not in json.dumps(granted)  # masked
+        removed = await call(sub, "card.remove", {"card": CARD}, key)
+        assert removed["ok"], removed
+        await asyncio.sleep(2.5)  # past the repeat suppression of the same card
+        reader_pty.write(encode_em4100(CARD))
+        denied = (await wait_events(sub, "access.denied"))[0]
+        assert denied["data"]["reason"] == "unknown_card"
     audit = [e["data"]["action"] for e in events(sub, "audit.record")]
     assert audit == ["card.added", "card.removed"]
 
@@ -318,8 +301,7 @@ async def test_cli_enrolment_reaches_the_running_daemon_and_the_platform(
     cfg = access_cfg(tmp_path, broker, tmp_path / "no-camera.avi")
     config_file = tmp_path / "unused.toml"  # the CLI's --config; the loaded cfg is passed in
     sub = subscriber(f"{PREFIX}/#", client_id="platform")
-    running = await start(cfg)
-    try:
+    async with daemon_running(cfg) as running:
         await wait_events(sub, "camera.offline")
         args = _parser().parse_args(
             ["faces", "enroll", "--config", str(config_file), "--person", "p-cli"]
@@ -334,22 +316,19 @@ async def test_cli_enrolment_reaches_the_running_daemon_and_the_platform(
         async with asyncio.timeout(WAIT_S):
             while "p-cli" not in service.gallery:
                 await asyncio.sleep(0.05)
-    finally:
-        assert await running.finish() == 0
 
 
 async def test_card_and_face_door_opens_for_the_card_and_its_holders_face_only(
-    tmp_path: Path, broker: MosquittoBroker, subscriber: SubscriberFactory
+    tmp_path: Path, broker: MosquittoBroker, subscriber: SubscriberFactory, reader_pty: ReaderPty
 ) -> None:
     """access.door.credentials = "card_and_face", through the real daemon, a card reader on a
     pty and the door video: resident A shows her card and her face (granted, card+face);
     resident B walks up without a card (not opened); A's card alone later times out."""
     group = people(3)
     resident_a, resident_b = group[0], group[1]
-    master, slave = os.openpty()
     camera = tmp_path / "door-camera.avi"
     extra = {
-        "card_reader": {"url": os.ttyname(slave), "format": "em4100"},
+        "card_reader": {"url": reader_pty.path, "format": "em4100"},
         "door": {
             "id": "door-main",
             "location": "Bldg 3",
@@ -360,45 +339,37 @@ async def test_card_and_face_door_opens_for_the_card_and_its_holders_face_only(
     cfg = access_cfg(tmp_path, broker, camera, extra)
     key = tmp_path / "command.key"
     sub = subscriber(f"{PREFIX}/#", client_id="platform")
-    card = "0100a1b2c3"
-    try:
-        running = await start(cfg)
-        try:
-            await wait_events(sub, "camera.offline")  # connected; no video yet
-            for person, photos in (("p-a", resident_a), ("p-b", resident_b)):
-                args = {
-                    "person": person,
-                    "consent_ref": f"consent-{person}",
-                    "photo_jpeg_b64": jpeg_b64(photos[0]),
-                }
-                assert (await call(sub, "face.enroll", args, key))["ok"]
-            assert (await call(sub, "card.add", {"card": card, "person": "p-a"}, key))["ok"]
-            video = tmp_path / "video-tmp.avi"
-            scenes = [
-                Scene(None, 1.0),
-                Scene(resident_a[1], 3.0),
-                Scene(None, 2.0),
-                Scene(resident_b[1], 3.0),
-                Scene(None, 1.0),
-            ]
-            await asyncio.to_thread(write_door_video, video, scenes)
-            os.write(master, encode_em4100(card))  # A holds her card to the reader ...
-            video.rename(camera)  # ... and walks up to the camera
-            granted = await wait_events(sub, "access.granted", 1)
-            data = granted[0]["data"]
-            assert data["method"] == "card+face" and data["person"] == "p-a", data
-            assert data["card"] == "****b2c3" and data["distance"] < DEFAULT_THRESHOLD
-            await wait_events(sub, "camera.offline", 2)  # the file ended; B came and went
-            os.write(master, encode_em4100(card))  # the card alone, nobody at the camera
-            denied = await wait_events(sub, "access.denied", 1)
-            assert denied[0]["data"]["reason"] == "face_check_timeout", denied
-            assert len(events(sub, "access.granted")) == 1  # B's face alone never opened it
-            assert running.gateway.access is not None
-            health = running.gateway.access.health()
-            assert health["faces"]["card_and_face"]["verified"] == 1
-            assert health["card_reader"]["awaiting_face"] == 2
-        finally:
-            assert await running.finish() == 0
-    finally:
-        os.close(master)
-        os.close(slave)
+    async with daemon_running(cfg) as running:
+        await wait_events(sub, "camera.offline")  # connected; no video yet
+        for person, photos in (("p-a", resident_a), ("p-b", resident_b)):
+            args = {
+                "person": person,
+                "consent_ref": f"consent-{person}",
+                "photo_jpeg_b64": jpeg_b64(photos[0]),
+            }
+            assert (await call(sub, "face.enroll", args, key))["ok"]
+        assert (await call(sub, "card.add", {"card": CARD, "person": "p-a"}, key))["ok"]
+        video = tmp_path / "video-tmp.avi"
+        scenes = [
+            Scene(None, 1.0),
+            Scene(resident_a[1], 3.0),
+            Scene(None, 2.0),
+            Scene(resident_b[1], 3.0),
+            Scene(None, 1.0),
+        ]
+        await asyncio.to_thread(write_door_video, video, scenes)
+        reader_pty.write(encode_em4100(CARD))  # A holds her card to the reader ...
+        video.rename(camera)  # ... and walks up to the camera
+        granted = await wait_events(sub, "access.granted", 1)
+        data = granted[0]["data"]
+        assert data["method"] == "card+face" and data["person"] == "p-a", data
+        assert data["card"] == "****b2c3" and data["distance"] < DEFAULT_THRESHOLD
+        await wait_events(sub, "camera.offline", 2)  # the file ended; B came and went
+        reader_pty.write(encode_em4100(CARD))  # the card alone, nobody at the camera
+        denied = await wait_events(sub, "access.denied", 1)
+        assert denied[0]["data"]["reason"] == "face_check_timeout", denied
+        assert len(events(sub, "access.granted")) == 1  # B's face alone never opened it
+        assert running.gateway.access is not None
+        health = running.gateway.access.health()
+        assert health["faces"]["card_and_face"]["verified"] == 1
+        assert health["card_reader"]["awaiting_face"] == 2

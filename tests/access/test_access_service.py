@@ -116,7 +116,7 @@ async def test_undelivered_snapshots_expire_after_retention_and_counters_follow(
     writer = asyncio.create_task(outbox.run())
     try:
         events = EventFactory("gw-1", ClockSync())
-        status = events.make("door.opened", device=DOOR)
+        status = events.make_free("door.opened", {}, device=DOOR)
         await outbox.append_many([Snapshot("old-1", b"a" * 500), Snapshot("old-2", b"b" * 500)])
         await outbox.append(status)
         before = outbox.stats()

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
-import tty
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +18,17 @@ from drivers.card_reader import encode_em4100, encode_line
 from drivers.door import LoggingDoor
 from drivers.door_contact import SimulatedContact
 from drivers.outputs import LoggingOutput
-from drivers.serial_port import SerialSettings
 from gateway.access.cards import CardAccess, CardRegister, mask_card
 from gateway.access.config import DoorSection
 from gateway.access.door import DoorController, DoorTiming
-from gateway.clock import ClockSync, iso_utc, utc_now
+from gateway.clock import ClockSync
 from gateway.commands import CommandService
-from gateway.config import CommandsSection, OutboxSection, config_from_mapping
+from gateway.config import CommandsSection, config_from_mapping
 from gateway.events import LANES, DeviceRef, Event, EventFactory, WireEnvelope, decode_envelope
-from gateway.outbox import Outbox
-from gateway.signing import canonical_bytes, sign
-from gateway.store import Database
+from tests.support.commands import command_payload
+from tests.support.pty_board import ReaderPty
+from tests.support.serial_link import fast_serial
+from tests.support.store import OpenStore
 
 GW = "gw-door"
 EVENTS = EventFactory(GW, ClockSync())
@@ -43,12 +39,7 @@ LIMIT_S = 5.0
 # -- fixtures ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Store:
-    db: Database
-    outbox: Outbox
-    task: asyncio.Task[None]
-
+class Store(OpenStore):
     async def record(self, event: Event) -> None:
         await self.outbox.append(event)
 
@@ -66,14 +57,8 @@ class Store:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    db = await Database.open(tmp_path / "gateway.db")
-    outbox = Outbox(db, OutboxSection())
-    await outbox.load()
-    task = asyncio.create_task(outbox.run(), name="outbox")
-    yield Store(db, outbox, task)
-    await outbox.close()
-    await task
-    await db.close()
+    async with Store.opened(tmp_path / "gateway.db") as opened:
+        yield opened
 
 
 class Clock:
@@ -98,11 +83,12 @@ def rig(record: Callable[[Event], Any], **section: Any) -> Rig:
     return Rig(door, relay, output, clock)
 
 
-async def closed_at_start(r: Rig) -> None:
+async def closed_at_start(r: Rig) -> Rig:
     """The contact reports closed at start-up; the state is known, no event."""
     r.door.on_contact(False, -1.0)
     await r.door.tick(-0.5)
     assert r.door.health(-0.5)["state"] == "closed"
+    return r
 
 
 async def until(predicate: Callable[[], Any], limit_s: float = LIMIT_S) -> None:
@@ -119,8 +105,7 @@ async def _value(result: Any) -> Any:
 
 
 async def test_grant_then_open_is_authorised_not_forced(store: Store) -> None:
-    r = rig(store.record)
-    await closed_at_start(r)
+    r = await closed_at_start(rig(store.record))
     await r.door.grant("face", "p-0042", "evt-1")
     assert r.relay.count == 1 and r.relay.pulses[0].reason == "granted to p-0042 (face)"
     assert r.relay.pulses[0].seconds == 3.0
@@ -141,8 +126,7 @@ async def test_grant_then_open_is_authorised_not_forced(store: Store) -> None:
 
 
 async def test_open_without_grant_is_forced_at_once(store: Store) -> None:
-    r = rig(store.record)
-    await closed_at_start(r)
+    r = await closed_at_start(rig(store.record))
     r.door.on_contact(True, 10.0)
     await r.door.tick(10.4)  # the first tick after the debounce
     kinds = await store.kinds()
@@ -155,8 +139,7 @@ async def test_open_without_grant_is_forced_at_once(store: Store) -> None:
 
 
 async def test_open_after_the_unlock_window_is_forced(store: Store) -> None:
-    r = rig(store.record)
-    await closed_at_start(r)
+    r = await closed_at_start(rig(store.record))
     await r.door.grant("card", "p-0007", "****b2c3")
     assert r.door.health(0.0)["authorised_until"] == 8.0
     r.door.on_contact(True, 8.5)
@@ -168,8 +151,7 @@ async def test_open_after_the_unlock_window_is_forced(store: Store) -> None:
 
 
 async def test_one_grant_authorises_one_opening(store: Store) -> None:
-    r = rig(store.record)
-    await closed_at_start(r)
+    r = await closed_at_start(rig(store.record))
     await r.door.grant("face", "p-0042", "evt-1")
     r.door.on_contact(True, 1.0)
     await r.door.tick(1.5)
@@ -186,8 +168,7 @@ async def test_one_grant_authorises_one_opening(store: Store) -> None:
 
 
 async def test_bounce_shorter_than_debounce_is_ignored(store: Store) -> None:
-    r = rig(store.record)
-    await closed_at_start(r)
+    r = await closed_at_start(rig(store.record))
     r.door.on_contact(True, 1.0)
     await r.door.tick(1.1)
     await r.door.tick(1.2)
@@ -202,8 +183,7 @@ async def test_bounce_shorter_than_debounce_is_ignored(store: Store) -> None:
 
 
 async def test_held_open_prealert_then_event_once_then_closed(store: Store) -> None:
-    r = rig(store.record)
-    await closed_at_start(r)
+    r = await closed_at_start(rig(store.record))
     await r.door.grant("face", "p-0042", "evt-1")
     r.door.on_contact(True, 0.0)
     await r.door.tick(0.4)
@@ -231,8 +211,7 @@ async def test_held_open_prealert_then_event_once_then_closed(store: Store) -> N
 
 
 async def test_exit_request_grants_and_authorises(store: Store) -> None:
-    r = rig(store.record)
-    await closed_at_start(r)
+    r = await closed_at_start(rig(store.record))
     r.door.on_exit_request(True, 0.0)
     r.door.on_exit_request(False, 0.02)  # a 20 ms glitch on the REX line is not a press
     await r.door.tick(0.1)
@@ -269,8 +248,7 @@ async def test_storage_failure_keeps_the_door_working_and_loses_nothing(store: S
             raise StorageError("disk full (simulated)")
         await store.record(event)
 
-    r = rig(record)
-    await closed_at_start(r)
+    r = await closed_at_start(rig(record))
     r.door.on_contact(True, 0.0)
     await r.door.tick(0.4)  # forced open: recorded? no, storage is broken
     for t in (1.0, 7.0, 10.0):
@@ -355,22 +333,6 @@ async def test_run_with_a_simulated_contact_in_real_time(store: Store) -> None:
 # -- the signed door.open command ----------------------------------------------------------------
 
 
-def signed_command(key: bytes, name: str, args: dict[str, Any], sig: bool = True) -> bytes:
-    now = utc_now()
-    body: dict[str, Any] = {
-        "id": uuid.uuid4().hex,
-        "issued_at": iso_utc(now),
-        "expires_at": iso_utc(now + timedelta(seconds=60)),
-        "args": args,
-    }
-    if sig:
-        canonical = canonical_bytes(
-            GW, name, body["id"], body["issued_at"], body["expires_at"], args
-        )
-        body["sig"] = sign(key, canonical)
-    return json.dumps(body).encode()
-
-
 async def test_door_open_command(store: Store) -> None:
     key = secrets.token_bytes(32)
     service = CommandService(
@@ -381,16 +343,18 @@ async def test_door_open_command(store: Store) -> None:
     await closed_at_start(r)
 
     unsigned = await service.handle(
-        "door.open", signed_command(key, "door.open", {"reason": "x", "by": "y"}, sig=False)
+        "door.open", command_payload(GW, "door.open", {"reason": "x", "by": "y"})
     )
     assert not unsigned.ok and unsigned.error is not None
     assert unsigned.error.startswith("signature_required")
-    bad = await service.handle("door.open", signed_command(key, "door.open", {"by": "ops"}))
+    bad = await service.handle(
+        "door.open", command_payload(GW, "door.open", {"by": "ops"}, key=key)
+    )
     assert not bad.ok and bad.error is not None and bad.error.startswith("invalid_args")
     assert r.relay.count == 0
 
     args = {"reason": "delivery at the main door", "by": "duty-manager-3"}
-    result = await service.handle("door.open", signed_command(key, "door.open", args))
+    result = await service.handle("door.open", command_payload(GW, "door.open", args, key=key))
     assert result.ok and result.data == {"pulsed": True}
     assert r.relay.count == 1 and r.relay.pulses[0].reason == "remote open by duty-manager-3"
     granted = await store.events("access.granted")
@@ -404,36 +368,6 @@ async def test_door_open_command(store: Store) -> None:
 
 
 # -- card access end to end on a pseudo-terminal -------------------------------------------------
-
-
-class ReaderPty:
-    """The card reader's side of a real pty."""
-
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        self.path = os.ttyname(self.slave)
-        self.open = True
-
-    def write(self, data: bytes) -> None:
-        os.write(self.master, data)
-
-    def unplug(self) -> None:
-        if self.open:
-            os.close(self.master)
-            os.close(self.slave)
-            self.open = False
-
-
-@pytest.fixture
-def reader_pty() -> Iterator[ReaderPty]:
-    pty = ReaderPty()
-    yield pty
-    pty.unplug()
-
-
-def fast(url: str) -> SerialSettings:
-    return SerialSettings(url, reopen_min_s=0.02, reopen_max_s=0.1, presence_check_s=0.05)
 
 
 @dataclass
@@ -458,7 +392,9 @@ async def card_rig(store: Store, reader_pty: ReaderPty) -> AsyncIterator[CardRig
         contact=contact,
     )
     register = CardRegister([("0100A1B2C3", "p-0042"), ("00deadbeef", "p-0007")])
-    cards = CardAccess(fast(reader_pty.path), "em4100", register, door, store.record, EVENTS, DOOR)
+    cards = CardAccess(
+        fast_serial(reader_pty.path), "em4100", register, door, store.record, EVENTS, DOOR
+    )
     tasks = [
         asyncio.create_task(door.run(), name="door"),
         asyncio.create_task(cards.run(), name="cards"),
@@ -540,7 +476,7 @@ async def test_line_reader_on_a_pty(store: Store, reader_pty: ReaderPty) -> None
     relay = LoggingDoor()
     door = DoorController(EVENTS, store.record, relay, None, DOOR, timing=DoorTiming(tick_s=0.02))
     cards = CardAccess(
-        fast(reader_pty.path),
+        fast_serial(reader_pty.path),
         "line",
         CardRegister([("0004213378", "p-0100")]),
         door,
@@ -574,7 +510,7 @@ async def test_card_storage_failure_still_opens_and_queues_the_record(store: Sto
     relay = LoggingDoor()
     door = DoorController(EVENTS, record, relay, None, DOOR)
     cards = CardAccess(
-        fast("/dev/null-reader"),
+        fast_serial("/dev/null-reader"),
         "em4100",
         CardRegister([("00deadbeef", "p-0007")]),
         door,
@@ -605,4 +541,4 @@ def test_card_register_and_masking() -> None:
     assert mask_card("1234567") == "****567"
     assert mask_card("1234") == "****34"
     with pytest.raises(ConfigError):
-        CardAccess(fast("/dev/x"), "wiegand", CardRegister(), None, None, EVENTS, DOOR)  # type: ignore[arg-type]
+        CardAccess(fast_serial("/dev/x"), "wiegand", CardRegister(), None, None, EVENTS, DOOR)  # type: ignore[arg-type]

@@ -7,10 +7,8 @@ import asyncio
 import json
 import secrets
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +27,13 @@ from drivers.buttons.terminal_codec import (
 )
 from drivers.outputs import LoggingOutput, OutputSpec, build_output
 from drivers.sim.buttons import SimulatedReceiver
-from gateway import daemon
-from gateway.clock import iso_utc, utc_now
 from gateway.config import Config, parse_config
 from gateway.daemon import DaemonHooks, Gateway
-from gateway.signing import canonical_bytes, sign
 from tests.conftest import SubscriberFactory
 from tests.support.broker import MosquittoBroker
+from tests.support.commands import command_body
 from tests.support.configs import daemon_config, merged, signing_key
+from tests.support.inprocess import InProcessDaemon, start_daemon
 from tests.support.paths import REPO
 from tests.support.subscriber import Subscriber, decode_events
 
@@ -75,30 +72,8 @@ def _cfg(tmp_path: Path, broker: MosquittoBroker, receiver: str, **buttons: Any)
     return base_cfg(tmp_path, broker, buttons=section)
 
 
-@dataclass
-class Running:
-    gateway: Gateway
-    stop: asyncio.Event
-    task: asyncio.Task[int]
-
-    async def finish(self) -> int:
-        self.stop.set()
-        async with asyncio.timeout(30):
-            return await self.task
-
-
-async def start(cfg: Config, output: LoggingOutput | None = None) -> Running:
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[Gateway] = loop.create_future()
-    stop = asyncio.Event()
-    hooks = DaemonHooks(on_ready=ready.set_result, output=output)
-    task = asyncio.create_task(daemon.run(cfg, stop=stop, hooks=hooks), name="daemon")
-    async with asyncio.timeout(WAIT_S):
-        done, _ = await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
-    if ready not in done:
-        ready.cancel()
-        raise AssertionError(f"daemon did not become ready: {task!r}")
-    return Running(ready.result(), stop, task)
+async def start(cfg: Config, output: LoggingOutput | None = None) -> InProcessDaemon:
+    return await start_daemon(cfg, DaemonHooks(output=output), timeout=WAIT_S)
 
 
 def events(sub: Subscriber, kind: str) -> list[dict[str, Any]]:
@@ -112,29 +87,13 @@ async def wait_events(
     return events(sub, kind)
 
 
-def command(name: str, args: dict[str, Any], key_file: Path | None = None) -> tuple[str, bytes]:
-    now = utc_now()
-    body: dict[str, Any] = {
-        "id": uuid.uuid4().hex,
-        "issued_at": iso_utc(now),
-        "expires_at": iso_utc(now + timedelta(seconds=60)),
-        "args": args,
-    }
-    if key_file is not None:
-        key = bytes.fromhex(key_file.read_text().strip())
-        canonical = canonical_bytes(
-            GW, name, body["id"], body["issued_at"], body["expires_at"], args
-        )
-        body["sig"] = sign(key, canonical)
-    return body["id"], json.dumps(body).encode()
-
-
 async def call(
     sub: Subscriber, name: str, args: dict[str, Any], key_file: Path | None = None
 ) -> dict[str, Any]:
-    cid, payload = command(name, args, key_file)
-    await asyncio.to_thread(sub.publish, f"{PREFIX}/cmd/{name}", payload)
-    topic = f"{PREFIX}/cmd_result/{cid}"
+    key = None if key_file is None else bytes.fromhex(key_file.read_text().strip())
+    body = command_body(GW, name, args, key=key)
+    await asyncio.to_thread(sub.publish, f"{PREFIX}/cmd/{name}", json.dumps(body).encode())
+    topic = f"{PREFIX}/cmd_result/{body['id']}"
     msgs = await sub.wait_for_async(lambda m: any(x.topic == topic for x in m), WAIT_S)
     result: dict[str, Any] = next(m for m in msgs if m.topic == topic).json()
     return result
@@ -151,6 +110,43 @@ async def wait_online(gateway: Gateway) -> None:
     async with asyncio.timeout(WAIT_S):
         while not all(r.link.online for r in gateway.buttons.receivers):
             await asyncio.sleep(0.02)
+
+
+@dataclass
+class Rig:
+    """An end to end test's world: the broker, the platform's subscriber to every topic of the
+    gateway, the simulated receiver, and the command key (``key``, made by the first config)."""
+
+    tmp_path: Path
+    broker: MosquittoBroker
+    sub: Subscriber
+    receiver: SimulatedReceiver
+
+    @property
+    def key(self) -> Path:
+        return self.tmp_path / "command.key"
+
+    def cfg(self, **buttons: Any) -> Config:
+        return _cfg(self.tmp_path, self.broker, self.receiver.path, **buttons)
+
+    async def start(
+        self, cfg: Config | None = None, output: LoggingOutput | None = None, *, online: bool = True
+    ) -> InProcessDaemon:
+        """The daemon on ``cfg`` (else :meth:`cfg`); with ``online``, once every receiver is."""
+        gw = await start(cfg or self.cfg(), output)
+        if online:
+            await wait_online(gw.gateway)
+        return gw
+
+
+@pytest.fixture
+def rig(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscriber: SubscriberFactory,
+    receiver: SimulatedReceiver,
+) -> Rig:
+    return Rig(tmp_path, broker, subscriber(f"{PREFIX}/#"), receiver)
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -215,15 +211,9 @@ def test_shipped_example_config_parses() -> None:
 # -- end to end ---------------------------------------------------------------------------------
 
 
-async def test_press_alarm_received_ack_help_coming_and_clear(
-    tmp_path: Path,
-    broker: MosquittoBroker,
-    subscriber: SubscriberFactory,
-    receiver: SimulatedReceiver,
-) -> None:
-    sub = subscriber(f"{PREFIX}/#")
-    gw = await start(_cfg(tmp_path, broker, receiver.path))
-    await wait_online(gw.gateway)
+async def test_press_alarm_received_ack_help_coming_and_clear(rig: Rig) -> None:
+    sub, receiver = rig.sub, rig.receiver
+    gw = await rig.start()
     terminal = receiver.terminal(T1, repeat_s=0.5)
     press = await terminal.press(timeout_s=WAIT_S)
     raised = (await wait_events(sub, "alarm.raised"))[0]
@@ -234,7 +224,7 @@ async def test_press_alarm_received_ack_help_coming_and_clear(
     ack = terminal.received[0]
     assert (ack.ack_type, ack.ack_seq) == (FrameType.PRESS, press.seq)
 
-    key = tmp_path / "command.key"
+    key = rig.key
     unsigned = await call(sub, "alarm.ack", {"device": f"t-{T1:08x}", "by": "someone"})
     assert not unsigned["ok"] and "signature_required" in unsigned["error"]
     assert gw.gateway.buttons is not None and gw.gateway.buttons.alarms.open_alarms()
@@ -247,31 +237,21 @@ async def test_press_alarm_received_ack_help_coming_and_clear(
     assert acked["data"]["status"] == "ok"
     await terminal.wait_for(HelpComing, timeout_s=WAIT_S)
 
-    result = await call(
-        sub, "alarm.clear", {"alarm": raised["id"], "by": "nurse Zhang"}, tmp_path / "command.key"
-    )
+    result = await call(sub, "alarm.clear", {"alarm": raised["id"], "by": "nurse Zhang"}, rig.key)
     assert result["ok"], result
     cleared = (await wait_events(sub, "alarm.cleared"))[0]
     assert cleared["data"]["alarm_id"] == raised["id"]
     await terminal.wait_for(Cleared, timeout_s=WAIT_S)
-    refused = await call(
-        sub, "alarm.ack", {"alarm": raised["id"], "by": "x"}, tmp_path / "command.key"
-    )
+    refused = await call(sub, "alarm.ack", {"alarm": raised["id"], "by": "x"}, rig.key)
     assert not refused["ok"] and "no_open_alarm" in refused["error"]
     assert await gw.finish() == 0
     assert len(events(sub, "alarm.raised")) == 1
 
 
-async def test_repeated_press_is_one_alarm_even_across_restart(
-    tmp_path: Path,
-    broker: MosquittoBroker,
-    subscriber: SubscriberFactory,
-    receiver: SimulatedReceiver,
-) -> None:
-    sub = subscriber(f"{PREFIX}/#")
-    cfg = _cfg(tmp_path, broker, receiver.path)
-    gw = await start(cfg)
-    await wait_online(gw.gateway)
+async def test_repeated_press_is_one_alarm_even_across_restart(rig: Rig) -> None:
+    sub, receiver = rig.sub, rig.receiver
+    cfg = rig.cfg()
+    gw = await rig.start(cfg)
     frame = Press(T1, receiver.next_seq(T1), 1, PressKind.SHORT)
     for _ in range(5):  # a terminal that did not hear RECEIVED repeats the same seq
         receiver.send(frame)
@@ -283,8 +263,7 @@ async def test_repeated_press_is_one_alarm_even_across_restart(
     assert await gw.finish() == 0
     # The gateway restarts; the terminal repeats the same press again.
     before = len(receiver.downlink)
-    gw = await start(cfg)
-    await wait_online(gw.gateway)
+    gw = await rig.start(cfg)
     receiver.send(frame)
     await receiver.wait_downlink(
         lambda f: isinstance(f, Received) and f.ack_seq == frame.seq and before > 0,
@@ -304,18 +283,12 @@ async def test_repeated_press_is_one_alarm_even_across_restart(
     assert await gw.finish() == 0
 
 
-async def test_uncommitted_raise_is_finished_with_the_same_event_id(
-    tmp_path: Path,
-    broker: MosquittoBroker,
-    subscriber: SubscriberFactory,
-    receiver: SimulatedReceiver,
-) -> None:
+async def test_uncommitted_raise_is_finished_with_the_same_event_id(rig: Rig) -> None:
     """A crash after the alarm was recorded but before the outbox commit: the restart
     re-commits the very same event (same id); the terminal's repeat adds nothing."""
-    sub = subscriber(f"{PREFIX}/#")
-    cfg = _cfg(tmp_path, broker, receiver.path)
-    gw = await start(cfg)
-    await wait_online(gw.gateway)
+    sub, receiver = rig.sub, rig.receiver
+    cfg = rig.cfg()
+    gw = await rig.start(cfg)
     await receiver.terminal(T1, repeat_s=0.5).press(timeout_s=WAIT_S)
     first = (await wait_events(sub, "alarm.raised"))[0]
     assert await gw.finish() == 0
@@ -325,31 +298,25 @@ async def test_uncommitted_raise_is_finished_with_the_same_event_id(
     conn.commit()
     conn.close()
     sub.clear()
-    gw = await start(cfg)
+    gw = await rig.start(cfg, online=False)
     again = (await wait_events(sub, "alarm.raised"))[0]
     assert again["id"] == first["id"]
     assert await gw.finish() == 0
 
 
-async def test_no_ack_escalates_and_repeats_even_with_the_broker_stopped(
-    tmp_path: Path,
-    broker: MosquittoBroker,
-    subscriber: SubscriberFactory,
-    receiver: SimulatedReceiver,
-) -> None:
-    sub = subscriber(f"{PREFIX}/#")
+async def test_no_ack_escalates_and_repeats_even_with_the_broker_stopped(rig: Rig) -> None:
+    sub, receiver = rig.sub, rig.receiver
     output = LoggingOutput()
-    cfg = _cfg(tmp_path, broker, receiver.path, ack_deadline_s=1, escalation_repeat_s=1)
-    gw = await start(cfg, output)
-    await wait_online(gw.gateway)
-    await asyncio.to_thread(broker.stop)
+    cfg = rig.cfg(ack_deadline_s=1, escalation_repeat_s=1)
+    gw = await rig.start(cfg, output)
+    await asyncio.to_thread(rig.broker.stop)
     terminal = receiver.terminal(T2, repeat_s=0.5)
     await terminal.press(timeout_s=WAIT_S)  # RECEIVED comes with the broker down
     async with asyncio.timeout(WAIT_S):
         while output.activations < 2:  # escalated, then repeated
             await asyncio.sleep(0.05)
     assert output.active
-    await asyncio.to_thread(broker.start)
+    await asyncio.to_thread(rig.broker.start)
     escalated = (await wait_events(sub, "alarm.escalated"))[0]
     raised = (await wait_events(sub, "alarm.raised"))[0]
     assert escalated["data"]["alarm_id"] == raised["id"]
@@ -358,16 +325,14 @@ async def test_no_ack_escalates_and_repeats_even_with_the_broker_stopped(
         sub,
         "alarm.ack",
         {"device": f"t-{T2:08x}", "by": "desk", "status": "busy"},
-        tmp_path / "command.key",
+        rig.key,
     )
     assert busy["ok"], busy
     n = output.activations
     async with asyncio.timeout(WAIT_S):
         while output.activations <= n:
             await asyncio.sleep(0.05)
-    ok = await call(
-        sub, "alarm.ack", {"alarm": raised["id"], "by": "nurse"}, tmp_path / "command.key"
-    )
+    ok = await call(sub, "alarm.ack", {"alarm": raised["id"], "by": "nurse"}, rig.key)
     assert ok["ok"], ok
     assert not output.active
     n = output.activations
@@ -376,16 +341,10 @@ async def test_no_ack_escalates_and_repeats_even_with_the_broker_stopped(
     assert await gw.finish() == 0
 
 
-async def test_supervision_lost_once_and_restored(
-    tmp_path: Path,
-    broker: MosquittoBroker,
-    subscriber: SubscriberFactory,
-    receiver: SimulatedReceiver,
-) -> None:
-    sub = subscriber(f"{PREFIX}/#")
+async def test_supervision_lost_once_and_restored(rig: Rig) -> None:
+    sub, receiver = rig.sub, rig.receiver
     devices = [{"id": f"t-{T1:08x}", "resident": "Mrs Li", "supervision_s": 1}]
-    gw = await start(_cfg(tmp_path, broker, receiver.path, devices=devices))
-    await wait_online(gw.gateway)
+    gw = await rig.start(rig.cfg(devices=devices))
     lost = (await wait_events(sub, "device.supervision_lost"))[0]
     assert lost["device"]["id"] == f"t-{T1:08x}" and lost["priority"] == 0
     await asyncio.sleep(0.5)
@@ -402,15 +361,9 @@ async def test_supervision_lost_once_and_restored(
     assert await gw.finish() == 0
 
 
-async def test_receiver_unplugged_and_replugged(
-    tmp_path: Path,
-    broker: MosquittoBroker,
-    subscriber: SubscriberFactory,
-    receiver: SimulatedReceiver,
-) -> None:
-    sub = subscriber(f"{PREFIX}/#")
-    gw = await start(_cfg(tmp_path, broker, receiver.path))
-    await wait_online(gw.gateway)
+async def test_receiver_unplugged_and_replugged(rig: Rig) -> None:
+    sub, receiver = rig.sub, rig.receiver
+    gw = await rig.start()
     receiver.unplug()
     offline = (await wait_events(sub, "receiver.offline"))[0]
     assert offline["priority"] == 0 and offline["data"]["receiver"] == "rx1"
@@ -423,15 +376,9 @@ async def test_receiver_unplugged_and_replugged(
     assert await gw.finish() == 0
 
 
-async def test_unknown_device_press_still_alarms_and_is_reported_rate_limited(
-    tmp_path: Path,
-    broker: MosquittoBroker,
-    subscriber: SubscriberFactory,
-    receiver: SimulatedReceiver,
-) -> None:
-    sub = subscriber(f"{PREFIX}/#")
-    gw = await start(_cfg(tmp_path, broker, receiver.path))
-    await wait_online(gw.gateway)
+async def test_unknown_device_press_still_alarms_and_is_reported_rate_limited(rig: Rig) -> None:
+    sub, receiver = rig.sub, rig.receiver
+    gw = await rig.start()
     terminal = receiver.terminal(T_UNKNOWN, repeat_s=0.5)
     await terminal.press(timeout_s=WAIT_S)
     await terminal.press(timeout_s=WAIT_S)
@@ -450,23 +397,14 @@ async def test_unknown_device_press_still_alarms_and_is_reported_rate_limited(
     assert await gw.finish() == 0
 
 
-async def test_ev1527_press_raises_one_alarm(
-    tmp_path: Path,
-    broker: MosquittoBroker,
-    subscriber: SubscriberFactory,
-    receiver: SimulatedReceiver,
-) -> None:
-    sub = subscriber(f"{PREFIX}/#")
+async def test_ev1527_press_raises_one_alarm(rig: Rig) -> None:
+    sub, receiver = rig.sub, rig.receiver
     rf_id = ev1527_codec.device_key(RF_ADDR)
-    cfg = _cfg(
-        tmp_path,
-        broker,
-        receiver.path,
+    cfg = rig.cfg(
         receivers=[{"name": "rf", "url": receiver.path, "protocol": "ev1527"}],
         devices=[{"id": rf_id, "type": "sos_button", "location": "Rm 9"}],
     )
-    gw = await start(cfg)
-    await wait_online(gw.gateway)
+    gw = await rig.start(cfg)
     group = ev1527_codec.encode(RF_ADDR, 0xA)
     for _ in range(6):  # a held button: the module prints the group repeatedly
         receiver.write(group)
@@ -479,17 +417,12 @@ async def test_ev1527_press_raises_one_alarm(
     assert await gw.finish() == 0
 
 
-async def test_device_add_remove_over_mqtt_persist_across_restart(
-    tmp_path: Path,
-    broker: MosquittoBroker,
-    subscriber: SubscriberFactory,
-    receiver: SimulatedReceiver,
-) -> None:
-    sub = subscriber(f"{PREFIX}/#")
-    cfg = _cfg(tmp_path, broker, receiver.path)
-    key_file = tmp_path / "command.key"
+async def test_device_add_remove_over_mqtt_persist_across_restart(rig: Rig) -> None:
+    sub, receiver = rig.sub, rig.receiver
+    cfg = rig.cfg()
+    key_file = rig.key
     new_id = f"t-{T_UNKNOWN:08x}"
-    gw = await start(cfg)
+    gw = await rig.start(cfg, online=False)
     unsigned = await call(sub, "device.add", {"id": new_id})
     assert not unsigned["ok"] and "signature_required" in unsigned["error"]
     args = {"id": new_id, "type": "terminal", "resident": "Mr Chen", "location": "Rm 7"}
@@ -503,7 +436,7 @@ async def test_device_add_remove_over_mqtt_persist_across_restart(
     assert not missing["ok"] and "unknown_device" in missing["error"]
     assert await gw.finish() == 0
 
-    gw = await start(cfg)
+    gw = await rig.start(cfg, online=False)
     assert gw.gateway.buttons is not None
     registry = gw.gateway.buttons.registry
     device = registry.get(new_id)
@@ -518,15 +451,9 @@ async def test_device_add_remove_over_mqtt_persist_across_restart(
     assert await gw.finish() == 0
 
 
-async def test_cancel_by_the_resident(
-    tmp_path: Path,
-    broker: MosquittoBroker,
-    subscriber: SubscriberFactory,
-    receiver: SimulatedReceiver,
-) -> None:
-    sub = subscriber(f"{PREFIX}/#")
-    gw = await start(_cfg(tmp_path, broker, receiver.path))
-    await wait_online(gw.gateway)
+async def test_cancel_by_the_resident(rig: Rig) -> None:
+    sub, receiver = rig.sub, rig.receiver
+    gw = await rig.start()
     terminal = receiver.terminal(T1, repeat_s=0.5)
     await terminal.press(timeout_s=WAIT_S)
     raised = (await wait_events(sub, "alarm.raised"))[0]
@@ -541,16 +468,12 @@ async def test_cancel_by_the_resident(
 
 
 async def test_open_alarm_survives_restart_and_escalates_again_without_a_second_event(
-    tmp_path: Path,
-    broker: MosquittoBroker,
-    subscriber: SubscriberFactory,
-    receiver: SimulatedReceiver,
+    rig: Rig,
 ) -> None:
-    sub = subscriber(f"{PREFIX}/#")
-    cfg = _cfg(tmp_path, broker, receiver.path, ack_deadline_s=1, escalation_repeat_s=5)
+    sub, receiver = rig.sub, rig.receiver
+    cfg = rig.cfg(ack_deadline_s=1, escalation_repeat_s=5)
     first_output = LoggingOutput()
-    gw = await start(cfg, first_output)
-    await wait_online(gw.gateway)
+    gw = await rig.start(cfg, first_output)
     await receiver.terminal(T1, repeat_s=0.5).press(timeout_s=WAIT_S)
     raised = (await wait_events(sub, "alarm.raised"))[0]
     await wait_events(sub, "alarm.escalated")
@@ -558,15 +481,13 @@ async def test_open_alarm_survives_restart_and_escalates_again_without_a_second_
     assert not first_output.active  # switched off at shutdown
 
     output = LoggingOutput()
-    gw = await start(cfg, output)
+    gw = await rig.start(cfg, output, online=False)
     async with asyncio.timeout(WAIT_S):
         while not output.active:  # the siren comes back on after a restart
             await asyncio.sleep(0.05)
     assert gw.gateway.buttons is not None
     assert [a.id for a in gw.gateway.buttons.alarms.open_alarms()] == [raised["id"]]
-    result = await call(
-        sub, "alarm.ack", {"alarm": raised["id"], "by": "nurse"}, tmp_path / "command.key"
-    )
+    result = await call(sub, "alarm.ack", {"alarm": raised["id"], "by": "nurse"}, rig.key)
     assert result["ok"], result
     assert not output.active
     assert len(events(sub, "alarm.escalated")) == 1
@@ -583,15 +504,9 @@ def test_gpio_output_is_refused_by_check_config_without_gpiozero() -> None:
         parse_config(text, source="gw.toml")
 
 
-async def test_status_frames_and_other_alarm_causes(
-    tmp_path: Path,
-    broker: MosquittoBroker,
-    subscriber: SubscriberFactory,
-    receiver: SimulatedReceiver,
-) -> None:
-    sub = subscriber(f"{PREFIX}/#")
-    gw = await start(_cfg(tmp_path, broker, receiver.path))
-    await wait_online(gw.gateway)
+async def test_status_frames_and_other_alarm_causes(rig: Rig) -> None:
+    sub, receiver = rig.sub, rig.receiver
+    gw = await rig.start()
     terminal = receiver.terminal(T2, repeat_s=0.5)
     await terminal.send_until_received(receiver.battery_low(T2, 2210), timeout_s=WAIT_S)
     await terminal.send_until_received(receiver.tamper(T2, True), timeout_s=WAIT_S)
@@ -610,20 +525,14 @@ async def test_status_frames_and_other_alarm_causes(
     assert await gw.finish() == 0
 
 
-async def test_one_cancel_cannot_end_escalated_alarms_or_silence_the_siren(
-    tmp_path: Path,
-    broker: MosquittoBroker,
-    subscriber: SubscriberFactory,
-    receiver: SimulatedReceiver,
-) -> None:
+async def test_one_cancel_cannot_end_escalated_alarms_or_silence_the_siren(rig: Rig) -> None:
     """Issue 8 item 6: one 11-byte CANCEL with a valid CRC cancelled three open alarms of a
     device, one escalated, and switched the siren off. Now a CANCEL after escalation is only
     recorded (alarm.cancel_requested): every alarm stays open and the siren stays on."""
-    sub = subscriber(f"{PREFIX}/#")
+    sub, receiver = rig.sub, rig.receiver
     output = LoggingOutput()
-    cfg = _cfg(tmp_path, broker, receiver.path, ack_deadline_s=1, escalation_repeat_s=1)
-    gw = await start(cfg, output)
-    await wait_online(gw.gateway)
+    cfg = rig.cfg(ack_deadline_s=1, escalation_repeat_s=1)
+    gw = await rig.start(cfg, output)
     terminal = receiver.terminal(T1, repeat_s=0.5)
     for _ in range(3):
         await terminal.press(timeout_s=WAIT_S)
@@ -644,7 +553,7 @@ async def test_one_cancel_cannot_end_escalated_alarms_or_silence_the_siren(
     assert output.active  # the siren is still on
     assert terminal.cleared == []  # the terminal is not told the alarm is over
     # Only staff end it: a signed alarm.clear of all three turns the siren off.
-    key = tmp_path / "command.key"
+    key = rig.key
     for event in raised:
         result = await call(sub, "alarm.clear", {"alarm": event["id"], "by": "nurse"}, key)
         assert result["ok"], result
@@ -652,26 +561,20 @@ async def test_one_cancel_cannot_end_escalated_alarms_or_silence_the_siren(
     assert await gw.finish() == 0
 
 
-async def test_authenticated_terminal_over_the_air_forged_cancel_refused(
-    tmp_path: Path,
-    broker: MosquittoBroker,
-    subscriber: SubscriberFactory,
-    receiver: SimulatedReceiver,
-) -> None:
+async def test_authenticated_terminal_over_the_air_forged_cancel_refused(rig: Rig) -> None:
     """A terminal with auth = "required": its plain (forged) CANCEL is refused and reported,
     its authenticated CANCEL inside the window ends the alarm; a recorded CANCEL replayed
     after a restart is refused."""
-    sub = subscriber(f"{PREFIX}/#")
+    sub, receiver = rig.sub, rig.receiver
     key = secrets.token_bytes(32)
-    key_path = tmp_path / "t1.key"
+    key_path = rig.tmp_path / "t1.key"
     key_path.write_text(key.hex() + "\n")
     key_path.chmod(0o600)
     devices = [
         {"id": f"t-{T1:08x}", "resident": "Mrs Li", "auth": "required", "key_file": str(key_path)}
     ]
-    cfg = _cfg(tmp_path, broker, receiver.path, devices=devices, cancel_window_s=50)
-    gw = await start(cfg)
-    await wait_online(gw.gateway)
+    cfg = rig.cfg(devices=devices, cancel_window_s=50)
+    gw = await rig.start(cfg)
     assert gw.gateway.buttons is not None
     buttons = gw.gateway.buttons
     receiver.set_key(T1, key, counter=1000)
@@ -693,8 +596,7 @@ async def test_authenticated_terminal_over_the_air_forged_cancel_refused(
     await terminal.wait_for(Cleared, timeout_s=WAIT_S)
     assert await gw.finish() == 0
 
-    gw = await start(cfg)
-    await wait_online(gw.gateway)
+    gw = await rig.start(cfg)
     assert gw.gateway.buttons is not None
     await terminal.press(timeout_s=WAIT_S)
     await wait_events(sub, "alarm.raised", 2)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,10 @@ from gateway.buttons.config import ButtonsSection, DeviceSection
 from gateway.buttons.registry import Device, DeviceRegistry
 from gateway.buttons.service import ButtonService, _Heard
 from gateway.clock import ClockSync
-from gateway.config import OutboxSection, config_from_mapping
-from gateway.events import EventFactory, decode_envelope
-from gateway.outbox import Outbox
-from gateway.store import Database
+from gateway.config import config_from_mapping
+from gateway.events import EventFactory
+from tests.buttons.conftest import OPEN
+from tests.support.store import OpenStore, stored_envelopes
 
 EVENTS = EventFactory("gw-auth", ClockSync())
 T1, T2 = 0x2000001A, 0x2000001B
@@ -53,9 +52,7 @@ class Clock:
 
 @dataclass
 class Gw:
-    db: Database
-    outbox: Outbox
-    writer: asyncio.Task[None]
+    store: OpenStore
     service: ButtonService
     output: LoggingOutput
     clock: Clock
@@ -85,19 +82,7 @@ class Gw:
     async def close(self) -> None:
         await self.settle()
         await self.service.flush_supervision()
-        await self.outbox.close()
-        await self.writer
-        await self.db.close()
-
-
-_OPEN: list[Gw] = []
-
-
-@pytest.fixture(autouse=True)
-async def _close_left_open() -> AsyncIterator[None]:
-    yield
-    while _OPEN:
-        await _OPEN.pop().close()
+        await self.store.close()
 
 
 async def boot(
@@ -106,10 +91,8 @@ async def boot(
     clock = clock or Clock()
     devices = devices or [DeviceSection(id=ID1), DeviceSection(id=ID2)]
     section = ButtonsSection(devices=devices, ack_deadline_s=ACK_S, **cfg)
-    db = await Database.open(path)
-    outbox = Outbox(db, OutboxSection())
-    await outbox.load()
-    writer = asyncio.create_task(outbox.run(), name="outbox-writer")
+    store = await OpenStore.open(path)
+    db, outbox = store.db, store.outbox
     registry = DeviceRegistry(db, outbox, EVENTS, [Device(d.id, "terminal") for d in devices])
     await registry.load()
     output = LoggingOutput()
@@ -117,26 +100,22 @@ async def boot(
     await alarms.load()
     service = ButtonService(section, registry, alarms, outbox, EVENTS, monotonic=clock)
     await service.load_auth()
-    gw = Gw(db, outbox, writer, service, output, clock)
-    _OPEN.append(gw)
+    gw = Gw(store, service, output, clock)
+    OPEN.append(gw)
     return gw
 
 
 async def reboot(gw: Gw, path: Path, devices: list[DeviceSection] | None = None) -> Gw:
-    _OPEN.remove(gw)
+    OPEN.remove(gw)
     await gw.close()
     return await boot(path, devices, Clock(mono=5.0))
 
 
 def stored(path: Path, kind: str) -> list[dict[str, Any]]:
-    with sqlite3.connect(path) as conn:
-        payloads = [r[0] for r in conn.execute("SELECT payload FROM outbox ORDER BY id")]
     found = []
-    for payload in payloads:
-        envelope = decode_envelope(payload)
-        if envelope.kind == kind:
-            assert envelope.device is not None
-            found.append({"device": envelope.device.id, "data": dict(envelope.data)})
+    for envelope in stored_envelopes(path, kind):
+        assert envelope.device is not None
+        found.append({"device": envelope.device.id, "data": dict(envelope.data)})
     return found
 
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from drivers.buttons.terminal_codec import Heartbeat
 from drivers.outputs import LoggingOutput
@@ -19,9 +16,9 @@ from gateway.buttons.registry import Device, DeviceRegistry
 from gateway.buttons.service import ButtonService, _Heard
 from gateway.clock import ClockSync
 from gateway.config import OutboxSection
-from gateway.events import EventFactory, decode_envelope
-from gateway.outbox import Outbox
-from gateway.store import Database
+from gateway.events import EventFactory
+from tests.buttons.conftest import OPEN
+from tests.support.store import OpenStore, stored_envelopes
 
 EVENTS = EventFactory("gw-sup", ClockSync())
 WALL0 = 1_700_000_000.0
@@ -58,23 +55,18 @@ def devices(count: int, supervision_s: float, first: int = 0) -> list[Device]:
 class Gw:
     """The button service of one gateway 'boot' on a real database file (no receivers)."""
 
-    def __init__(
-        self, db: Database, outbox: Outbox, writer: asyncio.Task[None], service: ButtonService
-    ) -> None:
-        self.db, self.outbox, self.writer, self.service = db, outbox, writer, service
+    def __init__(self, store: OpenStore, service: ButtonService) -> None:
+        self.store, self.db, self.service = store, store.db, service
         self.seq = 0
-        self.closed = False
-        _OPEN.append(self)
+        OPEN.append(self)
 
     @classmethod
     async def boot(
         cls, path: Path, clock: Clock, configured: list[Device], *, load: bool = True
     ) -> Gw:
-        db = await Database.open(path)
         # Telemetry committed at once: the tests await each heartbeat's append.
-        outbox = Outbox(db, OutboxSection(telemetry_commit_window_ms=0))
-        await outbox.load()
-        writer = asyncio.create_task(outbox.run(), name="outbox-writer")
+        store = await OpenStore.open(path, OutboxSection(telemetry_commit_window_ms=0))
+        db, outbox = store.db, store.outbox
         registry = DeviceRegistry(db, outbox, EVENTS, configured)
         await registry.load()
         alarms = AlarmBook(db, outbox, EVENTS, LoggingOutput(), ButtonsSection())
@@ -89,7 +81,7 @@ class Gw:
         )
         if load:
             await service.load_supervision()
-        return cls(db, outbox, writer, service)
+        return cls(store, service)
 
     async def heartbeat(self, *numbers: int) -> None:
         # Concurrently, as a busy receiver delivers them: their outbox appends share a commit.
@@ -98,35 +90,15 @@ class Gw:
         await asyncio.gather(*(self.service.handle(_Heard("rx1", beat)) for beat in beats))
 
     async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        await self.outbox.close()
-        await self.writer
-        await self.db.close()
-
-
-_OPEN: list[Gw] = []
-
-
-@pytest.fixture(autouse=True)
-async def _close_left_open() -> AsyncIterator[None]:
-    """A failing test still closes its databases (no unclosed-connection warnings)."""
-    yield
-    while _OPEN:
-        await _OPEN.pop().close()
+        await self.store.close()
 
 
 def kinds(path: Path, kind: str) -> list[str]:
     """Device ids of the stored events of one kind, in commit order."""
-    with sqlite3.connect(path) as conn:
-        payloads = [r[0] for r in conn.execute("SELECT payload FROM outbox ORDER BY id")]
     found = []
-    for payload in payloads:
-        envelope = decode_envelope(payload)
-        if envelope.kind == kind:
-            assert envelope.device is not None
-            found.append(envelope.device.id)
+    for envelope in stored_envelopes(path, kind):
+        assert envelope.device is not None
+        found.append(envelope.device.id)
     return found
 
 

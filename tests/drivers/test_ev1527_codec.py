@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.buttons.ev1527_codec import (
@@ -24,14 +24,7 @@ from drivers.buttons.ev1527_codec import (
     encode,
 )
 from tests.support.paths import REPO
-
-PROPS = settings(
-    deadline=None,
-    max_examples=150,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+from tests.support.properties import PROPS
 
 DOCS = REPO / "docs" / "protocols.md"
 BUTTON = (0x12345, 0xA)

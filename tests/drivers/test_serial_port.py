@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tty
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -32,30 +32,23 @@ from drivers.buttons.terminal_codec import (
 )
 from drivers.serial_port import SerialLink, SerialSettings, open_serial
 from drivers.sim.buttons import SimulatedReceiver
+from tests.support.serial_link import LIMIT_S, Changes, fast_serial, running
 
-LIMIT_S = 5.0
 DEVICE = 0x2000001A
 
 
 def fast(url: str, **kwargs: float | int) -> SerialSettings:
-    values: dict[str, float | int] = {
-        "reopen_min_s": 0.02,
-        "reopen_max_s": 0.1,
-        "presence_check_s": 0.05,
-        "write_timeout_s": 1.0,
-    }
-    values.update(kwargs)
-    return SerialSettings(url, **values)  # type: ignore[arg-type]
+    return fast_serial(url, **({"write_timeout_s": 1.0} | kwargs))
 
 
-class Recorder:
+class Recorder(Changes):
     """The layer above: records bytes (as delivered) and state transitions."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.chunks: list[bytes] = []
         self.times: list[float] = []
         self.states: list[tuple[bool, str]] = []
-        self._changed = asyncio.Event()
 
     @property
     def data(self) -> bytes:
@@ -68,11 +61,27 @@ class Recorder:
     def on_bytes(self, data: bytes, now: float) -> None:
         self.chunks.append(data)
         self.times.append(now)
-        self._changed.set()
+        self.changed()
 
     def on_state(self, online: bool, reason: str) -> None:
         self.states.append((online, reason))
-        self._changed.set()
+        self.changed()
+
+    def link(self, url: str) -> SerialLink:
+        """A link on ``url`` (quick settings) that hands this recorder what it reads."""
+        return SerialLink(fast(url), self.on_bytes, self.on_state)
+
+    @asynccontextmanager
+    async def online_link(self, url: str) -> AsyncIterator[SerialLink]:
+        """:meth:`link` running for the block, from the moment it is online."""
+        link = self.link(url)
+        async with running(link):
+            await self.until_online(True)
+            yield link
+
+    async def until_online(self, *transitions: bool) -> None:
+        """Until the link's state changes so far are exactly ``transitions`` (True: online)."""
+        await self.until(lambda: self.online == list(transitions))
 
     async def until_states(self, count: int) -> None:
         await self.until(lambda: len(self.states) == count)
@@ -80,61 +89,44 @@ class Recorder:
     async def until_bytes(self, count: int) -> None:
         await self.until(lambda: len(self.data) >= count)
 
-    async def until(self, predicate: Callable[[], bool], limit_s: float = LIMIT_S) -> None:
-        async with asyncio.timeout(limit_s):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
-
-
-@asynccontextmanager
-async def running(link: SerialLink) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(link.run(), name="serial-link")
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
 
 async def test_bytes_arrive_as_delivered_and_decode(tmp_path: Path) -> None:
     rec = Recorder()
-    async with SimulatedReceiver(link_path=tmp_path / "by-id" / "usb-sim") as sim:
-        link = SerialLink(fast(sim.path), rec.on_bytes, rec.on_state)
-        async with running(link):
-            await rec.until(lambda: rec.online == [True])
-            frames: list[TerminalFrame] = [
-                Press(DEVICE, 7, 1, PressKind.SHORT),
-                Heartbeat(DEVICE, 8, 2950, -71),
-                PullCord(DEVICE, 9),
-            ]
-            wire = b"".join(encode(f) for f in frames)
-            await sim.write_paced(wire, chunk=3, baudrate=115200)
-            await rec.until(lambda: len(rec.data) == len(wire))
-            assert rec.data == wire
-            assert len(rec.chunks) > 1  # split as the OS delivered it
-            assert rec.times == sorted(rec.times)
-            decoder = TerminalDecoder()
-            decoded = [f for chunk in rec.chunks for f in decoder.feed(chunk)]
-            assert decoded == frames
-            assert link.online
+    async with (
+        SimulatedReceiver(link_path=tmp_path / "by-id" / "usb-sim") as sim,
+        rec.online_link(sim.path) as link,
+    ):
+        frames: list[TerminalFrame] = [
+            Press(DEVICE, 7, 1, PressKind.SHORT),
+            Heartbeat(DEVICE, 8, 2950, -71),
+            PullCord(DEVICE, 9),
+        ]
+        wire = b"".join(encode(f) for f in frames)
+        await sim.write_paced(wire, chunk=3, baudrate=115200)
+        await rec.until(lambda: len(rec.data) == len(wire))
+        assert rec.data == wire
+        assert len(rec.chunks) > 1  # split as the OS delivered it
+        assert rec.times == sorted(rec.times)
+        decoder = TerminalDecoder()
+        decoded = [f for chunk in rec.chunks for f in decoder.feed(chunk)]
+        assert decoded == frames
+        assert link.online
 
 
 async def test_downlink_reaches_the_receiver(tmp_path: Path) -> None:
     rec = Recorder()
-    async with SimulatedReceiver(link_path=tmp_path / "rx") as sim:
-        link = SerialLink(fast(sim.path), rec.on_bytes, rec.on_state)
-        async with running(link):
-            await rec.until(lambda: rec.online == [True])
-            sent: list[TerminalFrame] = [
-                Received(DEVICE, 0, FrameType.PRESS, 7),
-                HelpComing(DEVICE, 1),
-                Cleared(DEVICE, 2),
-            ]
-            await asyncio.gather(*(link.write(encode(f)) for f in sent))
-            await sim.wait_downlink(lambda f: isinstance(f, Cleared), timeout_s=LIMIT_S)
-            assert list(sim.downlink) == sent
+    async with (
+        SimulatedReceiver(link_path=tmp_path / "rx") as sim,
+        rec.online_link(sim.path) as link,
+    ):
+        sent: list[TerminalFrame] = [
+            Received(DEVICE, 0, FrameType.PRESS, 7),
+            HelpComing(DEVICE, 1),
+            Cleared(DEVICE, 2),
+        ]
+        await asyncio.gather(*(link.write(encode(f)) for f in sent))
+        await sim.wait_downlink(lambda f: isinstance(f, Cleared), timeout_s=LIMIT_S)
+        assert list(sim.downlink) == sent
 
 
 async def test_write_before_run_or_while_offline_raises_transient() -> None:
@@ -146,9 +138,9 @@ async def test_write_before_run_or_while_offline_raises_transient() -> None:
 async def test_unplug_replug_cycles_report_each_transition_once(tmp_path: Path) -> None:
     rec = Recorder()
     async with SimulatedReceiver(link_path=tmp_path / "by-id" / "usb-sim") as sim:
-        link = SerialLink(fast(sim.path), rec.on_bytes, rec.on_state)
+        link = rec.link(sim.path)
         async with running(link) as task:
-            await rec.until(lambda: rec.online == [True])
+            await rec.until_online(True)
             for cycle in range(4):
                 sim.unplug()
                 await rec.until_states(2 * cycle + 2)
@@ -179,14 +171,14 @@ async def test_unplug_replug_cycles_report_each_transition_once(tmp_path: Path) 
 async def test_missing_path_is_offline_once_then_online_when_it_appears(tmp_path: Path) -> None:
     rec = Recorder()
     path = tmp_path / "serial" / "by-id" / "usb-not-yet"
-    link = SerialLink(fast(str(path)), rec.on_bytes, rec.on_state)
+    link = rec.link(str(path))
     async with running(link):
-        await rec.until(lambda: rec.online == [False])
+        await rec.until_online(False)
         assert "No such file" in rec.states[0][1]
         await asyncio.sleep(0.3)  # many attempts, still one report
         assert rec.online == [False]
         async with SimulatedReceiver(link_path=path) as sim:
-            await rec.until(lambda: rec.online == [False, True])
+            await rec.until_online(False, True)
             sim.heartbeat(DEVICE)
             await rec.until(lambda: len(rec.data) == 14)
 
@@ -198,13 +190,11 @@ async def test_path_repointed_to_another_device_is_noticed(tmp_path: Path) -> No
     async with SimulatedReceiver() as first, SimulatedReceiver() as second:
         assert first.slave_path and second.slave_path
         path.symlink_to(first.slave_path)
-        link = SerialLink(fast(str(path)), rec.on_bytes, rec.on_state)
-        async with running(link):
-            await rec.until(lambda: rec.online == [True])
+        async with rec.online_link(str(path)):
             tmp = tmp_path / "rx.tmp"
             tmp.symlink_to(second.slave_path)
             os.replace(tmp, path)
-            await rec.until(lambda: rec.online == [True, False, True])
+            await rec.until_online(True, False, True)
             assert "another device" in rec.states[1][1]
             second.cancel(DEVICE)
             await rec.until(lambda: len(rec.data) == 11)
@@ -220,12 +210,12 @@ async def test_socket_url_against_a_local_tcp_server() -> None:
     server = await asyncio.start_server(accept, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     rec = Recorder()
-    link = SerialLink(fast(f"socket://127.0.0.1:{port}"), rec.on_bytes, rec.on_state)
+    link = rec.link(f"socket://127.0.0.1:{port}")
     try:
         async with running(link):
             async with asyncio.timeout(LIMIT_S):
                 reader, writer = await connections.get()
-            await rec.until(lambda: rec.online == [True])
+            await rec.until_online(True)
             uplink = encode(Press(DEVICE, 1, 2, PressKind.DOUBLE))
             writer.write(uplink)
             await writer.drain()
@@ -237,7 +227,7 @@ async def test_socket_url_against_a_local_tcp_server() -> None:
 
             writer.close()  # the serial server drops us: offline once, then reconnect
             await writer.wait_closed()
-            await rec.until(lambda: rec.online == [True, False, True])
+            await rec.until_online(True, False, True)
             async with asyncio.timeout(LIMIT_S):
                 reader, writer = await connections.get()
             writer.write(uplink)
@@ -256,9 +246,9 @@ async def test_socket_refused_is_transient_offline_once() -> None:
     server.close()
     await server.wait_closed()
     rec = Recorder()
-    link = SerialLink(fast(f"socket://127.0.0.1:{port}"), rec.on_bytes, rec.on_state)
+    link = rec.link(f"socket://127.0.0.1:{port}")
     async with running(link):
-        await rec.until(lambda: rec.online == [False])
+        await rec.until_online(False)
         await asyncio.sleep(0.2)
         assert rec.online == [False]
 
@@ -266,9 +256,7 @@ async def test_socket_refused_is_transient_offline_once() -> None:
 async def test_cancellation_closes_the_port(tmp_path: Path) -> None:
     rec = Recorder()
     async with SimulatedReceiver(link_path=tmp_path / "rx") as sim:
-        link = SerialLink(fast(sim.path), rec.on_bytes, rec.on_state)
-        async with running(link):
-            await rec.until(lambda: rec.online == [True])
+        async with rec.online_link(sim.path) as link:
             # The link holds an exclusive lock: a second open is refused while it runs.
             with pytest.raises(TransientError):
                 transport, _ = await open_serial(sim.path, 9600, asyncio.Protocol)
@@ -292,7 +280,7 @@ async def test_on_bytes_raising_does_not_stop_reading(tmp_path: Path) -> None:
     async with SimulatedReceiver(link_path=tmp_path / "rx") as sim:
         link = SerialLink(fast(sim.path), on_bytes, rec.on_state)
         async with running(link):
-            await rec.until(lambda: rec.online == [True])
+            await rec.until_online(True)
             sim.write(b"first")
             await rec.until(lambda: rec.data == b"first")
             sim.write(b"second")
@@ -310,7 +298,7 @@ async def test_transmit_buffer_is_bounded_and_writes_time_out(tmp_path: Path) ->
         settings = fast(os.ttyname(slave), max_write_buffer=4096, write_timeout_s=0.05)
         link = SerialLink(settings, rec.on_bytes, rec.on_state)
         async with running(link):
-            await rec.until(lambda: rec.online == [True])
+            await rec.until_online(True)
             errors: list[str] = []
             for _ in range(200):  # the pty takes a few KiB; this is far more
                 try:

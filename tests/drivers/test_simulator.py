@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -35,61 +35,49 @@ from drivers.buttons.terminal_codec import (
     encode,
     verify,
 )
-from drivers.serial_port import SerialLink, SerialSettings
+from drivers.serial_port import SerialLink
 from drivers.sim import simulate_cli
 from drivers.sim.buttons import SimulatedReceiver
 from drivers.sim.simulate_cli import ControlServer
+from tests.support.serial_link import LIMIT_S, Changes, fast_serial, running
 
-LIMIT_S = 5.0
 DEVICE = 0x2000001A
 OTHER = 0x2000002B
 
 
-class Gateway:
+class Gateway(Changes):
     """The layers above SerialLink, reduced to: decode, remember, wait."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.terminal = TerminalDecoder()
         self.rf = Ev1527Decoder()
         self.frames: list[TerminalFrame] = []
         self.presses: list[RfPress] = []
         self.states: list[bool] = []
         self.last_now = 0.0
-        self._changed = asyncio.Event()
 
     def on_bytes(self, data: bytes, now: float) -> None:
         self.last_now = now
         self.frames.extend(self.terminal.feed(data))
         self.presses.extend(self.rf.feed(data, now))
-        self._changed.set()
+        self.changed()
 
     def on_state(self, online: bool, reason: str) -> None:
         self.states.append(online)
-        self._changed.set()
+        self.changed()
 
     def of(self, kind: type[TerminalFrame]) -> list[TerminalFrame]:
         return [f for f in self.frames if isinstance(f, kind)]
-
-    async def until(self, predicate: Callable[[], bool], limit_s: float = LIMIT_S) -> None:
-        async with asyncio.timeout(limit_s):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
 
 
 @asynccontextmanager
 async def gateway_on(path: str) -> AsyncIterator[tuple[Gateway, SerialLink]]:
     gw = Gateway()
-    settings = SerialSettings(path, reopen_min_s=0.02, reopen_max_s=0.1, presence_check_s=0.05)
-    link = SerialLink(settings, gw.on_bytes, gw.on_state)
-    task = asyncio.create_task(link.run(), name="serial-link")
-    try:
+    link = SerialLink(fast_serial(path), gw.on_bytes, gw.on_state)
+    async with running(link):
         await gw.until(lambda: gw.states == [True])
         yield gw, link
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.buttons.terminal_codec import (
@@ -39,15 +39,7 @@ from drivers.buttons.terminal_codec import (
     verify,
 )
 from tests.support.paths import REPO
-
-# Reproducible in CI: derandomized, no example database written into the repository.
-PROPS = settings(
-    deadline=None,
-    max_examples=150,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+from tests.support.properties import PROPS
 
 DOCS = REPO / "docs" / "protocols.md"
 RESIDENT = 0x2000001A  # a registered terminal
@@ -111,7 +103,7 @@ ids = st.integers(0, 0xFFFFFFFF)
 seqs = st.integers(0, 0xFF)
 u8 = st.integers(0, 0xFF)
 u16 = st.integers(0, 0xFFFF)
-frames: st.SearchStrategy[TerminalFrame] = st.one_of(
+uplink: st.SearchStrategy[UplinkFrame] = st.one_of(
     st.builds(Press, ids, seqs, u8, st.sampled_from(PressKind)),
     st.builds(Cancel, ids, seqs),
     st.builds(Heartbeat, ids, seqs, u16, st.integers(-128, 127)),
@@ -119,6 +111,9 @@ frames: st.SearchStrategy[TerminalFrame] = st.one_of(
     st.builds(Tamper, ids, seqs, st.booleans()),
     st.builds(PullCord, ids, seqs),
     st.builds(Fall, ids, seqs, st.integers(0, 100)),
+)
+frames: st.SearchStrategy[TerminalFrame] = st.one_of(
+    uplink,
     st.builds(Received, ids, seqs, u8, u8),
     st.builds(HelpComing, ids, seqs),
     st.builds(Cleared, ids, seqs),
@@ -311,6 +306,10 @@ def test_frame_is_returned_by_the_feed_that_completes_it(
     garbage: bytes, frame: TerminalFrame
 ) -> None:
     """A false AA 55 can never make a real frame wait for bytes that come after it."""
+    assert_returned_by_the_feed_that_completes_it(garbage, frame)
+
+
+def assert_returned_by_the_feed_that_completes_it(garbage: bytes, frame: TerminalFrame) -> None:
     dec = TerminalDecoder()
     dec.feed(garbage)
     assert dec.feed(encode(frame)) == [frame]
@@ -526,15 +525,6 @@ def test_fast_seeded_fuzz() -> None:
 DOC_KEY = bytes(range(32))  # the key of the worked example in docs/protocols.md
 keys = st.binary(min_size=32, max_size=32)
 counters = st.integers(0, 0xFFFFFFFF)
-uplink: st.SearchStrategy[UplinkFrame] = st.one_of(
-    st.builds(Press, ids, seqs, u8, st.sampled_from(PressKind)),
-    st.builds(Cancel, ids, seqs),
-    st.builds(Heartbeat, ids, seqs, u16, st.integers(-128, 127)),
-    st.builds(BatteryLow, ids, seqs, u16),
-    st.builds(Tamper, ids, seqs, st.booleans()),
-    st.builds(PullCord, ids, seqs),
-    st.builds(Fall, ids, seqs, st.integers(0, 100)),
-)
 sealed = st.builds(seal, uplink, counters, keys)
 
 
@@ -608,10 +598,7 @@ def test_false_authenticated_header_never_holds_back_a_real_frame(
 def test_authenticated_frame_is_returned_by_the_feed_that_completes_it(
     garbage: bytes, frame: TerminalFrame
 ) -> None:
-    dec = TerminalDecoder()
-    dec.feed(garbage)
-    assert dec.feed(encode(frame)) == [frame]
-    assert dec.buffered == 0
+    assert_returned_by_the_feed_that_completes_it(garbage, frame)
 
 
 @pytest.mark.parametrize("inner", [Cancel(RESIDENT, 8), Press(RESIDENT, 9, 1, PressKind.SHORT)])

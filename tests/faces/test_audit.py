@@ -25,41 +25,31 @@ from gateway.faces.crypto import TemplateCipher
 from gateway.faces.store import FaceStore
 from gateway.outbox import Outbox
 from gateway.store import Database
+from tests.support.store import OpenStore
 
 EVENTS = EventFactory("gw-audit", ClockSync())
 
 
 def access_event(person: str, n: int = 0) -> Event:
-    return EVENTS.make("access.granted", data={"person": person, "distance": 0.31, "n": n})
+    return EVENTS.make_free("access.granted", data={"person": person, "distance": 0.31, "n": n})
 
 
-class Env:
-    def __init__(self, db: Database, outbox: Outbox, task: asyncio.Task[None]) -> None:
-        self.db, self.outbox, self.task = db, outbox, task
+class Env(OpenStore):
+    default_limits = OutboxSection(reserve_bytes=0)
+
+    def __init__(self, db: Database, outbox: Outbox, writer: asyncio.Task[None]) -> None:
+        super().__init__(db, outbox, writer)
         self.audit = AuditLog(db, outbox)
-
-    @classmethod
-    async def open(cls, path: Path) -> Env:
-        db = await Database.open(path)
-        outbox = Outbox(db, OutboxSection(reserve_bytes=0))
-        await outbox.load()
-        return cls(db, outbox, asyncio.create_task(outbox.run()))
 
     async def outbox_ids(self) -> list[str]:
         stored = await self.outbox.fetch(Lane.ACCESS_AUDIT, 0, 10_000)
         return [decode_envelope(s.message.payload).id for s in stored]
 
-    async def close(self) -> None:
-        await self.outbox.close()
-        await self.task
-        await self.db.close()
-
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    e = await Env.open(tmp_path / "outbox.db")
-    yield e
-    await e.close()
+    async with Env.opened(tmp_path / "outbox.db") as e:
+        yield e
 
 
 def marks(path: Path) -> set[str]:
@@ -115,30 +105,27 @@ async def test_crash_after_the_outbox_commit_forwards_the_entry_once_more(tmp_pa
     await first.outbox.append(event)
     await first.close()
 
-    second = await Env.open(path)
-    try:
+    async with Env.opened(path) as second:
         assert [e.forwarded for e in await second.audit.tail(5)] == [False]
         assert await second.audit.forward_pending() == 1
         # Sent twice with the same event id: the platform deduplicates on it.
         assert await second.outbox_ids() == [event.id, event.id]
         assert await second.audit.forward_pending() == 0
         assert marks(path) == {event.id}
-    finally:
-        await second.close()
 
 
 async def test_failed_append_leaves_the_row_for_forward_pending(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     env = await Env.open(path)
     await env.outbox.close()
-    await env.task
+    await env.writer
     event = access_event("bob")
     with pytest.raises(StorageError):
         await env.audit.record(event, action="access.granted", subject="bob", actor="t")
     # The row is committed though its event is not: a fresh outbox on the same log sends it.
     env.outbox = Outbox(env.db, OutboxSection(reserve_bytes=0))
     await env.outbox.load()
-    env.task = asyncio.create_task(env.outbox.run())
+    env.writer = asyncio.create_task(env.outbox.run())
     env.audit = AuditLog(env.db, env.outbox)
     try:
         assert await env.audit.forward_pending() == 1
@@ -187,12 +174,12 @@ async def test_nothing_embedding_like_is_audited(env: Env) -> None:
         {"person": "x", "b64": "A" * 10_000},
     ]
     for data in bad:
-        event = EVENTS.make("face.enrolled", data=data)
+        event = EVENTS.make_free("face.enrolled", data=data)
         with pytest.raises(BiometricDataError):
             await env.audit.record(event, action="face.enrolled", subject="x", actor="t")
     assert await env.audit.tail(10) == []
     assert await env.outbox_ids() == []
-    ok = EVENTS.make("access.denied", data={"distances": [0.5] * MAX_NUMBERS_IN_A_LIST})
+    ok = EVENTS.make_free("access.denied", data={"distances": [0.5] * MAX_NUMBERS_IN_A_LIST})
     await env.audit.record(ok, action="access.denied", subject="?", actor="t")
 
 
@@ -214,7 +201,7 @@ async def test_stored_events_of_real_store_changes_carry_no_embedding(env: Env) 
             person,
             "CONSENT-9",
             rng.normal(size=(2, 128)).astype(np.float32),
-            event=lambda total, p=person: EVENTS.make(
+            event=lambda total, p=person: EVENTS.make_free(
                 "face.enrolled", data={"person": p, "templates_total": total}
             ),
             actor="t",
@@ -222,7 +209,9 @@ async def test_stored_events_of_real_store_changes_carry_no_embedding(env: Env) 
         )
     await store.remove(
         "p1",
-        event=lambda n: EVENTS.make("face.removed", data={"person": "p1", "templates_removed": n}),
+        event=lambda n: EVENTS.make_free(
+            "face.removed", data={"person": "p1", "templates_removed": n}
+        ),
         actor="t",
     )
     conn = sqlite3.connect(env.db.path)

@@ -33,6 +33,7 @@ from gateway.faces.enrolment import (
     EnrolmentRefused,
     EnrolmentSettings,
     FaceEnrolment,
+    PhotoLimits,
     encode_photo,
     image_size,
 )
@@ -109,13 +110,13 @@ def test_what_is_not_a_usable_image_is_refused() -> None:
     with pytest.raises(EnrolmentRefused, match="JPEG or PNG"):
         encode_photo(bytes(bmp.tobytes()), SETTINGS)
     with pytest.raises(EnrolmentRefused) as big:
-        encode_photo(SALLEY.read_bytes(), replace(SETTINGS, max_bytes=1000))
+        encode_photo(SALLEY.read_bytes(), SETTINGS, PhotoLimits(max_bytes=1000))
     assert code_of(big) == "too_large"
     with pytest.raises(EnrolmentRefused) as many:
-        encode_photo(SALLEY.read_bytes(), replace(SETTINGS, max_pixels=100 * 100))
+        encode_photo(SALLEY.read_bytes(), SETTINGS, PhotoLimits(max_pixels=100 * 100))
     assert code_of(many) == "too_large" and "150x150" in many.value.detail
     with pytest.raises(EnrolmentRefused) as small:
-        encode_photo(SALLEY.read_bytes(), replace(SETTINGS, min_face_px=200))
+        encode_photo(SALLEY.read_bytes(), replace(SETTINGS, enrol_min_face_px=200))
     assert code_of(small) == "face_too_small" and "200 px" in small.value.detail
 
 
@@ -127,8 +128,8 @@ def test_header_sizes_and_a_big_photo_decoded_reduced() -> None:
     data = jpeg(big)
     assert image_size(data) == (1000, 900)
     # Decoded at 1/2 and downscaled to 400 px; the face size still counts in the original.
-    settings = replace(SETTINGS, max_side=400, min_face_px=300)
-    encoding = encode_photo(data, settings)
+    settings = replace(SETTINGS, enrol_min_face_px=300)
+    encoding = encode_photo(data, settings, PhotoLimits(max_side=400))
     reference = encode_photo(SALLEY.read_bytes(), SETTINGS)
     assert float(np.linalg.norm(encoding - reference)) < 0.3
 

@@ -16,8 +16,14 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError
+from gateway.access.config import AccessSection
 from gateway.config import config_from_mapping
-from gateway.faces.enrolment import EnrolmentSettings, encode_photo, enrolment_settings
+from gateway.faces.enrolment import (
+    EnrolmentParams,
+    EnrolmentSettings,
+    encode_photo,
+    enrolment_params,
+)
 from gateway.faces.quality import FaceQuality, QualityLimits, check, measure
 from gateway.faces.store import EnrolmentRefused
 from tests.support.paths import FACES
@@ -100,13 +106,13 @@ def test_light_is_named_before_focus_and_pose() -> None:
 
 def test_a_limit_at_the_end_of_its_range_turns_the_gate_off() -> None:
     off = QualityLimits(
-        min_sharpness=0.0,
-        max_yaw=10.0,
-        max_roll_deg=180.0,
-        min_brightness=0.0,
-        max_brightness=255.0,
-        max_clipped=1.0,
-        min_contrast=0.0,
+        enrol_min_sharpness=0.0,
+        enrol_max_yaw=10.0,
+        enrol_max_roll_deg=180.0,
+        enrol_min_brightness=0.0,
+        enrol_max_brightness=255.0,
+        enrol_max_clipped=1.0,
+        enrol_min_contrast=0.0,
     )
     check(
         FaceQuality(
@@ -216,7 +222,7 @@ def test_encode_photo_refuses_a_blurred_photo_and_names_the_gate(photo: tuple[An
     assert caught.value.code == "face_blurred", caught.value.detail
     assert "hold the camera still" in caught.value.detail
     # The same photo with the gate off is encoded: the refusal was the gate's.
-    off = replace(settings, quality=replace(settings.quality, min_sharpness=0.0))
+    off = replace(settings, enrol_min_sharpness=0.0)
     assert encode_photo(blurred, off).shape == (128,)
 
 
@@ -244,11 +250,11 @@ GATEWAY = {"gateway": {"id": "gw-1"}}
 
 def test_config_carries_the_gates_and_checks_their_ranges() -> None:
     access = {"enrol_min_sharpness": 0.0, "enrol_max_yaw": 0.5, "enrol_max_roll_deg": 30.0}
-    settings = enrolment_settings(config_from_mapping({**GATEWAY, "access": access}))
-    assert settings.quality.min_sharpness == 0.0
-    assert settings.quality.max_yaw == 0.5
-    assert settings.quality.max_roll_deg == 30.0
-    assert settings.quality.min_contrast == LIMITS.min_contrast
+    params = enrolment_params(config_from_mapping({**GATEWAY, "access": access}))
+    assert params.enrol_min_sharpness == 0.0
+    assert params.enrol_max_yaw == 0.5
+    assert params.enrol_max_roll_deg == 30.0
+    assert params.enrol_min_contrast == LIMITS.enrol_min_contrast
     for key, bad in (
         ("enrol_min_sharpness", 95.0),
         ("enrol_max_yaw", 0.0),
@@ -257,3 +263,17 @@ def test_config_carries_the_gates_and_checks_their_ranges() -> None:
     ):
         with pytest.raises(ConfigError, match=key):
             config_from_mapping({**GATEWAY, "access": {key: bad}})
+
+
+def test_the_access_section_is_what_enrolment_reads_with_the_same_defaults() -> None:
+    """The daemon and the faces CLI pass [access] itself (EnrolmentParams): its defaults are
+    EnrolmentSettings' (what the CLI uses without an [access] section), and enrolment encodes
+    with the door's recognition.jitters."""
+    names = [n for n in dir(EnrolmentParams) if n.startswith("enrol_")]
+    assert len(names) == 10
+    section = AccessSection()
+    defaults = enrolment_params(config_from_mapping(GATEWAY))
+    assert defaults == EnrolmentSettings()
+    assert {n: getattr(section, n) for n in names} == {n: getattr(defaults, n) for n in names}
+    cfg = config_from_mapping({**GATEWAY, "access": {"recognition": {"jitters": 3}}})
+    assert enrolment_params(cfg).enrol_jitters == 3

@@ -192,7 +192,7 @@ async def test_template_refresh_is_bounded_audited_and_never_drifts(env: Env) ->
             "salley",
             encoding,
             limits,
-            event=lambda d, r, t: EventFactory(GW, ClockSync()).make(
+            event=lambda d, r, t: EventFactory(GW, ClockSync()).make_free(
                 "face.template_refreshed", data={"person": "salley", "distance": d}
             ),
             actor="door:door-main",

@@ -50,14 +50,16 @@ def random_templates(k: int, seed: int) -> Floats:
 
 def enrolled_event(person: str) -> Callable[[int], Event]:
     def make(total: int) -> Event:
-        return EVENTS.make("face.enrolled", data={"person": person, "templates_total": total})
+        return EVENTS.make_free("face.enrolled", data={"person": person, "templates_total": total})
 
     return make
 
 
 def removed_event(person: str) -> Callable[[int], Event]:
     def make(removed: int) -> Event:
-        return EVENTS.make("face.removed", data={"person": person, "templates_removed": removed})
+        return EVENTS.make_free(
+            "face.removed", data={"person": person, "templates_removed": removed}
+        )
 
     return make
 

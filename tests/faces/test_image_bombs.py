@@ -25,7 +25,6 @@ import sys
 import textwrap
 import zlib
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from gateway.faces.enrolment import (
     EnrolmentRefused,
     EnrolmentSettings,
     FaceEnrolment,
+    PhotoLimits,
     encode_photo,
     image_size,
 )
@@ -214,14 +214,15 @@ def test_the_decoder_limit_holds_with_the_header_cap_lifted(pool: FaceWorkerPool
     """encode_photo with a header cap above the bombs (and no reduced decoding): the worker's
     decoder refuses them, and the refusal is `too_large`, not a cv2.error."""
     pool.submit(peak_memory_after_reset).result(timeout=60)
-    lifted = replace(EnrolmentSettings(), max_pixels=10 * SIDE * SIDE, max_side=SIDE + 1)
+    defaults = EnrolmentSettings()
+    lifted = PhotoLimits(max_pixels=10 * SIDE * SIDE, max_side=SIDE + 1)
     for name in ("jpeg_huge_header", "jpeg_stray_byte_before_sof", "jpeg_progressive_huge"):
         with pytest.raises(EnrolmentRefused) as info:
-            pool.submit(encode_photo, BOMBS[name][0], lifted).result(timeout=120)
+            pool.submit(encode_photo, BOMBS[name][0], defaults, lifted).result(timeout=120)
         assert info.value.code == "too_large", (name, info.value)
         assert "decoder" in info.value.detail, info.value.detail
     with pytest.raises(EnrolmentRefused) as png:
-        pool.submit(encode_photo, BOMBS["png_huge_ihdr"][0], lifted).result(timeout=120)
+        pool.submit(encode_photo, BOMBS["png_huge_ihdr"][0], defaults, lifted).result(timeout=120)
     assert png.value.code == "too_large" and "decoder" in png.value.detail, png.value
     assert worker_peak(pool) < MAX_RSS_KIB * 1024
 
@@ -230,9 +231,10 @@ def test_what_passes_every_pixel_check_is_held_by_the_memory_limit(pool: FaceWor
     """A progressive 30000x30000 JPEG decoded at 1/8 (3750x3750 passes the decoder's check):
     libjpeg still wants 2.7 GB of coefficients, which the worker's address space refuses."""
     pool.submit(peak_memory_after_reset).result(timeout=60)
-    lifted = replace(EnrolmentSettings(), max_pixels=10 * SIDE * SIDE)
+    lifted = PhotoLimits(max_pixels=10 * SIDE * SIDE)
     with pytest.raises(EnrolmentRefused) as info:
-        pool.submit(encode_photo, BOMBS["jpeg_progressive_huge"][0], lifted).result(timeout=120)
+        bomb = BOMBS["jpeg_progressive_huge"][0]
+        pool.submit(encode_photo, bomb, EnrolmentSettings(), lifted).result(timeout=120)
     assert info.value.code in ("too_large", "not_an_image"), info.value
     assert worker_peak(pool) < MAX_RSS_KIB * 1024
 
@@ -254,7 +256,7 @@ def test_the_workers_get_the_limits_they_are_given() -> None:
         assert outcome.startswith("refused") and "CV_IO_MAX_IMAGE_PIXELS" in outcome
     finally:
         small.shutdown()
-    assert EnrolmentSettings().max_pixels == DEFAULT_MAX_IMAGE_PIXELS
+    assert PhotoLimits().max_pixels == DEFAULT_MAX_IMAGE_PIXELS
 
 
 class Env:

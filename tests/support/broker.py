@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from tests.support.lifecycle import Closing, end_process
+from tests.support.lifecycle import ChildProcess, end_process
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -54,28 +54,18 @@ class BrokerError(RuntimeError):
     """The broker could not be started, or died while starting."""
 
 
-class _BrokerProcess(Closing):
+class _BrokerProcess(ChildProcess):
     """What both brokers share: one child process, its log files, ``with`` support."""
 
     work_dir: Path
     log_path: Path
     stdio_path: Path
-    _proc: subprocess.Popen[bytes] | None
 
     def start(self) -> Self:
         raise NotImplementedError
 
     def stop(self) -> int | None:
         raise NotImplementedError
-
-    @property
-    def running(self) -> bool:
-        """True while the broker process is alive (it may be paused)."""
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.running and self._proc is not None else None
 
     def log_tail(self, lines: int = 60) -> str:
         """The last ``lines`` lines of the broker log and of its stdout/stderr, for reports."""

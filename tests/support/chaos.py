@@ -238,17 +238,11 @@ class ChaosResult:
 
     @property
     def missing_by_lane(self) -> dict[int, int]:
-        counts = {lane: 0 for lane in range(4)}
-        for ack in self.missing:
-            counts[int(KIND_LANES[ack.kind])] += 1
-        return counts
+        return _by_lane(self.missing)
 
     @property
     def acked_by_lane(self) -> dict[int, int]:
-        counts = {lane: 0 for lane in range(4)}
-        for ack in self.acked:
-            counts[int(KIND_LANES[ack.kind])] += 1
-        return counts
+        return _by_lane(self.acked)
 
     @property
     def max_recovery_s(self) -> float | None:
@@ -278,6 +272,14 @@ class ChaosResult:
     def summary(self) -> str:
         p = self.properties()
         return f"{self.scenario} (seed {self.seed}): " + ", ".join(f"{k}={v}" for k, v in p.items())
+
+
+def _by_lane(acks: list[Ack]) -> dict[int, int]:
+    """How many of ``acks`` there are in each lane (every lane counted, 0 included)."""
+    counts = {lane: 0 for lane in range(4)}
+    for ack in acks:
+        counts[int(KIND_LANES[ack.kind])] += 1
+    return counts
 
 
 def _round(value: float | None) -> float | None:

@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Config, config_from_mapping
+from common.errors import ConfigError
+from gateway.config import Config, UplinkSection, config_from_mapping
+from gateway.config_base import convert
 
 
 def merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,3 +70,12 @@ def daemon_config(
     return config_from_mapping(
         daemon_mapping(state_dir, host, port, gateway_id=gateway_id, quiet=quiet, **sections)
     )
+
+
+def uplink_section(**keys: Any) -> UplinkSection:
+    """An `[uplink]` section as a test's TOML would give it (`reconnect` and `tls` as tables),
+    checked like the file: a key the section does not have, or a value it refuses, raises."""
+    section, problems = convert(keys, UplinkSection)
+    if problems or section is None:
+        raise ConfigError("; ".join(f"uplink.{p.key}: {p.message}" for p in problems))
+    return section

@@ -31,10 +31,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from tests.support.lifecycle import end_process
+from tests.support.lifecycle import ChildProcess, end_process
 from tests.support.paths import REPO
 
 _LOGGER = logging.getLogger(__name__)
@@ -62,7 +60,7 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-class GatewayProcess:
+class GatewayProcess(ChildProcess):
     """One eldergate daemon (restartable) with its own config, state dir, sockets and log.
 
     Nothing is spawned until :meth:`start` (or ``with``). The outbox and every other piece of
@@ -136,14 +134,6 @@ class GatewayProcess:
     @property
     def outbox_path(self) -> Path:
         return self.state_dir / "outbox.db"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.running and self._proc is not None else None
 
     @property
     def starts(self) -> int:
@@ -316,18 +306,6 @@ socket = {_toml_str(str(self.ingest_socket))}
             self._reader.join(5)
         if self._sock_dir is not None:
             shutil.rmtree(self._sock_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"

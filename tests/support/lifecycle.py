@@ -1,5 +1,5 @@
-"""What the test helpers that own a resource share: `with` support, and ending a child
-process (SIGTERM, then SIGKILL when it does not stop in time)."""
+"""What the test helpers that own a resource share: `with` support, the state of the child
+process they run, and ending it (SIGTERM, then SIGKILL when it does not stop in time)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,15 @@ KILL_WAIT_S = 15.0
 class Closing:
     """`with helper:` starts it (`start()`) and closes it (`close()`) whatever happens."""
 
-    def start(self) -> Self:
+    def start(self) -> object:
         raise NotImplementedError
 
     def close(self) -> None:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
-        return self.start()
+        self.start()
+        return self
 
     def __exit__(
         self,
@@ -31,6 +32,21 @@ class Closing:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class ChildProcess(Closing):
+    """A helper that runs one child process at a time (``_proc``, None while there is none)."""
+
+    _proc: subprocess.Popen[bytes] | None
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive (it may be paused)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
 
 
 def end_process(proc: subprocess.Popen[Any], timeout: float | None, what: str) -> int:

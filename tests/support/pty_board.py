@@ -1,7 +1,9 @@
 """A serial device's side of a pseudo-terminal (a relay board, a card reader) for the tests.
 
-`link` is a stable symlink, like /dev/serial/by-id/..., that `plug()` points at a fresh pty;
-`unplug()` closes it (the gateway sees the device vanish). Every read is bounded.
+`PtyBoard.link` is a stable symlink, like /dev/serial/by-id/..., that `plug()` points at a fresh
+pty; `unplug()` closes it (the gateway sees the device vanish). Every read is bounded.
+`ReaderPty` is a card reader that only writes: the gateway opens `path` (the `reader_pty`
+fixture in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -58,3 +60,22 @@ class PtyBoard:
     def close(self) -> None:
         if self.master >= 0:
             self.unplug()
+
+
+class ReaderPty:
+    """The card reader's side of a real pty."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+        self.open = True
+
+    def write(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def unplug(self) -> None:
+        if self.open:
+            os.close(self.master)
+            os.close(self.slave)
+            self.open = False
