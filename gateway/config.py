@@ -24,6 +24,7 @@ from common.errors import ConfigError
 from gateway.access.config import AccessSection, clear_cards_warning
 from gateway.buttons.config import ButtonsSection
 from gateway.config_base import Problem, Section, convert
+from gateway.console.config import ConsoleSection
 
 _MiB = 1024 * 1024
 
@@ -202,6 +203,7 @@ class Config(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     ingest: IngestSection = msgspec.field(default_factory=IngestSection)
     buttons: ButtonsSection | None = None
     access: AccessSection | None = None
+    console: ConsoleSection | None = None
 
     def problems(self) -> Iterator[tuple[str, str]]:
         """Rules across sections: the reply topics against the gateway's own."""

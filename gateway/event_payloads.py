@@ -209,6 +209,34 @@ class FaceTemplateRefreshed(Payload, frozen=True, kw_only=True):
     door: Annotated[str | None, _doc("the door whose grant it came from")]
 
 
+Client = Annotated[str, _doc("the browser's address")]
+
+
+class ConsoleLogin(Payload, frozen=True, kw_only=True):
+    staff: Annotated[str, _doc("the staff member's user name")]
+    role: Annotated[str, _doc("staff or admin")]
+    client: Client
+
+
+class ConsoleLoginRefused(Payload, frozen=True, kw_only=True):
+    username: Annotated[str, _doc("the user name given (at most 64 printable characters)")]
+    reason: Annotated[str, _doc("wrong_password, unknown_user, locked, rate_limited")]
+    client: Client
+    failures: Annotated[int, _doc("wrong passwords in a row for this account")]
+
+
+class ConsoleLogout(Payload, frozen=True, kw_only=True):
+    staff: str
+    reason: Annotated[str, _doc("logout, idle, expired, revoked")]
+
+
+class StaffChanged(Payload, frozen=True, kw_only=True):
+    action: Annotated[str, _doc("add, remove, passwd")]
+    staff: str
+    role: Annotated[str | None, _doc("staff or admin; null when removed")]
+    actor: Actor
+
+
 class AuditRecord(Payload, frozen=True, kw_only=True):
     action: Annotated[str, _doc("card.add, card.remove, …")]
     card: Annotated[str, _doc("the masked card number")]

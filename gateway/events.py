@@ -57,6 +57,10 @@ class Kind(StrEnum):
     FACE_DOORS_CHANGED = "face.doors_changed"
     FACE_TEMPLATE_REFRESHED = "face.template_refreshed"
     AUDIT_RECORD = "audit.record"
+    CONSOLE_LOGIN = "console.login"
+    CONSOLE_LOGIN_REFUSED = "console.login_refused"
+    CONSOLE_LOGOUT = "console.logout"
+    STAFF_CHANGED = "staff.changed"
     GATEWAY_OUTBOX_OVERFLOW = "gateway.outbox_overflow"
     GATEWAY_SETTINGS_CHANGED = "gateway.settings_changed"
     DEVICE_AUTH_FAILED = "device.auth_failed"
@@ -171,6 +175,24 @@ KINDS: Mapping[Kind, KindInfo] = {
         Lane.ACCESS_AUDIT,
         "A live grant's fused encoding became one more template of the person.",
         P.FaceTemplateRefreshed,
+    ),
+    Kind.CONSOLE_LOGIN: KindInfo(
+        Lane.ACCESS_AUDIT, "A staff member logged in to the duty console.", P.ConsoleLogin
+    ),
+    Kind.CONSOLE_LOGIN_REFUSED: KindInfo(
+        Lane.ACCESS_AUDIT,
+        "A console login was refused (wrong password, locked account, too many attempts).",
+        P.ConsoleLoginRefused,
+    ),
+    Kind.CONSOLE_LOGOUT: KindInfo(
+        Lane.ACCESS_AUDIT,
+        "A console session ended (logged out, expired, revoked).",
+        P.ConsoleLogout,
+    ),
+    Kind.STAFF_CHANGED: KindInfo(
+        Lane.ACCESS_AUDIT,
+        "A console account was added, removed or given a new password (`eldergate staff`).",
+        P.StaffChanged,
     ),
     Kind.AUDIT_RECORD: KindInfo(
         Lane.ACCESS_AUDIT,

@@ -27,6 +27,7 @@ from gateway.config import (
     load_config,
     parse_config,
 )
+from gateway.console.config import ConsoleSection
 from gateway.daemon import DaemonHooks, Gateway, client_options, run
 from gateway.mqtt import UplinkState
 from tests.conftest import BrokerFactory
@@ -80,22 +81,38 @@ def test_example_config_loads_with_the_documented_values() -> None:
 
 
 def test_example_config_mentions_every_key_of_the_model() -> None:
-    """The annotated example documents every setting (so none is a hidden surprise)."""
+    """The annotated example documents every setting (so none is a hidden surprise). The
+    console is off in the example: its section is there, commented out, with every key."""
     text = EXAMPLE.read_text(encoding="utf-8")
+    off = re.sub(r"(?m)^# ?", "", "\n".join(_commented_block(text, "[console]")))
     builtins = Config(gateway=load_config(EXAMPLE).gateway)
+    assert builtins.console is None and load_config(EXAMPLE).console is None
     missing = []
 
-    def walk(prefix: str, value: Any) -> None:
+    def walk(prefix: str, value: Any, source: str) -> None:
         for key, sub in value.items():
             dotted = f"{prefix}.{key}" if prefix else key
             if isinstance(sub, dict):
-                walk(dotted, sub)
-            elif find_key_line(text, dotted) is None:
+                walk(dotted, sub, source)
+            elif find_key_line(source, dotted) is None and find_key_line(off, dotted) is None:
                 missing.append(dotted)
 
-    walk("", msgspec.to_builtins(builtins))
-    walk("access", msgspec.to_builtins(AccessSection()))
+    walk("", msgspec.to_builtins(builtins), text)
+    walk("access", msgspec.to_builtins(AccessSection()), text)
+    walk("console", msgspec.to_builtins(ConsoleSection()), off)
     assert missing == []
+
+
+def _commented_block(text: str, header: str) -> list[str]:
+    """The commented-out lines from `# <header>` to the next line that is not a comment."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"# {header}"))
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        block.append(line)
+    return block
 
 
 def test_the_camera_and_motion_sections_are_what_the_drivers_read_with_their_defaults() -> None:
