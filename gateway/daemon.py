@@ -29,6 +29,7 @@ from common.errors import StartupTimeoutError, StorageError
 from drivers.outputs import Output
 from gateway import __version__
 from gateway import event_payloads as payloads
+from gateway.audit import AuditLog
 from gateway.builtin_commands import register_builtin_commands
 from gateway.clock import ClockSync
 from gateway.commands import CommandService
@@ -210,7 +211,15 @@ class Gateway:
             else None
         )
         self._reported_drops = self.outbox.stats().dropped
-        core = Core(cfg, db, self.outbox, self.events, self.commands, self.forwarder.sealed)
+        core = Core(
+            cfg,
+            db,
+            self.outbox,
+            self.events,
+            self.commands,
+            self.forwarder.sealed,
+            AuditLog(db, self.outbox),
+        )
         self.features = build_features(cfg, core, hooks)
         for feature in self.features:
             self.health.add_source(feature.name, feature.health)

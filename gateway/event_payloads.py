@@ -83,8 +83,11 @@ class AlarmCancelled(Payload, frozen=True, kw_only=True):
 
 class AlarmCleared(Payload, frozen=True, kw_only=True):
     alarm_id: AlarmId
-    by: By
-    command_id: CommandId
+    by: Annotated[str, _doc("who: as the command named them, or console:<user>")]
+    command_id: Annotated[str | UnsetType, _doc("the platform's alarm.clear command")] = UNSET
+    reason: Annotated[
+        str | UnsetType, _doc("console: real, false_alarm, test or resident_cancelled")
+    ] = UNSET
 
 
 class AlarmCancelRequested(Payload, frozen=True, kw_only=True):

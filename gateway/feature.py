@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from gateway.audit import AuditLog
     from gateway.commands import CommandService
     from gateway.config import Config
     from gateway.events import EventFactory
@@ -38,6 +39,7 @@ class Core:
     events: EventFactory
     commands: CommandService  # where a feature registers its commands
     sealed: SealedPayloads  # a feature that seals rows at rest adds its key here
+    audit: AuditLog  # the one append-only audit log (its rows are forwarded once)
 
 
 class Feature(Protocol):

@@ -32,7 +32,7 @@ from gateway.access.snapshots import Snapshot
 from gateway.clock import ClockSync
 from gateway.config import Config, OutboxSection, config_from_mapping, credential_path, parse_config
 from gateway.events import DeviceRef, EventFactory, Lane
-from gateway.faces.audit import AuditLog
+from gateway.audit import AuditLog
 from gateway.outbox import Outbox
 from gateway.sealing import SEALED_CONTENT_TYPE, PayloadCipher, SealedPayloads
 from gateway.store import MIGRATIONS, Database

@@ -24,9 +24,9 @@ import msgspec
 
 from gateway import event_payloads as payloads
 from gateway.access.cards import CardRegister, mask_card, normalise_card
+from gateway.audit import AuditLog
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
 from gateway.events import DeviceRef, EventFactory, Kind
-from gateway.faces.audit import AuditLog
 from gateway.store import Database
 
 _LOGGER = logging.getLogger(__name__)

@@ -33,7 +33,6 @@ from gateway.access.second_factor import FaceChecks
 from gateway.access.service import AccessService
 from gateway.config_base import InputSection
 from gateway.events import DeviceRef, Event, Kind
-from gateway.faces.audit import AuditLog
 from gateway.faces.crypto import TemplateCipher
 from gateway.faces.enrolment import FaceEnrolment, max_templates
 from gateway.faces.store import FaceStore, RefreshLimits
@@ -86,7 +85,7 @@ class AccessFeature:
         self.door_ref = DeviceRef(id=a.door.id, type="door", location=a.door.location or None)
         rec = a.recognition
         self.workers = FaceWorkerPool(rec, rec.workers)
-        self.audit = AuditLog(db, outbox)
+        self.audit = core.audit
         self._db = db
         self.store: FaceStore | None = None  # needs the key: made in start()
         self.enrolment: FaceEnrolment | None = None

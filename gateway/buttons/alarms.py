@@ -114,9 +114,22 @@ class AlarmBook:
         self.cancel_requests = 0
         self._monotonic = monotonic
         self.last_progress = monotonic()
+        self._listeners: list[Callable[[], None]] = []
 
     def set_downlink(self, downlink: Downlink) -> None:
         self._downlink = downlink
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Called (on the loop, without arguments) each time the open alarms change: raised,
+        acknowledged, escalated, closed. The duty console redraws its board from it."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # a broken view must not stop an alarm
+                _LOGGER.exception("an alarm listener failed")
 
     def open_alarms(self) -> list[OpenAlarm]:
         return list(self._open.values())
@@ -226,6 +239,7 @@ class AlarmBook:
             now + self.settings.ack_deadline_s,
             now + cancel_window_s if cancel_window_s > 0 else float("-inf"),
         )
+        self._changed()
         await self._outbox.append(event)
         if key is not None:
             await self._mark_committed(device.id, key[0], key[1])
@@ -253,19 +267,27 @@ class AlarmBook:
 
     async def acknowledge(
         self, alarm_id: str, device_id: str, by: str, status: str, command_id: str | None = None
-    ) -> list[str]:
+    ) -> list[Event]:
+        """Record an acknowledgement of the matching alarms; returns the events appended (one
+        alarm.acknowledged per alarm; empty: no open alarm matches)."""
         targets = self._targets(alarm_id, device_id)
         if not targets:
             return []
         async with self._db.transaction("recording an acknowledgement") as conn:
             for alarm in targets:
                 await conn.execute(
-                    "UPDATE button_alarms SET ack_status = ?, acked_by = ? WHERE id = ?",
-                    (status, by, alarm.id),
+                    "UPDATE button_alarms SET ack_status = ?, acked_by = ? "
+                    "WHERE id = ? AND NOT (ack_status IS 'ok' AND ? != 'ok')",
+                    (status, by, alarm.id, status),
                 )
+        made: list[Event] = []
         for alarm in targets:
-            alarm.ack_status, alarm.acked_by = status, by
-            await self._outbox.append(
+            # Whoever said "ok" first keeps the alarm: a later "busy" (the call centre cannot
+            # take it) is reported but never undoes the staff already on their way.
+            if not (alarm.ack_status == "ok" and status != "ok"):
+                alarm.ack_status, alarm.acked_by = status, by
+            self._changed()
+            made.append(
                 self._events.make(
                     Kind.ALARM_ACKNOWLEDGED,
                     payloads.AlarmAcknowledged(
@@ -278,33 +300,51 @@ class AlarmBook:
                     device=alarm.device,
                 )
             )
+            await self._outbox.append(made[-1])
         if status == "ok":
             for device in {a.device.id for a in targets}:
                 await self._send_downlink(device, "help_coming")
         await self._quiet_output_if_done()
-        return [a.id for a in targets]
+        return made
 
-    async def clear(self, alarm_id: str, device_id: str, by: str, command_id: str) -> list[str]:
-        """Close alarms (cleared by the platform's `alarm.clear`)."""
+    async def clear(
+        self,
+        alarm_id: str,
+        device_id: str,
+        by: str,
+        command_id: str | None = None,
+        reason: str | None = None,
+    ) -> list[Event]:
+        """Close alarms: the platform's `alarm.clear` (`command_id`) or the duty console
+        (`reason`: real, false_alarm, test, resident_cancelled). Returns the alarm.cleared
+        events appended (empty: no open alarm matches)."""
         targets = self._targets(alarm_id, device_id)
         if not targets:
             return []
         async with self._db.transaction("closing alarms") as conn:
             for alarm in targets:
                 await conn.execute("DELETE FROM button_alarms WHERE id = ?", (alarm.id,))
+        made: list[Event] = []
         for alarm in targets:
             self._open.pop(alarm.id, None)
-            await self._outbox.append(
+            self._changed()
+            made.append(
                 self._events.make(
                     Kind.ALARM_CLEARED,
-                    payloads.AlarmCleared(alarm_id=alarm.id, by=by, command_id=command_id),
+                    payloads.AlarmCleared(
+                        alarm_id=alarm.id,
+                        by=by,
+                        command_id=payloads.UNSET if command_id is None else command_id,
+                        reason=payloads.UNSET if reason is None else reason,
+                    ),
                     device=alarm.device,
                 )
             )
+            await self._outbox.append(made[-1])
         for device in {a.device.id for a in targets}:
             await self._send_downlink(device, "cleared")
         await self._quiet_output_if_done()
-        return [a.id for a in targets]
+        return made
 
     async def resident_cancel(
         self, device_id: str, seq: int, authenticated: bool, now: float | None = None
@@ -330,6 +370,7 @@ class AlarmBook:
                 self._open[alarm.id] = alarm
                 raise
             self.cancels += 1
+            self._changed()
             _LOGGER.warning("alarm %s cancelled by the resident at %s", alarm.id, device_id)
             await self._outbox.append(
                 self._events.make(
@@ -402,6 +443,7 @@ class AlarmBook:
                 alarm.escalated = True
                 alarm.next_repeat = now + self.settings.escalation_repeat_s
                 self.escalations += 1
+                self._changed()
                 reason = f"alarm {alarm.id} from {alarm.device.id} not acknowledged"
                 # The output first: it must fire even if the disk or the uplink cannot help.
                 await self.output.activate(reason)
@@ -449,7 +491,7 @@ class AlarmBook:
                 raise CommandRefused("storage_error", str(exc)) from exc
             if not done:
                 raise CommandRefused("no_open_alarm", "no open alarm matches")
-            return {"alarms": done, "status": args.status}
+            return {"alarms": [e.data["alarm_id"] for e in done], "status": args.status}
 
         async def clear(command: Command) -> Mapping[str, Any]:
             args: _TargetArgs = args_as(command, _TargetArgs)
@@ -459,7 +501,7 @@ class AlarmBook:
                 raise CommandRefused("storage_error", str(exc)) from exc
             if not done:
                 raise CommandRefused("no_open_alarm", "no open alarm matches")
-            return {"alarms": done}
+            return {"alarms": [e.data["alarm_id"] for e in done]}
 
         service.register(
             # Signed: a forged acknowledgement would silence the centre's siren.

@@ -5,8 +5,8 @@
 - `store.FaceStore`: the templates in SQLite (`face_templates`), only ever encrypted; enrol and
   remove change the templates, bump `face_state.version` and write the audit row in one
   transaction; `load_gallery()` decrypts them into a `gateway.vision.matcher.Gallery`.
-- `audit.AuditLog`: every enrolment, removal and access decision, in the append-only
-  `audit_log` table (triggers forbid UPDATE and DELETE), each forwarded once to the outbox.
+- the audit log (`gateway.audit.AuditLog`, shared with the door and the console) records every
+  enrolment and removal in the append-only `audit_log` table, each forwarded once.
 - `enrolment`: a photo in, exactly one face, one 128-d encoding out (the photo is discarded);
   the signed `face.enroll` / `face.remove` commands.
 - `cli`: `eldergate faces enroll|list|remove|audit`, usable while the daemon runs.

@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from gateway.audit import AuditLog
 from gateway.clock import ClockSync
 from gateway.config import Config
 from gateway.events import EventFactory
-from gateway.faces.audit import AuditLog
 from gateway.faces.crypto import TemplateCipher
 from gateway.faces.enrolment import (
     EnrolmentRefused,

@@ -28,8 +28,8 @@ import numpy as np
 import numpy.typing as npt
 
 from common.errors import GatewayError, StorageError
+from gateway.audit import AuditLog
 from gateway.events import Event
-from gateway.faces.audit import AuditLog
 from gateway.faces.crypto import TEMPLATE_DIM, TemplateCipher, TemplateDecryptError
 from gateway.store import Database
 from gateway.vision.matcher import Gallery

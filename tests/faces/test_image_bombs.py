@@ -38,7 +38,7 @@ from gateway.clock import ClockSync, iso_utc, utc_now
 from gateway.commands import CommandService
 from gateway.config import CommandsSection, OutboxSection
 from gateway.events import DeviceRef, EventFactory
-from gateway.faces.audit import AuditLog
+from gateway.audit import AuditLog
 from gateway.faces.crypto import TemplateCipher
 from gateway.faces.enrolment import (
     EnrolmentRefused,

@@ -1,4 +1,5 @@
-"""The append-only audit log of enrolments, removals and access decisions, also forwarded.
+"""The append-only audit log of every administrative and access action, also forwarded:
+enrolments, removals, access decisions, card changes, console logins and staff actions.
 
 Each entry is one row of `audit_log` (triggers in the schema forbid UPDATE and DELETE) holding
 the event that reports it, as msgspec JSON. The event reaches the platform through the outbox;
@@ -104,6 +105,16 @@ class AuditLog:
         async with self._db.transaction("writing an audit record") as conn:
             row = await self.insert(conn, event, action=action, subject=subject, actor=actor)
         await self.forward(event, row)
+
+    async def note(self, event: Event, *, action: str, subject: str, actor: str) -> None:
+        """The audit row of an event its producer has already committed to the outbox (a
+        console action on an alarm): written and marked forwarded in one transaction, so it
+        is never sent twice."""
+        async with self._db.transaction("writing an audit record") as conn:
+            await self.insert(conn, event, action=action, subject=subject, actor=actor)
+            await conn.execute(
+                "INSERT OR IGNORE INTO audit_forwarded (event_id) VALUES (?)", (event.id,)
+            )
 
     async def insert(
         self,

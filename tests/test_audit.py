@@ -20,7 +20,7 @@ from common.errors import StorageError
 from gateway.clock import ClockSync
 from gateway.config import OutboxSection
 from gateway.events import Event, EventFactory, Lane, decode_envelope
-from gateway.faces.audit import MAX_NUMBERS_IN_A_LIST, AuditLog, BiometricDataError
+from gateway.audit import MAX_NUMBERS_IN_A_LIST, AuditLog, BiometricDataError
 from gateway.faces.crypto import TemplateCipher
 from gateway.faces.store import FaceStore
 from gateway.outbox import Outbox
