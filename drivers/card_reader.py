@@ -146,20 +146,17 @@ def encode_line(card: str, ending: bytes = b"\r\n") -> bytes:
 
 
 class _Base(StreamDecoder[CardRead]):
-    __slots__ = ("_checksum_errors",)
+    __slots__ = ()
     max_buffer = MAX_BUFFER
     longest = 32  # between chunks the buffer holds less than this
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._checksum_errors = 0
+    reasons = ("checksum",)  # the damaged candidates that failed only the checksum
 
     @property
     def counters(self) -> CardReaderCounters:
         return CardReaderCounters(
             self._accepted,
             self._rejected,
-            self._checksum_errors,
+            self._rejections["checksum"],
             self._bytes_discarded,
             self._overflows,
         )
@@ -190,8 +187,7 @@ class Em4100Decoder(_Base):
         for value in values[:5]:
             checksum ^= value
         if checksum != values[5]:
-            self._checksum_errors += 1
-            return False
+            return "checksum"
         return CardRead(bytes(digits[:10]).decode("ascii").lower()), _EM_LEN
 
 

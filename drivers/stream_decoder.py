@@ -15,13 +15,17 @@ starts inside the bytes it claimed.
 
 from __future__ import annotations
 
-from typing import ClassVar, Generic, Literal, TypeVar
+from typing import ClassVar, Final, Generic, Literal, TypeVar
 
 _Item = TypeVar("_Item")
 
-#: What `_judge` says of a candidate: (the item, its length on the wire), rejected (False),
-#: or None while it is a valid prefix that needs more bytes.
-Verdict = tuple[_Item, int] | Literal[False] | None
+#: What `_judge` says of a candidate: (the item, its length on the wire), rejected (False, or
+#: the name of one of the class's `reasons` to charge the rejection to), or None while it is a
+#: valid prefix that needs more bytes.
+Verdict = tuple[_Item, int] | Literal[False] | str | None
+
+#: Reads that `feed` can append to the buffer without a memoryview.
+_PLAIN: Final = (bytes, bytearray)
 
 
 class StreamDecoder(Generic[_Item]):
@@ -31,10 +35,20 @@ class StreamDecoder(Generic[_Item]):
     candidates rejected (the default `_extract` keeps both; an own `_extract` keeps what it
     can)."""
 
-    __slots__ = ("_accepted", "_buf", "_bytes_discarded", "_high_water", "_overflows", "_rejected")
+    __slots__ = (
+        "_accepted",
+        "_buf",
+        "_bytes_discarded",
+        "_high_water",
+        "_overflows",
+        "_rejected",
+        "_rejections",
+    )
     max_buffer: ClassVar[int]
     longest: ClassVar[int]
     marker: ClassVar[bytes]
+    #: The reasons `_judge` may name for a rejection; `_rejections` counts each.
+    reasons: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -43,6 +57,7 @@ class StreamDecoder(Generic[_Item]):
         self._overflows = 0
         self._accepted = 0
         self._rejected = 0
+        self._rejections = dict.fromkeys(self.reasons, 0)
 
     @property
     def buffered(self) -> int:
@@ -65,63 +80,89 @@ class StreamDecoder(Generic[_Item]):
     def feed(self, data: bytes | bytearray | memoryview) -> list[_Item]:
         """Add received bytes; return the items they complete, in order. Never raises."""
         out: list[_Item] = []
-        view = memoryview(data).cast("B")
-        chunk_size = self.max_buffer - self.longest
+        max_buffer = self.max_buffer
+        chunk_size = max_buffer - self.longest
+        view = data  # the common small read: one chunk, no view needed
+        if len(data) > chunk_size or data.__class__ not in _PLAIN:
+            view = memoryview(data).cast("B")
         buf = self._buf
+        high_water = self._high_water
         for start in range(0, len(view), chunk_size):
             chunk = view[start : start + chunk_size]
-            excess = len(buf) + len(chunk) - self.max_buffer
+            excess = len(buf) + len(chunk) - max_buffer
             if excess > 0:
                 self._overflows += 1
                 self._bytes_discarded += excess
                 del buf[:excess]
             buf += chunk
-            self._high_water = max(self._high_water, len(buf))
+            if len(buf) > high_water:
+                high_water = len(buf)
             self._extract(out)
+        self._high_water = high_water
         return out
-
-    def _skip_to(self, marker: bytes, pos: int) -> int:
-        """Where the next `marker` at or after `pos` starts; the bytes before it count as
-        discarded. With no whole marker left: where a tail that may be the first bytes of one
-        starts (the end of the buffer if none), all before it discarded; so a result less than
-        `len(marker)` bytes from the end means "no candidate yet"."""
-        buf = self._buf
-        at = buf.find(marker, pos)
-        if at < 0:
-            at = len(buf)
-            keep = len(marker) - 1  # the longest tail that may start a marker
-            while keep and (at - pos < keep or not buf.endswith(marker[:keep])):
-                keep -= 1
-            at -= keep
-        self._bytes_discarded += at - pos
-        return at
 
     def _extract(self, out: list[_Item]) -> None:
         """Take the complete items out of the buffer: every `marker` starts a candidate that
         `_judge` accepts (the item is returned and its bytes consumed), rejects (one byte
-        dropped) or leaves waiting for more bytes (the scan stops there)."""
+        dropped), or leaves waiting for more bytes: then the scan stops there unless
+        `_give_up` names a later place to resume at. With no whole marker left, a tail that
+        may be the first bytes of one stays in the buffer.
+
+        The hot loop of every marker format: the scan is `bytearray.find`, counters are kept
+        in locals and written back once."""
         buf = self._buf
         n = len(buf)
         marker = self.marker
-        pos = 0
-        while True:
-            pos = self._skip_to(marker, pos)
-            if n - pos < len(marker):
-                break
-            verdict = self._judge(pos, n)
-            if verdict is None:
-                break  # a valid prefix: wait for more bytes
-            if verdict is False:
-                self._rejected += 1
-                self._bytes_discarded += 1
-                pos += 1
-                continue
-            item, length = verdict
-            out.append(item)
-            self._accepted += 1
-            pos += length
+        pos = 0  # everything before it is consumed or counted as discarded
+        discarded = accepted = rejected = 0
+        at = buf.find(marker)
+        while at >= 0:
+            discarded += at - pos
+            verdict = self._judge(at, n)
+            if verdict is None:  # a valid prefix: wait for more bytes, or give it up
+                later = self._give_up(at, n)
+                if later is None:
+                    pos = at
+                    break
+                discarded += later - at
+                pos = later
+            elif verdict is False:
+                rejected += 1
+                discarded += 1
+                pos = at + 1
+            elif isinstance(verdict, tuple):
+                item, length = verdict
+                out.append(item)
+                accepted += 1
+                pos = at + length
+            else:  # rejected, charged to a named reason
+                self._rejections[verdict] += 1
+                rejected += 1
+                discarded += 1
+                pos = at + 1
+            at = buf.find(marker, pos)
+        else:
+            end = n
+            if n > pos and buf[-1] in marker[:-1]:  # the tail may be the start of a marker
+                keep = min(len(marker) - 1, n - pos)  # the longest it may be
+                while keep and not buf.endswith(marker[:keep]):
+                    keep -= 1
+                end -= keep
+            discarded += end - pos
+            pos = end
         del buf[:pos]
+        self._bytes_discarded += discarded
+        if accepted:
+            self._accepted += accepted
+        if rejected:
+            self._rejected += rejected
 
     def _judge(self, at: int, n: int) -> Verdict[_Item]:
-        """The candidate at `at` (its marker there), `n` bytes in the buffer; see `Verdict`."""
+        """The candidate at `at` (its marker there), `n` bytes in the buffer; see `Verdict`.
+        A `_give_up` that judges candidates again needs it to have no side effects."""
         raise NotImplementedError
+
+    def _give_up(self, at: int, n: int) -> int | None:
+        """The candidate at `at` waits for more bytes: where to resume instead, abandoning it
+        (its bytes up to there are discarded), or None to wait. By default it waits."""
+        return None

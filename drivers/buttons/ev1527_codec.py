@@ -146,19 +146,15 @@ class Ev1527Framer(StreamDecoder[RfGroup]):
     Invariant (tested): ``groups bytes + bytes_discarded + buffered == total bytes fed``.
     """
 
-    __slots__ = ("_sizes",)
+    __slots__ = ("_allow_long", "_allow_short")
     max_buffer = MAX_BUFFER
     longest = _LONG
     marker = bytes((START,))
 
     def __init__(self, extra_byte: bool | None = None) -> None:
         super().__init__()
-        # The group sizes accepted, tried in this order.
-        self._sizes: tuple[int, ...] = (_SHORT, _LONG)
-        if extra_byte is True:
-            self._sizes = (_LONG,)
-        elif extra_byte is False:
-            self._sizes = (_SHORT,)
+        self._allow_short = extra_byte is not True
+        self._allow_long = extra_byte is not False
 
     @property
     def counters(self) -> FramerCounters:
@@ -168,17 +164,22 @@ class Ev1527Framer(StreamDecoder[RfGroup]):
 
     def _judge(self, at: int, n: int) -> Verdict[RfGroup]:
         buf = self._buf
-        for size in self._sizes:
-            if n - at < size:
-                return None
-            if buf[at + size - 1] == END:
-                group = RfGroup(
-                    buf[at + 1] << 12 | buf[at + 2] << 4 | buf[at + 3] >> 4,
-                    buf[at + 3] & 0xF,
-                    buf[at + 4] if size == _LONG else None,
-                )
-                return group, size
-        return False
+        left = n - at
+        # The size of the group if it is one, tried short first; left short: wait for it.
+        if self._allow_short and (left < _SHORT or buf[at + _SHORT - 1] == END):
+            size = _SHORT
+        elif self._allow_long and (left < _LONG or buf[at + _LONG - 1] == END):
+            size = _LONG
+        else:
+            return False
+        if left < size:
+            return None
+        group = RfGroup(
+            buf[at + 1] << 12 | buf[at + 2] << 4 | buf[at + 3] >> 4,
+            buf[at + 3] & 0xF,
+            buf[at + 4] if size == _LONG else None,
+        )
+        return group, size
 
 
 @dataclass(slots=True)
@@ -285,46 +286,50 @@ class Ev1527Decoder:
         if self._tracks and now > self._swept_at:
             self._sweep(now)
         out: list[RfPress] = []
+        on_group = self._on_group
         for group in self._framer.feed(data):
-            press = self._on_group(group, now)
+            press = on_group(group, now)
             if press is not None:
                 out.append(press)
         return out
 
     def _sweep(self, now: float) -> None:
         self._swept_at = now
-        for code, track in list(self._tracks.items()):
+        tracks = self._tracks
+        for code, track in list(tracks.items()):
             if track.confirmed:
                 if now - track.last_seen >= self._release_gap:
-                    del self._tracks[code]
+                    del tracks[code]
             elif now - track.last_seen > self._window:
-                del self._tracks[code]
+                del tracks[code]
                 self._singletons_expired += 1
 
     def _on_group(self, group: RfGroup, now: float) -> RfPress | None:
-        code = group.code
-        track = self._tracks.pop(code, None)  # re-inserted below: moves it to the end
+        code = group.address << 4 | group.key  # group.code, without a property call per group
+        tracks = self._tracks
+        track = tracks.pop(code, None)  # re-inserted below: moves it to the end
         if track is not None:
             if track.confirmed:
                 if now - track.last_seen < self._release_gap:
                     track.last_seen = now
                     track.count += 1
-                    self._tracks[code] = track
+                    tracks[code] = track
                     return None  # a repeat of a press already reported
                 track = None  # released: this group starts a new press
             elif now - track.last_seen > self._window:
                 self._singletons_expired += 1
                 track = None
         if track is None:
-            while len(self._tracks) >= self._max_codes:
-                del self._tracks[next(iter(self._tracks))]
+            while len(tracks) >= self._max_codes:
+                del tracks[next(iter(tracks))]
                 self._evictions += 1
             track = _Track(first_seen=now, last_seen=now, recent=deque(maxlen=self._min_repeats))
         track.last_seen = now
         track.count += 1
-        track.recent.append(now)
-        self._tracks[code] = track
-        if len(track.recent) == self._min_repeats and now - track.recent[0] <= self._window:
+        recent = track.recent
+        recent.append(now)
+        tracks[code] = track
+        if len(recent) == self._min_repeats and now - recent[0] <= self._window:
             track.confirmed = True
             self._presses += 1
             return RfPress(group.address, group.key, track.count, track.first_seen)

@@ -485,14 +485,14 @@ class TerminalDecoder(StreamDecoder[TerminalFrame]):
             == total bytes fed
     """
 
-    __slots__ = ("_abandoned", "_rejections")
+    __slots__ = ("_abandoned",)
     max_buffer = MAX_BUFFER
     longest = MAX_FRAME_LEN
+    marker = MAGIC
+    reasons = _REJECTIONS  # `_judge` charges each rejected candidate to one of them
 
     def __init__(self) -> None:
         super().__init__()
-        # Rejected candidates by the counter `_classify` charges them to.
-        self._rejections = dict.fromkeys(_REJECTIONS, 0)
         self._abandoned = 0
 
     @property
@@ -505,46 +505,19 @@ class TerminalDecoder(StreamDecoder[TerminalFrame]):
             abandoned=self._abandoned,
         )
 
-    def _extract(self, out: list[TerminalFrame]) -> None:
-        buf = self._buf
-        n = len(buf)
-        pos = 0
-        while True:
-            # With no magic left, a trailing 0xAA stays: it may be the first magic byte.
-            start = pos = self._skip_to(MAGIC, pos)
-            if n - start < len(MAGIC):
-                break
-            verdict = self._classify(start, n)
-            if verdict is None:  # incomplete: wait, unless a whole frame starts inside it
-                later = self._complete_inside(start, n)
-                if later is None:
-                    break
-                self._abandoned += 1
-                self._bytes_discarded += later - start
-                pos = later
-                continue
-            if isinstance(verdict, str):
-                self._rejections[verdict] += 1
-                self._bytes_discarded += 1
-                pos = start + 1
-                continue
-            frame, total = verdict
-            self._accepted += 1
-            out.append(frame)
-            pos = start + total
-        del buf[:pos]
-
-    def _complete_inside(self, start: int, n: int) -> int | None:
-        """Where a complete valid frame starts inside the incomplete candidate at ``start``."""
+    def _give_up(self, start: int, n: int) -> int | None:
+        """Where a complete valid frame starts inside the incomplete candidate at ``start``
+        (which is then abandoned), or None to wait for the rest of it."""
         buf = self._buf
         at = buf.find(MAGIC, start + 1)
         while 0 <= at < n:
-            if isinstance(self._classify(at, n), tuple):
+            if isinstance(self._judge(at, n), tuple):
+                self._abandoned += 1
                 return at
             at = buf.find(MAGIC, at + 1)
         return None
 
-    def _classify(self, start: int, n: int) -> tuple[TerminalFrame, int] | str | None:
+    def _judge(self, start: int, n: int) -> tuple[TerminalFrame, int] | str | None:
         """The candidate at ``start`` (``AA 55`` there): (frame, its length), the counter to
         charge its rejection to, or None while more bytes are needed. No side effects."""
         buf = self._buf
