@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from common.errors import StorageError
+from gateway.audit import MAX_NUMBERS_IN_A_LIST, AuditLog, BiometricDataError
 from gateway.clock import ClockSync
 from gateway.config import OutboxSection
 from gateway.events import Event, EventFactory, Lane, decode_envelope
-from gateway.audit import MAX_NUMBERS_IN_A_LIST, AuditLog, BiometricDataError
 from gateway.faces.crypto import TemplateCipher
 from gateway.faces.store import FaceStore
 from gateway.outbox import Outbox

@@ -29,10 +29,10 @@ from gateway.access.card_admin import CardAdmin
 from gateway.access.cards import CardKey, CardRegister
 from gateway.access.cards_cli import run as cards_hash
 from gateway.access.snapshots import Snapshot
+from gateway.audit import AuditLog
 from gateway.clock import ClockSync
 from gateway.config import Config, OutboxSection, config_from_mapping, credential_path, parse_config
 from gateway.events import DeviceRef, EventFactory, Lane
-from gateway.audit import AuditLog
 from gateway.outbox import Outbox
 from gateway.sealing import SEALED_CONTENT_TYPE, PayloadCipher, SealedPayloads
 from gateway.store import MIGRATIONS, Database

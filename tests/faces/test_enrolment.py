@@ -22,12 +22,12 @@ import msgspec
 import numpy as np
 import pytest
 
+from gateway.audit import AuditLog
 from gateway.clock import ClockSync, iso_utc, utc_now
 from gateway.commands import CommandService
 from gateway.config import CommandsSection, Config, OutboxSection, config_from_mapping
 from gateway.events import DeviceRef, EventFactory, Lane, WireEnvelope, decode_envelope
 from gateway.faces import cli, cli_parsers
-from gateway.audit import AuditLog
 from gateway.faces.crypto import TemplateCipher
 from gateway.faces.enrolment import (
     EnrolmentRefused,

@@ -17,10 +17,10 @@ import numpy.typing as npt
 import pytest
 
 from common.errors import ConfigError
+from gateway.audit import AuditLog
 from gateway.clock import ClockSync
 from gateway.config import OutboxSection
 from gateway.events import Event, EventFactory, Lane
-from gateway.audit import AuditLog
 from gateway.faces.crypto import TemplateCipher, TemplateDecryptError
 from gateway.faces.enrolment import EnrolmentSettings, encode_photo
 from gateway.faces.store import EnrolmentRefused, FaceStore

@@ -34,11 +34,11 @@ import msgspec
 import numpy as np
 import pytest
 
+from gateway.audit import AuditLog
 from gateway.clock import ClockSync, iso_utc, utc_now
 from gateway.commands import CommandService
 from gateway.config import CommandsSection, OutboxSection
 from gateway.events import DeviceRef, EventFactory
-from gateway.audit import AuditLog
 from gateway.faces.crypto import TemplateCipher
 from gateway.faces.enrolment import (
     EnrolmentRefused,
