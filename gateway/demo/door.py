@@ -23,7 +23,7 @@ from drivers.sim.video import Scene, write_door_video
 from gateway.access.cards import CardKey
 from gateway.demo.output import say
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # gateway/demo/door.py -> the repository
 DEMO_CARD, DEMO_CARD_PERSON = "0100a1b2c3", "p-zhao-lan"
 
 
