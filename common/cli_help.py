@@ -37,3 +37,15 @@ def examples_text(*examples: str) -> str:
         raise ValueError("a command needs at least one example")
     lines = "\n".join(f"  {example}" for example in examples)
     return f"example{'s' if len(examples) > 1 else ''}:\n{lines}"
+
+
+def cli_actor() -> str:
+    """Who ran a CLI command, as the audit log names them: cli:<login name>."""
+    import getpass
+    import os
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"cli:{user}"

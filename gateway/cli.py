@@ -117,6 +117,14 @@ def _parser() -> argparse.ArgumentParser:
 
     cards_cli.add_parsers(sub)
 
+    from gateway.console import console_cli
+
+    console_cli.add_parsers(sub)
+
+    from gateway.console import staff_cli
+
+    staff_cli.add_parsers(sub)
+
     signer = add_command(
         sub,
         "sign-command",
@@ -165,6 +173,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.access import cards_cli
 
             return cards_cli.run(args)
+        if args.command == "console":
+            from gateway.console import console_cli
+
+            return console_cli.run(args)
+        if args.command == "staff":
+            from gateway.console import staff_cli
+
+            return staff_cli.run(args)
     except ConfigError as exc:
         print(f"eldergate: configuration error:\n{exc}", file=sys.stderr)
         return EX_CONFIG

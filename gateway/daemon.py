@@ -135,13 +135,20 @@ class DaemonHooks:
 
 
 def build_features(cfg: Config, core: Core, hooks: DaemonHooks) -> list[Feature]:
-    """The features the file enables, in the order they start: the buttons answer before
-    face access loads its models (benchmarks/bench_press_at_start.py)."""
+    """The features the file enables, in the order they start: the buttons answer, and the
+    duty console shows them, before face access loads its models
+    (benchmarks/bench_press_at_start.py)."""
     features: list[Feature] = []
+    buttons_feature = None
     if cfg.buttons is not None:
         from gateway.buttons import feature as buttons
 
-        features.append(buttons.build(cfg.buttons, core, output=hooks.output))
+        buttons_feature = buttons.build(cfg.buttons, core, output=hooks.output)
+        features.append(buttons_feature)
+    if cfg.console is not None:  # before access: the board is up while face models load
+        from gateway.console import feature as console
+
+        features.append(console.build(cfg.console, core, buttons=buttons_feature))
     if cfg.access is not None:
         from gateway.access import feature as access  # the face stack: only if configured
 

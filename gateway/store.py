@@ -203,6 +203,29 @@ MIGRATIONS: Sequence[str] = (
     ) WITHOUT ROWID;
     CREATE INDEX face_doors_by_door ON face_doors (door_id);
     """,
+    # 10: the duty console's accounts (argon2 hashes only) and sessions (only the SHA-256 of
+    # each session's token is kept) (gateway/console/accounts.py, sessions.py).
+    """
+    CREATE TABLE console_staff (
+        username TEXT PRIMARY KEY,
+        display_name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('staff', 'admin')),
+        password_hash TEXT NOT NULL,
+        failures INTEGER NOT NULL DEFAULT 0,
+        locked_until_ms INTEGER NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL,
+        changed_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE console_sessions (
+        token_hash BLOB PRIMARY KEY,
+        username TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        client TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        seen_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX console_sessions_by_user ON console_sessions (username);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

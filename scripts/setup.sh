@@ -3,8 +3,10 @@
 # missing and nothing else. The mosquitto Debian package (the demo and the tests start their
 # own broker from it), ejabberd (a second MQTT broker for the interop test, started by the
 # test itself on loopback; its system service is not started or enabled), stress-ng (the
-# suite is also run under CPU load), python3-venv, a virtual environment in .venv with
-# eldergate and its development tools, and the face-recognition stack (prebuilt dlib wheels; see
+# suite is also run under CPU load), chromium, chromium-driver and a Chinese font (the duty
+# console's browser tests drive Debian's headless chromium through selenium; nothing is
+# downloaded at run time), python3-venv, a virtual environment in .venv with eldergate and its
+# development tools, and the face-recognition stack (prebuilt dlib wheels; see
 # scripts/install-face-stack.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,18 @@ fi
 # on conditions, never on time.
 if ! command -v stress-ng >/dev/null 2>&1; then
     apt_missing+=(stress-ng)
+fi
+# The console's browser tests (tests/support/browser.py) use /usr/bin/chromium and
+# /usr/bin/chromedriver only: Selenium never downloads a browser or a driver.
+if [ ! -x /usr/bin/chromium ]; then
+    apt_missing+=(chromium)
+fi
+if [ ! -x /usr/bin/chromedriver ]; then
+    apt_missing+=(chromium-driver)
+fi
+# A Chinese font (5 MB), or the console's zh-CN pages show as boxes in the screenshots.
+if ! dpkg-query -W -f='${Status}' fonts-wqy-microhei 2>/dev/null | grep -q 'ok installed'; then
+    apt_missing+=(fonts-wqy-microhei)
 fi
 new_ejabberd=0
 if ! dpkg-query -W -f='${Status}' ejabberd 2>/dev/null | grep -q 'ok installed'; then

@@ -46,7 +46,7 @@ from drivers.buttons.terminal_codec import HelpComing
 from drivers.sim.buttons import SimulatedReceiver
 from gateway import daemon
 from gateway.clock import iso_utc, utc_now
-from gateway.config import config_from_mapping
+from gateway.config import Config, config_from_mapping
 from gateway.demo import door as demo_door
 from gateway.demo.output import fit, say, shown_args
 from gateway.signing import canonical_bytes, sign
@@ -190,6 +190,58 @@ class PlatformConsole:
         self.client.disconnect()
 
 
+DEMO_STAFF = "duty"
+
+
+async def _demo_account(cfg: Config) -> str:
+    """A staff account for the demo's duty console, with a fresh password."""
+    from gateway.console.accounts import Role, StaffStore
+    from gateway.store import Database
+
+    assert cfg.console is not None
+    password = secrets.token_urlsafe(9)
+    db = await Database.open(cfg.outbox_path, cfg.outbox)
+    try:
+        accounts = StaffStore(db, cfg.console)
+        if await accounts.get(DEMO_STAFF) is None:
+            await accounts.add(DEMO_STAFF, "值班护士 Duty nurse", Role.STAFF, password)
+        else:
+            await accounts.set_password(DEMO_STAFF, password)
+    finally:
+        await db.close()
+    return password
+
+
+class DutyStaff:
+    """Plays a staff member at the centre's duty console, through its real web API."""
+
+    def __init__(self, url: str, password: str) -> None:
+        self.url = url
+        self.password = password
+
+    async def answer(self, alarm_id: str) -> None:
+        """Log in, claim the alarm ("I'm going"), then close it as a real call."""
+        import aiohttp
+
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as client:
+            login = {"username": DEMO_STAFF, "password": self.password}
+            async with client.post(self.url + "/login", data=login, ssl=False) as response:
+                if response.status != 200:
+                    say(f"[staff]    console login failed ({response.status})")
+                    return
+            async with client.get(self.url + "/api/state", ssl=False) as response:
+                csrf = (await response.json())["csrf"]
+            headers = {"X-CSRF-Token": csrf, "Origin": self.url}
+            claim = f"{self.url}/api/alarms/{alarm_id}/claim"
+            async with client.post(claim, json={}, headers=headers, ssl=False) as response:
+                say(f"[staff]    duty console: claimed the pull-cord alarm ({response.status})")
+            resolve = f"{self.url}/api/alarms/{alarm_id}/resolve"
+            body = {"reason": "real"}
+            async with client.post(resolve, json=body, headers=headers, ssl=False) as response:
+                say(f"[staff]    duty console: closed it as a real call ({response.status})")
+
+
 BUTTONS = [
     {"id": "t-2000001a", "type": "sos_button", "location": "Bldg 3, Rm 402"},
     {"id": "t-2000001b", "type": "pull_cord", "location": "Bldg 3, Rm 405 bathroom"},
@@ -207,6 +259,7 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
     key_file.write_text(key.hex())
     os.chmod(key_file, 0o600)
     port = _free_port()
+    console_port = _free_port()
     door = demo_door.prepare(workdir)
     broker = LocalBroker(workdir, port)
     broker.start()
@@ -232,8 +285,10 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
                 ],
             },
             "access": door.config(state),
+            "console": {"listen": "127.0.0.1", "port": console_port},
         }
     )
+    staff_password = await _demo_account(cfg)
     receiver = SimulatedReceiver(link_path=workdir / "receiver")
     receiver.plug()
     say(f"[demo] state directory {state}; broker on 127.0.0.1:{port}")
@@ -253,8 +308,13 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
         async with asyncio.timeout(30):
             await ready.wait()
         gateway = await ready_gateway
+        say(
+            f"[demo] duty console: https://127.0.0.1:{console_port}/ (self-signed certificate), "
+            f"log in as {DEMO_STAFF} / {staff_password}"
+        )
         door_task = asyncio.create_task(demo_door.script(gateway, console, door), name="door")
-        await _script(receiver, broker, console, duration, gateway_task)
+        staff = DutyStaff(f"https://127.0.0.1:{console_port}", staff_password)
+        await _script(receiver, broker, console, staff, gateway, duration, gateway_task)
         door_task.cancel()
         await asyncio.gather(door_task, return_exceptions=True)
     finally:
@@ -272,6 +332,8 @@ async def _script(
     receiver: SimulatedReceiver,
     broker: LocalBroker,
     console: PlatformConsole,
+    staff: DutyStaff,
+    running: daemon.Gateway,
     duration: float,
     gateway: asyncio.Task[int],
 ) -> None:
@@ -304,13 +366,17 @@ async def _script(
     await cord.send_until_received(pulled, timeout_s=10)
     say(
         f"[device]   t-{TERMINAL_2:08x} pull cord: RECEIVED although the uplink is down; "
-        "nobody can acknowledge, so the gateway escalates locally (see the log)"
+        "the platform cannot answer, so the gateway escalates locally (see the log)"
     )
     await asyncio.sleep(6)
-    say("[demo] --- broker back: the backlog is delivered, the alarm first ---")
+    alarms = running.buttons.alarms.open_alarms() if running.buttons is not None else []
+    pulled_alarm = next((a.id for a in alarms if a.device.id == f"t-{TERMINAL_2:08x}"), None)
+    if pulled_alarm is not None:
+        await staff.answer(pulled_alarm)
+        with contextlib.suppress(TimeoutError):
+            await cord.wait_for(HelpComing, timeout_s=10)
+            say(f"[device]   t-{TERMINAL_2:08x} got HELP_COMING from the centre's own staff")
+    say("[demo] --- broker back: the backlog is delivered in order, the alarms first ---")
     broker.start()
-    with contextlib.suppress(TimeoutError):
-        await cord.wait_for(HelpComing, timeout_s=15)
-        say(f"[device]   t-{TERMINAL_2:08x} got HELP_COMING")
     remaining = started + duration - time.monotonic() if duration > 0 else None
     await asyncio.wait({gateway}, timeout=remaining)

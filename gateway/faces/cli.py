@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from common.cli_help import cli_actor
 from gateway.audit import AuditLog
 from gateway.clock import ClockSync
 from gateway.config import Config
@@ -45,14 +44,6 @@ EX_UNAVAILABLE = 69  # sysexits.h: the face-recognition stack is not installed
 def run(args: argparse.Namespace, cfg: Config, key_file: Path, out: TextIO | None = None) -> int:
     """Run one `faces` sub-command; ConfigError and StorageError propagate to the caller."""
     return asyncio.run(_run(args, cfg, key_file, out or sys.stdout))
-
-
-def _actor() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = f"uid{os.getuid()}"
-    return f"cli:{user}"
 
 
 def _when(ms: int) -> str:
@@ -109,7 +100,7 @@ async def _enroll(
 ) -> int:
     try:
         result = await enrolment.enroll(
-            args.person, photos, args.consent, actor=_actor(), source="cli", doors=args.door
+            args.person, photos, args.consent, actor=cli_actor(), source="cli", doors=args.door
         )
     except EnrolmentRefused as exc:
         print(f"eldergate: enrolment refused: {exc}", file=sys.stderr)
@@ -128,7 +119,7 @@ async def _enroll(
 
 async def _doors(enrolment: FaceEnrolment, args: argparse.Namespace, out: TextIO) -> int:
     try:
-        result = await enrolment.set_doors(args.person, args.door, _actor())
+        result = await enrolment.set_doors(args.person, args.door, cli_actor())
     except EnrolmentRefused as exc:
         print(f"eldergate: refused: {exc}", file=sys.stderr)
         return EX_DATAERR
@@ -140,7 +131,7 @@ async def _doors(enrolment: FaceEnrolment, args: argparse.Namespace, out: TextIO
 
 async def _remove(enrolment: FaceEnrolment, args: argparse.Namespace, out: TextIO) -> int:
     try:
-        result = await enrolment.remove(args.person, _actor(), args.reason)
+        result = await enrolment.remove(args.person, cli_actor(), args.reason)
     except EnrolmentRefused as exc:
         print(f"eldergate: removal refused: {exc}", file=sys.stderr)
         return EX_DATAERR

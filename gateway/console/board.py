@@ -1,0 +1,73 @@
+"""The alarm board: the open alarms as the duty staff see them, most urgent first.
+
+A row says who called (resident, room), why (press, pull cord, fall, radio button), since
+when, and where the alarm stands: raised, busy (the platform answered it cannot take it),
+acknowledged by the platform, claimed by a staff member here, or escalated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import msgspec
+
+from gateway.buttons.alarms import OpenAlarm
+from gateway.buttons.registry import DeviceRegistry
+
+CONSOLE_ACTOR = "console:"
+"""`by` of an acknowledgement or a clear made at the console: console:<user name>."""
+
+State = Literal["escalated", "raised", "busy", "acknowledged", "claimed"]
+_URGENCY: dict[State, int] = {
+    "escalated": 0,
+    "raised": 1,
+    "busy": 2,
+    "acknowledged": 3,
+    "claimed": 4,
+}
+
+
+class AlarmRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    device: str
+    resident: str
+    room: str
+    cause: str
+    raised_ms: int
+    state: State
+    by: str | None
+    """Who claimed or acknowledged it (a staff member's user name, or the platform's `by`)."""
+
+
+def state_of(alarm: OpenAlarm) -> State:
+    if alarm.ack_status == "ok":
+        by = alarm.acked_by or ""
+        return "claimed" if by.startswith(CONSOLE_ACTOR) else "acknowledged"
+    if alarm.escalated:
+        return "escalated"
+    return "busy" if alarm.ack_status == "busy" else "raised"
+
+
+def board(alarms: Iterable[OpenAlarm], registry: DeviceRegistry | None) -> list[AlarmRow]:
+    """The rows, most urgent first; the oldest first within the same state."""
+    rows = []
+    for alarm in alarms:
+        device = registry.get(alarm.device.id) if registry is not None else None
+        by = alarm.acked_by
+        if by is not None and by.startswith(CONSOLE_ACTOR):
+            by = by.removeprefix(CONSOLE_ACTOR)
+        rows.append(
+            AlarmRow(
+                id=alarm.id,
+                device=alarm.device.id,
+                resident=device.resident if device is not None else "",
+                room=(device.location if device is not None else "") or alarm.device.location or "",
+                cause=alarm.cause,
+                raised_ms=alarm.raised_ms,
+                state=state_of(alarm),
+                by=by,
+            )
+        )
+    rows.sort(key=lambda r: (_URGENCY[r.state], r.raised_ms, r.id))
+    return rows

@@ -1,0 +1,150 @@
+"""The duty console as one feature of the daemon: the web site `[console]` describes, on the
+daemon's own loop, showing the alarm book of the buttons feature live.
+
+    browser --HTTPS--> ConsoleWeb (sessions, CSRF, CSP) --> AlarmActions --> AlarmBook
+       ^                                                                       |
+       +----- server-sent events <-- Broadcaster <-- board() <-- its listener -+
+
+A console that cannot listen (the address is gone, the port is taken) never stops the daemon:
+it is logged, shown in health, and tried again; the buttons, the door and the escalation go
+on without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from common.backoff import Backoff
+from common.errors import StorageError
+from gateway.buttons.feature import ButtonsFeature
+from gateway.console import tls
+from gateway.console.accounts import LoginLimiter, StaffStore
+from gateway.console.actions import AlarmActions
+from gateway.console.auth import ConsoleAuth
+from gateway.console.board import board
+from gateway.console.config import ConsoleSection
+from gateway.console.live import Broadcaster, sse
+from gateway.console.sessions import SessionStore
+from gateway.console.web import ConsoleWeb
+from gateway.feature import Core, run_all
+
+_LOGGER = logging.getLogger(__name__)
+
+HOUSEKEEPING_S = 5.0  # expired sessions deleted, audit rows other processes wrote forwarded
+_RETRY_MIN_S, _RETRY_MAX_S = 1.0, 60.0
+
+
+class ConsoleFeature:
+    name = "console"
+    loads = "the console's certificate"
+    starts = ""
+
+    def __init__(self, section: ConsoleSection, core: Core, buttons: ButtonsFeature | None) -> None:
+        self.section = section
+        self._core = core
+        self._buttons = buttons
+        self.accounts = StaffStore(core.db, section)
+        self.sessions = SessionStore(core.db, section, self.accounts)
+        self.auth = ConsoleAuth(
+            self.accounts, self.sessions, LoginLimiter(section), core.events, core.audit
+        )
+        alarms = buttons.alarms if buttons is not None else None
+        self.actions = AlarmActions(alarms, core.audit)
+        self.live = Broadcaster(self._render)
+        if alarms is not None:
+            alarms.add_listener(self.live.changed)
+        self.web = ConsoleWeb(
+            self.auth,
+            self.actions,
+            self.live,
+            https=section.https,
+            default_language=section.language,
+        )
+        self._ssl: ssl.SSLContext | None = None
+        self.url = tls.url(section)
+        self.listening = False
+        self.error: str | None = None
+
+    def _render(self) -> bytes:
+        alarms = self._buttons.alarms.open_alarms() if self._buttons is not None else []
+        registry = self._buttons.registry if self._buttons is not None else None
+        body = {"now_ms": int(time.time() * 1000), "alarms": board(alarms, registry)}
+        return sse("board", msgspec.json.encode(body))
+
+    async def load(self) -> None:
+        """The certificate (made at the first start): a bad configured one is a config error."""
+        self._ssl = await asyncio.to_thread(tls.ssl_context, self.section, self._core.cfg.state_dir)
+
+    async def start(self) -> None:
+        """Nothing slow: the site opens in run() (and is retried there)."""
+
+    async def run(self) -> None:
+        await run_all({"site": self._serve(), "housekeeping": self._housekeep()})
+
+    async def _serve(self) -> None:
+        backoff = Backoff(_RETRY_MIN_S, _RETRY_MAX_S)
+        runner = web.AppRunner(self.web.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            while True:
+                site = web.TCPSite(
+                    runner, self.section.listen, self.section.port, ssl_context=self._ssl
+                )
+                try:
+                    await site.start()
+                except OSError as exc:
+                    message = f"cannot listen on {self.url}: {exc.strerror or exc}"
+                    if message != self.error:
+                        _LOGGER.error("console: %s (retrying)", message)
+                    self.error = message
+                    await asyncio.sleep(backoff.next())
+                    continue
+                self.listening, self.error = True, None
+                backoff.reset()
+                _LOGGER.info("duty console on %s", self.url)
+                await asyncio.Event().wait()  # until cancelled
+        finally:
+            self.listening = False
+            self.live.close()
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            try:
+                await self.sessions.expire(time.time())
+                await self._core.audit.forward_pending()
+            except StorageError as exc:
+                _LOGGER.error("console housekeeping: %s", exc)
+
+    async def close(self) -> None:
+        self.live.close()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "listening": self.listening,
+            "error": self.error,
+            "pages_open": self.live.streams,
+            "claims": self.actions.claims,
+            "resolves": self.actions.resolves,
+            **self.web.health(),
+            **self.auth.health(),
+        }
+
+    def healthy(self, now: float) -> tuple[bool, str]:
+        return True, "ok"  # a console that cannot listen is reported, never a stall
+
+
+def build(section: ConsoleSection, core: Core, *, buttons: ButtonsFeature | None) -> ConsoleFeature:
+    """The feature `[console]` describes, showing `buttons`' alarms (None: no buttons)."""
+    return ConsoleFeature(section, core, buttons)
