@@ -117,7 +117,7 @@ def _create_key(path: Path, kind: KeyKind) -> bytes:
             os.link(temporary, path)
         except FileExistsError:
             return _read_key(path, kind)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     except OSError as exc:
         raise ConfigError(
             f"cannot create the {kind.name} {path}: {exc.strerror or exc} (under systemd the "
@@ -137,7 +137,8 @@ def _create_key(path: Path, kind: KeyKind) -> bytes:
     return key
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make a new or renamed entry of `directory` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from common.errors import ConfigError
 from gateway.console.config import ConsoleSection
-from gateway.keyfiles import UnsafeFileError, read_private
+from gateway.keyfiles import UnsafeFileError, fsync_directory, read_private
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -350,7 +350,7 @@ def _write_new(path: Path, data: bytes, *, replace: bool) -> bool:
                 os.link(temporary, path)
             except FileExistsError:
                 return False
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     except OSError as exc:
         raise ConfigError(
             f"cannot write the console's {path.name} in {path.parent}: {exc.strerror or exc}"
@@ -358,14 +358,6 @@ def _write_new(path: Path, data: bytes, *, replace: bool) -> bool:
     finally:
         temporary.unlink(missing_ok=True)
     return True
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_public(path: Path) -> bytes:

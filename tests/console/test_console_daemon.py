@@ -23,6 +23,7 @@ from gateway.events import Kind
 from gateway.store import Database
 from tests.buttons.test_buttons import T1, WAIT_S, Rig, _cfg, wait_events
 from tests.support.broker import free_port
+from tests.support.inprocess import InProcessDaemon
 
 PASSWORD = "correct horse battery"
 
@@ -76,9 +77,9 @@ async def test_a_taken_port_never_stops_the_daemon_and_is_retried(rig: Rig) -> N
         assert await gw.finish() == 0
 
 
-async def test_https_with_its_own_certificate_and_cli_changes_reach_the_platform(
-    rig: Rig,
-) -> None:
+async def start_console(rig: Rig) -> tuple[InProcessDaemon, Config, int]:
+    """The daemon with buttons and an HTTPS console on a free port, and one staff account
+    (li.na), once the console listens."""
     port = free_port()
     cfg = console_cfg(rig, port)
     await add_account(cfg)
@@ -86,6 +87,17 @@ async def test_https_with_its_own_certificate_and_cli_changes_reach_the_platform
     console = cast(ConsoleFeature, gw.gateway.feature("console"))
     try:
         await until(lambda: console.listening, "the console listening")
+    except BaseException:
+        await gw.finish()
+        raise
+    return gw, cfg, port
+
+
+async def test_https_with_its_own_certificate_and_cli_changes_reach_the_platform(
+    rig: Rig,
+) -> None:
+    gw, cfg, port = await start_console(rig)
+    try:
         context = ssl.create_default_context(cafile=str(cfg.state_dir / "console-cert.pem"))
         async with aiohttp.ClientSession() as client:
             async with client.get(f"https://127.0.0.1:{port}/login", ssl=context) as response:

@@ -7,15 +7,13 @@ in order, once it returns. The run saves screenshots (build/screenshots/) for th
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any
 
 from selenium.webdriver.support.select import Select
 
 from drivers.buttons.terminal_codec import Cleared, HelpComing, PullCord
-from gateway.console.feature import ConsoleFeature
 from tests.buttons.test_buttons import T1, T2, WAIT_S, Rig, events, wait_events
-from tests.console.test_console_daemon import PASSWORD, add_account, console_cfg
-from tests.support.broker import free_port
+from tests.console.test_console_daemon import PASSWORD, start_console
 from tests.support.browser import Browser
 
 
@@ -31,15 +29,8 @@ def row(state: str) -> str:
 async def test_staff_log_in_claim_and_resolve_also_with_the_broker_down(
     rig: Rig, browser: Browser
 ) -> None:
-    port = free_port()
-    cfg = console_cfg(rig, port)
-    await add_account(cfg)
-    gw = await rig.start(cfg)
-    console = cast(ConsoleFeature, gw.gateway.feature("console"))
+    gw, _, port = await start_console(rig)
     try:
-        async with asyncio.timeout(WAIT_S):
-            while not console.listening:
-                await asyncio.sleep(0.05)
         await do(browser.open, f"https://127.0.0.1:{port}/")
         await do(browser.wait_for, "#password")  # no session: sent to the login page
         await do(browser.fill, "#username", "li.na")
