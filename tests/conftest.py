@@ -50,9 +50,15 @@ _CPU_HEAVY = frozenset(
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    untimed = []
     for item in items:
         if item.path.stem in _CPU_HEAVY:
             item.add_marker(pytest.mark.xdist_group("cpu-heavy"))
+        # A long run under the suite's 120 s time-out could never pass: `-m slow` would fail.
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            untimed.append(item.nodeid)
+    if untimed:
+        raise pytest.UsageError(f"slow tests need their own @pytest.mark.timeout: {untimed}")
 
 
 @pytest.hookimpl(wrapper=True)

@@ -141,13 +141,18 @@ def chaos(
     return Chaos(platform, gateway_factory, record_property)
 
 
+SOAK_TIMEOUT_S = 1800
+
+
 def quick_and_soak(
     count: str, *, quick: tuple[int, int], soak: tuple[int, int]
 ) -> pytest.MarkDecorator:
-    """Parametrize ``(count, seed)``: a quick run by default, the soak with ``-m slow``."""
+    """Parametrize ``(count, seed)``: a quick run by default, the soak with ``-m slow`` (its
+    own time-out: hundreds of faults take many minutes, far past the suite's 120 s)."""
+    soak_marks = [pytest.mark.slow, pytest.mark.timeout(SOAK_TIMEOUT_S)]
     return pytest.mark.parametrize(
         (count, "seed"),
-        [pytest.param(*quick, id="quick"), pytest.param(*soak, id="soak", marks=pytest.mark.slow)],
+        [pytest.param(*quick, id="quick"), pytest.param(*soak, id="soak", marks=soak_marks)],
     )
 
 
