@@ -100,32 +100,46 @@ def _read_key(path: Path, kind: KeyKind) -> bytes:
     return key
 
 
-def _create_key(path: Path, kind: KeyKind) -> bytes:
-    """Write a new random key atomically (temporary file, fsync, link); if another process
-    created one meanwhile, read theirs."""
-    key = os.urandom(KEY_BYTES)
+def write_private(path: Path, data: bytes, *, replace: bool = False) -> bool:
+    """Write `data` to `path` (mode 0600) atomically: a temporary file, fsynced, then linked
+    into place (renamed over an old file when `replace`), the directory fsynced. False if
+    `path` appeared meanwhile (not `replace`): the caller reads the other writer's file.
+    OSError propagates (the caller names the file's purpose)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.new")
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, key)
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            return _read_key(path, kind)
+        if replace:
+            os.replace(temporary, path)
+        else:
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                return False
         fsync_directory(path.parent)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return True
+
+
+def _create_key(path: Path, kind: KeyKind) -> bytes:
+    """Write a new random key atomically (`write_private`); if another process created one
+    meanwhile, read theirs."""
+    key = os.urandom(KEY_BYTES)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not write_private(path, key):
+            return _read_key(path, kind)
     except OSError as exc:
         raise ConfigError(
             f"cannot create the {kind.name} {path}: {exc.strerror or exc} (under systemd the "
             "keys come read-only from $CREDENTIALS_DIRECTORY: provision them first, see "
             "systemd/README.md)"
         ) from exc
-    finally:
-        temporary.unlink(missing_ok=True)
     key_id = hashlib.sha256(key).hexdigest()[:16]
     _LOGGER.warning(
         "created a new %s %s (key id %s); back it up: without it %s",

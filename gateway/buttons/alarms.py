@@ -134,6 +134,9 @@ class AlarmBook:
     def open_alarms(self) -> list[OpenAlarm]:
         return list(self._open.values())
 
+    def get(self, alarm_id: str) -> OpenAlarm | None:
+        return self._open.get(alarm_id)
+
     # -- start-up -------------------------------------------------------------------------------
 
     async def load(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from gateway.audit import AuditLog
 from gateway.buttons.alarms import AlarmBook, OpenAlarm
 from gateway.console.accounts import Staff
-from gateway.console.board import CONSOLE_ACTOR, state_of
+from gateway.console.board import CONSOLE_ACTOR, shown_by, state_of
 from gateway.console.web import ActionRefused
 from gateway.events import Event
 
@@ -29,11 +29,7 @@ class AlarmActions:
 
     def _open(self, alarm_id: str) -> tuple[AlarmBook, OpenAlarm]:
         book = self._alarms
-        alarm = (
-            None
-            if book is None
-            else next((a for a in book.open_alarms() if a.id == alarm_id), None)
-        )
+        alarm = None if book is None else book.get(alarm_id)
         if book is None or alarm is None:
             raise ActionRefused(404, "no_open_alarm", "this alarm is no longer open")
         return book, alarm
@@ -41,8 +37,7 @@ class AlarmActions:
     async def claim(self, alarm_id: str, staff: Staff) -> None:
         book, alarm = self._open(alarm_id)
         if state_of(alarm) == "claimed":
-            by = (alarm.acked_by or "").removeprefix(CONSOLE_ACTOR)
-            raise ActionRefused(409, "already_claimed", f"{by} is already on the way")
+            raise ActionRefused(409, "already_claimed", f"{shown_by(alarm)} is already on the way")
         actor = CONSOLE_ACTOR + staff.username
         events = await book.acknowledge(alarm_id, "", actor, "ok")
         for event in _or_gone(events):

@@ -40,6 +40,12 @@ class AlarmRow(msgspec.Struct, frozen=True, kw_only=True):
     """Who claimed or acknowledged it (a staff member's user name, or the platform's `by`)."""
 
 
+def shown_by(alarm: OpenAlarm) -> str | None:
+    """Who acknowledged it: a staff member's user name, or the platform's `by` as given."""
+    by = alarm.acked_by
+    return None if by is None else by.removeprefix(CONSOLE_ACTOR)
+
+
 def state_of(alarm: OpenAlarm) -> State:
     if alarm.ack_status == "ok":
         by = alarm.acked_by or ""
@@ -54,9 +60,7 @@ def board(alarms: Iterable[OpenAlarm], registry: DeviceRegistry | None) -> list[
     rows = []
     for alarm in alarms:
         device = registry.get(alarm.device.id) if registry is not None else None
-        by = alarm.acked_by
-        if by is not None and by.startswith(CONSOLE_ACTOR):
-            by = by.removeprefix(CONSOLE_ACTOR)
+        by = shown_by(alarm)
         rows.append(
             AlarmRow(
                 id=alarm.id,

@@ -63,12 +63,12 @@ class Broadcaster:
                 stream.queue.put_nowait(frame)
                 self.sent += 1
             except asyncio.QueueFull:
-                self._drop(stream)
+                self.dropped += 1
+                self._end(stream)
 
-    def _drop(self, stream: Stream) -> None:
+    def _end(self, stream: Stream) -> None:
         self._streams.discard(stream)
         stream.dropped = True
-        self.dropped += 1
         while not stream.queue.empty():
             stream.queue.get_nowait()
         stream.queue.put_nowait(None)  # ends the response; the browser reconnects
@@ -90,7 +90,7 @@ class Broadcaster:
     def close(self) -> None:
         """End every stream (the daemon stops)."""
         for stream in list(self._streams):
-            self._drop(stream)
+            self._end(stream)
 
 
 def sse(event: str, data: bytes) -> bytes:

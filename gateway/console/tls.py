@@ -19,7 +19,6 @@ import datetime as dt
 import hashlib
 import ipaddress
 import logging
-import os
 import re
 import socket
 import ssl
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from common.errors import ConfigError
 from gateway.console.config import ConsoleSection
-from gateway.keyfiles import UnsafeFileError, fsync_directory, read_private
+from gateway.keyfiles import UnsafeFileError, read_private, write_private
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -332,32 +331,13 @@ def _self_signed(key: ec.EllipticCurvePrivateKey, listen: str) -> bytes:
 
 
 def _write_new(path: Path, data: bytes, *, replace: bool) -> bool:
-    """Write `data` to `path` (mode 0600) atomically: a temporary file, fsynced, then linked
-    into place (or renamed over the old file when `replace`). False if `path` appeared
-    meanwhile (not `replace`): the caller reads the other writer's file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.new")
+    """`keyfiles.write_private`, with a ConfigError naming the console's file."""
     try:
-        fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if replace:
-            os.replace(temporary, path)
-        else:
-            try:
-                os.link(temporary, path)
-            except FileExistsError:
-                return False
-        fsync_directory(path.parent)
+        return write_private(path, data, replace=replace)
     except OSError as exc:
         raise ConfigError(
             f"cannot write the console's {path.name} in {path.parent}: {exc.strerror or exc}"
         ) from exc
-    finally:
-        temporary.unlink(missing_ok=True)
-    return True
 
 
 def _read_public(path: Path) -> bytes:
