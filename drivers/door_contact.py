@@ -35,6 +35,7 @@ __all__ = [
     "GpioContact",
     "RawCallback",
     "SimulatedContact",
+    "build_input",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -244,3 +245,14 @@ class GpioContact:
             await asyncio.to_thread(self._device.close)
         except Exception:  # closing a pin that already failed
             _LOGGER.debug("closing %s failed", self._name, exc_info=True)
+
+
+def build_input(kind: str, pin: int, pull_up: bool, active_is_open: bool) -> ContactInput | None:
+    """The configured input (config_base.InputSection's fields): None for kind "none", a
+    SimulatedContact for "simulated" (tests, the demo), else the GPIO pin. ConfigError when
+    gpiozero or the pin cannot be used here."""
+    if kind == "none":
+        return None
+    if kind == "simulated":
+        return SimulatedContact()
+    return GpioContact.create(pin, pull_up, active_is_open)

@@ -132,6 +132,11 @@ def _value_problems(value: Any, annotation: Any, key: str, entry: int | None) ->
         if not isinstance(value, list):
             yield Problem(key, f"must be a list of tables ([[{key}]]), not {_kind(value)}", entry)
             return
+        low, high = _length_bounds(mi.type_info(annotation))
+        if low is not None and len(value) < low:
+            yield Problem(key, f"needs at least {low} entr{'y' if low == 1 else 'ies'}", entry)
+        if high is not None and len(value) > high:
+            yield Problem(key, f"takes at most {high} entries, not {len(value)}", entry)
         for index, item in enumerate(value):
             yield from _struct_problems(item, listed, key, index)
         return
@@ -174,6 +179,19 @@ def _leaf_info(info: mi.Type, value: Any) -> mi.Type | None:
     if isinstance(info, mi.FloatType) and isinstance(value, int | float):
         return info if not isinstance(value, bool) else None
     return None
+
+
+def _length_bounds(info: mi.Type) -> tuple[int | None, int | None]:
+    """The (min_length, max_length) of a list type (inside an optional or a description)."""
+    if isinstance(info, mi.Metadata):
+        return _length_bounds(info.type)
+    if isinstance(info, mi.UnionType):
+        for member in info.types:
+            if isinstance(member, mi.ListType | mi.Metadata):
+                return _length_bounds(member)
+    if isinstance(info, mi.ListType):
+        return info.min_length, info.max_length
+    return None, None
 
 
 def _description(annotation: Any) -> str | None:

@@ -69,9 +69,14 @@ class AlarmAcknowledged(Payload, frozen=True, kw_only=True):
 
 class AlarmEscalated(Payload, frozen=True, kw_only=True):
     alarm_id: AlarmId
-    after_s: Annotated[float, _doc("the acknowledgement deadline that passed")]
+    level: Annotated[int, _doc("the level reached: 2, 3, … (1 is the alarm raised)")]
+    after_s: Annotated[float, _doc("the level's delay after raising (its ladder's after_s)")]
+    outputs: Annotated[list[str], _doc("the outputs switched on from this level")]
     ack_status: Annotated[str | None, _doc("busy if staff answered busy, else null")]
     repeat_s: Annotated[float, _doc("when it is repeated if still unacknowledged")]
+    by: Annotated[
+        str | UnsetType, _doc("who escalated it at once (console:<user>); unset: its timer")
+    ] = UNSET
 
 
 class AlarmCancelled(Payload, frozen=True, kw_only=True):

@@ -99,12 +99,14 @@ KINDS: Mapping[Kind, KindInfo] = {
     ),
     Kind.ALARM_ACKNOWLEDGED: KindInfo(
         Lane.LIFE_SAFETY,
-        "Somebody took the alarm (the platform's `alarm.ack`).",
+        "Somebody took the alarm: the platform's `alarm.ack`, a claim at the duty console "
+        "or the duty desk's button.",
         P.AlarmAcknowledged,
     ),
     Kind.ALARM_ESCALATED: KindInfo(
         Lane.LIFE_SAFETY,
-        "Nobody acknowledged within `ack_deadline_s`; repeated every `escalation_repeat_s`.",
+        "The alarm reached the next level of its escalation ladder (nobody took it in time, "
+        "or staff escalated it at once); its outputs repeat every `escalation_repeat_s`.",
         P.AlarmEscalated,
     ),
     Kind.ALARM_CANCELLED: KindInfo(

@@ -48,7 +48,7 @@ import msgspec
 from common.errors import StorageError
 from drivers.outputs import Output
 from gateway import event_payloads as payloads
-from gateway.buttons.config import ButtonsSection
+from gateway.buttons.config import SIREN, ButtonsSection, LevelSection
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
 from gateway.events import DeviceRef, Event, EventFactory, Kind
 from gateway.outbox import Outbox
@@ -68,13 +68,34 @@ class OpenAlarm:
     device: DeviceRef
     cause: str
     raised_ms: int
-    deadline: float  # monotonic
+    ladder: tuple[LevelSection, ...]  # its levels 2, 3, … (ButtonsSection.ladder)
+    started: float  # monotonic: when its ladder's clock started (raised, or age at a restart)
     cancellable_until: float  # monotonic; -inf: a resident's CANCEL never ends it
     ack_status: str | None = None
     acked_by: str | None = None
-    escalated: bool = False
+    level: int = 1  # reached in this run: 1 raised, 2 and up escalated (outputs on)
+    reported_level: int = 1  # the highest level whose alarm.escalated is stored (any run)
     next_repeat: float = 0.0
-    escalation_reported: bool = False  # alarm.escalated already stored (before a restart)
+
+    @property
+    def escalated(self) -> bool:
+        return self.level >= 2
+
+    @property
+    def escalation_reported(self) -> bool:
+        return self.reported_level >= 2
+
+    @property
+    def top_level(self) -> int:
+        return len(self.ladder) + 1
+
+    def due(self, level: int) -> float:
+        """When (monotonic) `level` (2 or more) is reached by its timer."""
+        return self.started + self.ladder[level - 2].after_s
+
+    def outputs(self) -> set[str]:
+        """The outputs its level switches on (those of every level up to it)."""
+        return {name for level in self.ladder[: self.level - 1] for name in level.outputs}
 
 
 class _TargetArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -98,12 +119,16 @@ class AlarmBook:
         output: Output,
         settings: ButtonsSection,
         *,
+        outputs: Mapping[str, Output] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`output` is the siren ([buttons.output]); `outputs` the further ones by name
+        ([[buttons.outputs]])."""
         self._db = db
         self._outbox = outbox
         self._events = events
         self.output = output
+        self.outputs: dict[str, Output] = {SIREN: output, **(outputs or {})}
         self.settings = settings
         self._open: dict[str, OpenAlarm] = {}
         self._downlink: Downlink | None = None
@@ -147,24 +172,23 @@ class AlarmBook:
             "FROM button_alarms ORDER BY raised_ms"
         ) as cursor:
             rows = await cursor.fetchall()
-        for alarm_id, device, cause, raised_ms, status, by, escalated in rows:
+        for alarm_id, device, cause, raised_ms, status, by, steps in rows:
+            # The ladder's clock goes on from the alarm's age by the wall clock (a clock
+            # stepped back starts it again); the level reached before is restored at the
+            # first tick, outputs included, without a second alarm.escalated.
             age = max(0.0, (now_ms - raised_ms) / 1000)
-            remaining = min(
-                max(self.settings.ack_deadline_s - age, 0.0), self.settings.ack_deadline_s
-            )
+            ladder = self.settings.ladder(cause)
             self._open[alarm_id] = OpenAlarm(
                 alarm_id,
                 msgspec.json.decode(device, type=DeviceRef),
                 cause,
                 raised_ms,
-                now + remaining,
+                ladder,
+                now - age,
                 float("-inf"),  # its age is not trusted across a restart (no RTC)
                 status,
                 by,
-                # Re-escalate after a restart (the output lost its state with the process),
-                # without a second alarm.escalated event.
-                escalated=False,
-                escalation_reported=bool(escalated),
+                reported_level=min(1 + int(steps), len(ladder) + 1),
             )
 
     async def recover(self) -> None:
@@ -239,7 +263,8 @@ class AlarmBook:
             device,
             cause,
             now_ms,
-            now + self.settings.ack_deadline_s,
+            self.settings.ladder(cause),
+            now,
             now + cancel_window_s if cancel_window_s > 0 else float("-inf"),
         )
         self._changed()
@@ -360,7 +385,7 @@ class AlarmBook:
         mine = [a for a in self._open.values() if a.device.id == device_id]
         if not mine:
             return None
-        alarm = max(mine, key=lambda a: (a.raised_ms, a.deadline))
+        alarm = max(mine, key=lambda a: (a.raised_ms, a.started))
         reason = _why_not_cancellable(alarm, now)
         if reason is None:
             # Out of the open set before the first await: the escalation timer cannot fire
@@ -423,15 +448,27 @@ class AlarmBook:
 
     # -- escalation -----------------------------------------------------------------------------
 
-    def _needs_output(self) -> bool:
-        return any(a.escalated and a.ack_status != "ok" for a in self._open.values())
+    def _needed_outputs(self) -> set[str]:
+        return {name for a in self._open.values() if a.ack_status != "ok" for name in a.outputs()}
 
     async def _quiet_output_if_done(self) -> None:
-        if self.output.active and not self._needs_output():
-            await self.output.deactivate()
+        needed = self._needed_outputs()
+        for name, output in self.outputs.items():
+            if output.active and name not in needed:
+                await output.deactivate()
+
+    async def _switch_on(self, alarm: OpenAlarm, reason: str) -> None:
+        for name in sorted(alarm.outputs()):
+            output = self.outputs.get(name)
+            if output is None:  # the config refuses it; an alarm reloaded from an older one
+                continue
+            try:
+                await output.activate(reason)
+            except Exception:  # one broken relay must not keep the others off
+                _LOGGER.exception("switching on %s for alarm %s failed", name, alarm.id)
 
     async def run(self) -> None:
-        """Local timers: escalate unacknowledged alarms, repeat the output until answered."""
+        """Local timers: escalate unacknowledged alarms, repeat the outputs until answered."""
         while True:
             await asyncio.sleep(_TICK_S)
             self.last_progress = self._monotonic()
@@ -440,44 +477,89 @@ class AlarmBook:
     async def tick(self, now: float | None = None) -> None:
         now = self._monotonic() if now is None else now
         for alarm in list(self._open.values()):
-            if alarm.ack_status == "ok":
+            if alarm.ack_status == "ok" or self._open.get(alarm.id) is not alarm:
                 continue
-            if not alarm.escalated and now >= alarm.deadline:
-                alarm.escalated = True
-                alarm.next_repeat = now + self.settings.escalation_repeat_s
-                self.escalations += 1
-                self._changed()
-                reason = f"alarm {alarm.id} from {alarm.device.id} not acknowledged"
-                # The output first: it must fire even if the disk or the uplink cannot help.
-                await self.output.activate(reason)
-                if not alarm.escalation_reported:
-                    alarm.escalation_reported = True
-                    await self._record_escalation(alarm)
+            level = alarm.level
+            while level < alarm.top_level and (
+                level < alarm.reported_level or now >= alarm.due(level + 1)
+            ):
+                level += 1
+            if level > alarm.level:
+                for step in range(alarm.level + 1, level + 1):  # each level reported
+                    await self._reach(alarm, step, now, by=None)
             elif alarm.escalated and now >= alarm.next_repeat:
                 alarm.next_repeat = now + self.settings.escalation_repeat_s
-                await self.output.activate(f"alarm {alarm.id} from {alarm.device.id} still open")
+                await self._switch_on(alarm, f"alarm {alarm.id} from {alarm.device.id} still open")
         await self._quiet_output_if_done()
 
-    async def _record_escalation(self, alarm: OpenAlarm) -> None:
-        _LOGGER.error("alarm %s from %s escalated: no acknowledgement", alarm.id, alarm.device.id)
+    async def escalate(self, alarm_id: str, by: str) -> list[Event]:
+        """Staff escalate an alarm they cannot answer to its next level at once (the duty
+        console's "escalate now"); its later levels keep their times. Returns the
+        alarm.escalated appended: empty when no open alarm has that id. CommandRefused when it
+        is already taken (`ok`) or at the top of its ladder; StorageError when the new level
+        (already in force here: outputs on) could not be recorded."""
+        alarm = self._open.get(alarm_id)
+        if alarm is None:
+            return []
+        if alarm.ack_status == "ok":
+            raise CommandRefused("already_taken", f"{alarm.acked_by} has already taken it")
+        if alarm.level >= alarm.top_level:
+            raise CommandRefused("top_level", f"it is already at level {alarm.level}, the last")
+        level = alarm.level + 1
+        event = await self._reach(alarm, level, self._monotonic(), by=by)
+        await self._quiet_output_if_done()
+        if event is None:
+            raise StorageError(f"alarm {alarm_id} is at level {level} here, but not recorded")
+        return [event]
+
+    async def _reach(
+        self, alarm: OpenAlarm, level: int, now: float, by: str | None
+    ) -> Event | None:
+        """`alarm` at `level`: outputs on first (they must sound even if the disk or the
+        uplink cannot help), then alarm.escalated if this level was never reported."""
+        alarm.level = level
+        alarm.next_repeat = now + self.settings.escalation_repeat_s
+        self.escalations += 1
+        self._changed()
+        who = f"escalated by {by}" if by else "not acknowledged"
+        await self._switch_on(alarm, f"alarm {alarm.id} from {alarm.device.id} {who}")
+        if alarm.reported_level >= level:
+            return None
+        alarm.reported_level = level
+        return await self._record_escalation(alarm, by)
+
+    async def _record_escalation(self, alarm: OpenAlarm, by: str | None) -> Event | None:
+        level = alarm.level
+        _LOGGER.error(
+            "alarm %s from %s escalated to level %d: %s",
+            alarm.id,
+            alarm.device.id,
+            level,
+            f"by {by}" if by else "no acknowledgement",
+        )
+        event = self._events.make(
+            Kind.ALARM_ESCALATED,
+            payloads.AlarmEscalated(
+                alarm_id=alarm.id,
+                level=level,
+                after_s=alarm.ladder[level - 2].after_s,
+                outputs=sorted(alarm.outputs()),
+                ack_status=alarm.ack_status,
+                repeat_s=self.settings.escalation_repeat_s,
+                by=payloads.UNSET if by is None else by,
+            ),
+            device=alarm.device,
+        )
         with contextlib.suppress(StorageError, TimeoutError):
             async with asyncio.timeout(_EVENT_TIMEOUT_S):
                 async with self._db.transaction("recording an escalation") as conn:
                     await conn.execute(
-                        "UPDATE button_alarms SET escalated = 1 WHERE id = ?", (alarm.id,)
+                        "UPDATE button_alarms SET escalated = MAX(escalated, ?) WHERE id = ?",
+                        (level - 1, alarm.id),
                     )
-                await self._outbox.append(
-                    self._events.make(
-                        Kind.ALARM_ESCALATED,
-                        payloads.AlarmEscalated(
-                            alarm_id=alarm.id,
-                            after_s=self.settings.ack_deadline_s,
-                            ack_status=alarm.ack_status,
-                            repeat_s=self.settings.escalation_repeat_s,
-                        ),
-                        device=alarm.device,
-                    )
-                )
+                await self._outbox.append(event)
+                return event
+        return None
 
     # -- commands -------------------------------------------------------------------------------
 

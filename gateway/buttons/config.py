@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from gateway.config_base import Baudrate, DeviceId, OutputSection, Section
+from gateway.config_base import Baudrate, DeviceId, InputSection, OutputSection, Section
 
 Seconds1h = Annotated[float, Meta(ge=1, le=3600)]
 
@@ -60,11 +60,78 @@ class DeviceSection(Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
             )
 
 
+CAUSES = ("press", "pull_cord", "fall", "rf_press")
+"""What raises an alarm: a terminal's button, pull cord or fall sensor, or an EV1527 button."""
+Cause = Literal["press", "pull_cord", "fall", "rf_press"]
+SIREN = "siren"
+"""The output `[buttons.output]` configures, as a ladder level names it."""
+OutputName = Annotated[
+    str,
+    Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$", description="1-32 lower-case letters, digits, '_'"),
+]
+
+
+class LevelSection(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One step of an escalation ladder: reached `after_s` after the alarm was raised if
+    nobody has taken it (or at once, when staff escalate it by hand)."""
+
+    after_s: Annotated[float, Meta(ge=1, le=86400)]
+    # Switched on from this level on (a level keeps those of the levels before it):
+    # "siren" ([buttons.output]) or a name of [buttons.outputs].
+    outputs: list[OutputName] = msgspec.field(default_factory=list)
+
+
+class LadderSection(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The escalation of the alarms of some causes. Level 1 is the alarm raised (the duty
+    consoles show it and chime at once); `levels` are levels 2, 3, … in order."""
+
+    # Empty: every cause no other ladder names.
+    causes: list[Cause] = msgspec.field(default_factory=list)
+    levels: Annotated[list[LevelSection], Meta(min_length=1, max_length=8)]
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        delays = [level.after_s for level in self.levels]
+        if any(b <= a for a, b in zip(delays, delays[1:], strict=False)):
+            yield "levels.after_s", "each level comes later than the one before it"
+        if len(set(self.causes)) != len(self.causes):
+            yield "causes", "a cause is named twice"
+
+
+class NamedOutputSection(OutputSection, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A further output a ladder level switches on by its name."""
+
+    name: OutputName
+
+
+class DutyDeskSection(InputSection, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A wired button at the duty desk, for a site without a screen: a press takes the
+    oldest alarm nobody has taken (HELP_COMING to its terminal, escalation and siren stop).
+    `active_is_open` here: the input reads active while the button is pressed."""
+
+    name: Annotated[
+        str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="1-32 letters, digits, '_' or '-'")
+    ] = "desk"  # who took it: `by` is desk:<name>
+    debounce_s: Annotated[float, Meta(ge=0.01, le=2)] = 0.05
+
+
 class ButtonsSection(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     receivers: list[ReceiverSection] = msgspec.field(default_factory=list)
     ev1527: Ev1527Section = msgspec.field(default_factory=Ev1527Section)
+    # Without [[buttons.ladders]]: one step, the siren, when nobody took the alarm this long.
     ack_deadline_s: Seconds1h = 60.0
+    # How often the outputs of an escalated alarm are switched on again until it is taken.
     escalation_repeat_s: Seconds1h = 30.0
+    # Escalation per cause (see LadderSection); a cause no ladder names uses the one-step
+    # ladder of ack_deadline_s.
+    ladders: Annotated[list[LadderSection], Meta(max_length=8)] = msgspec.field(
+        default_factory=list
+    )
+    # Further outputs a ladder level may switch on by name ([[buttons.outputs]]: lights, a
+    # second siren, a relay to the warden's flat), besides "siren".
+    outputs: Annotated[list[NamedOutputSection], Meta(max_length=8)] = msgspec.field(
+        default_factory=list
+    )
+    duty_desk: DutyDeskSection = msgspec.field(default_factory=DutyDeskSection)
     dedup_window_s: Seconds1h = 120.0
     # How long after raising an alarm the resident's CANCEL may end it; unset: half the
     # acknowledgement deadline, at most 30 s. 0: a CANCEL never ends an alarm. Shorter than
@@ -76,12 +143,33 @@ class ButtonsSection(Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     output: OutputSection = msgspec.field(default_factory=OutputSection)
     devices: list[DeviceSection] = msgspec.field(default_factory=list)
 
+    def ladder(self, cause: str) -> tuple[LevelSection, ...]:
+        """The levels after the first of an alarm of `cause` (see `ladders`)."""
+        catch_all: LadderSection | None = None
+        for ladder in self.ladders:
+            if cause in ladder.causes:
+                return tuple(ladder.levels)
+            if not ladder.causes and catch_all is None:
+                catch_all = ladder
+        if catch_all is not None:
+            return tuple(catch_all.levels)
+        return (LevelSection(after_s=self.ack_deadline_s, outputs=[SIREN]),)
+
+    @property
+    def first_escalation_s(self) -> float:
+        """The shortest time after which any alarm escalates (its ladder's level 2)."""
+        return min(self.ladder(cause)[0].after_s for cause in CAUSES)
+
     @property
     def cancel_window(self) -> float:
         """The resident's cancel window in seconds (see `cancel_window_s`)."""
         if self.cancel_window_s is not None:
             return self.cancel_window_s
-        return min(30.0, self.ack_deadline_s / 2)
+        return min(30.0, self.first_escalation_s / 2)
+
+    def output_names(self) -> list[str]:
+        """ "siren" and the names of `outputs`."""
+        return [SIREN, *(output.name for output in self.outputs)]
 
     def problems(self) -> Iterator[tuple[str, str]]:
         names = [r.name for r in self.receivers]
@@ -90,12 +178,39 @@ class ButtonsSection(Section, frozen=True, forbid_unknown_fields=True, kw_only=T
         urls = [r.url for r in self.receivers]
         if len(urls) != len(set(urls)):
             yield "receivers.url", "two receivers share one port"
-        if self.cancel_window_s is not None and self.cancel_window_s >= self.ack_deadline_s:
+        if self.cancel_window_s is not None and self.cancel_window_s >= self.first_escalation_s:
             yield (
                 "cancel_window_s",
-                "must be shorter than buttons.ack_deadline_s (a resident's CANCEL never ends "
-                "an escalated alarm)",
+                "must be shorter than buttons.ack_deadline_s and every ladder's first level "
+                f"({self.first_escalation_s:g} s): a resident's CANCEL never ends an escalated "
+                "alarm",
             )
+        names = [output.name for output in self.outputs]
+        if SIREN in names:
+            yield "outputs.name", '"siren" is [buttons.output]; give this output another name'
+        if len(set(names)) != len(names):
+            yield "outputs.name", "output names must be unique"
+        known = set(self.output_names())
+        for ladder in self.ladders:
+            for level in ladder.levels:
+                for name in level.outputs:
+                    if name not in known:
+                        yield (
+                            "ladders.levels.outputs",
+                            f"no output {name!r}: name one of {', '.join(sorted(known))} "
+                            "(or add it as [[buttons.outputs]])",
+                        )
+        named = [cause for ladder in self.ladders for cause in ladder.causes]
+        twice = sorted({c for c in named if named.count(c) > 1})
+        if twice:
+            yield "ladders.causes", f"more than one ladder for {', '.join(twice)}"
+        if sum(1 for ladder in self.ladders if not ladder.causes) > 1:
+            yield "ladders.causes", "only one ladder may leave causes empty (every other cause)"
+        if (
+            any(o.kind == "gpio" for o in self.outputs)
+            and importlib.util.find_spec("gpiozero") is None
+        ):
+            yield "outputs.kind", 'kind = "gpio" needs the gpiozero package (and a GPIO header)'
         if self.output.kind == "gpio" and importlib.util.find_spec("gpiozero") is None:
             yield (
                 "output.kind",

@@ -4,6 +4,8 @@ platform's commands use (gateway/buttons/alarms.py), so the two never disagree.
 - claim ("I'm going"): an acknowledgement `ok` by console:<user>: HELP_COMING to the terminal,
   the local escalation and siren stop, every console shows who took it, the platform gets
   alarm.acknowledged naming the staff member (lane 0, in order, after an outage too);
+- escalate now: the alarm's next level at once (alarm.escalated with `by`), for staff who
+  cannot answer it themselves; refused once it is taken or at the top of its ladder;
 - resolve: the alarm is closed (alarm.cleared with `by` and the reason), CLEARED to the
   terminal.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from gateway.audit import AuditLog
 from gateway.buttons.alarms import AlarmBook, OpenAlarm
+from gateway.commands import CommandRefused
 from gateway.console.accounts import Staff
 from gateway.console.board import CONSOLE_ACTOR, shown_by, state_of
 from gateway.console.web import ActionRefused
@@ -26,6 +29,7 @@ class AlarmActions:
         self._audit = audit
         self.claims = 0
         self.resolves = 0
+        self.escalations = 0
 
     def _open(self, alarm_id: str) -> tuple[AlarmBook, OpenAlarm]:
         book = self._alarms
@@ -43,6 +47,18 @@ class AlarmActions:
         for event in _or_gone(events):
             await self._audit.note(event, action="alarm.claim", subject=alarm_id, actor=actor)
         self.claims += 1
+
+    async def escalate(self, alarm_id: str, staff: Staff) -> None:
+        """Escalate now: the alarm's next level at once (staff who cannot answer it)."""
+        book, _ = self._open(alarm_id)
+        actor = CONSOLE_ACTOR + staff.username
+        try:
+            events = await book.escalate(alarm_id, actor)
+        except CommandRefused as exc:
+            raise ActionRefused(409, exc.code, exc.detail) from exc
+        for event in _or_gone(events):
+            await self._audit.note(event, action="alarm.escalate", subject=alarm_id, actor=actor)
+        self.escalations += 1
 
     async def resolve(self, alarm_id: str, staff: Staff, reason: str) -> None:
         book, _ = self._open(alarm_id)

@@ -2,7 +2,8 @@
 
 A row says who called (resident, room), why (press, pull cord, fall, radio button), since
 when, and where the alarm stands: raised, busy (the platform answered it cannot take it),
-acknowledged by the platform, claimed by a staff member here, or escalated.
+acknowledged by the platform, claimed here (a staff member, or the duty desk's button), or
+escalated (and to which level of its ladder).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from typing import Literal
 import msgspec
 
 from gateway.buttons.alarms import OpenAlarm
+from gateway.buttons.duty_desk import DESK_ACTOR
 from gateway.buttons.registry import DeviceRegistry
 
 CONSOLE_ACTOR = "console:"
 """`by` of an acknowledgement or a clear made at the console: console:<user name>."""
+LOCAL_ACTORS = (CONSOLE_ACTOR, DESK_ACTOR)
+"""Who takes an alarm on site: staff at a console, or the duty desk's button."""
 
 State = Literal["escalated", "raised", "busy", "acknowledged", "claimed"]
 _URGENCY: dict[State, int] = {
@@ -36,8 +40,13 @@ class AlarmRow(msgspec.Struct, frozen=True, kw_only=True):
     cause: str
     raised_ms: int
     state: State
+    level: int
+    """Its escalation level: 1 raised, 2 and up escalated (its ladder's levels)."""
+    top_level: int
+    """The last level of its ladder (escalate now is offered below it)."""
     by: str | None
-    """Who claimed or acknowledged it (a staff member's user name, or the platform's `by`)."""
+    """Who claimed or acknowledged it (a staff member's user name, the duty desk, or the
+    platform's `by`)."""
 
 
 def shown_by(alarm: OpenAlarm) -> str | None:
@@ -46,10 +55,14 @@ def shown_by(alarm: OpenAlarm) -> str | None:
     return None if by is None else by.removeprefix(CONSOLE_ACTOR)
 
 
+def taken_here(alarm: OpenAlarm) -> bool:
+    """Taken on site: claimed at a console or at the duty desk."""
+    return alarm.ack_status == "ok" and (alarm.acked_by or "").startswith(LOCAL_ACTORS)
+
+
 def state_of(alarm: OpenAlarm) -> State:
     if alarm.ack_status == "ok":
-        by = alarm.acked_by or ""
-        return "claimed" if by.startswith(CONSOLE_ACTOR) else "acknowledged"
+        return "claimed" if taken_here(alarm) else "acknowledged"
     if alarm.escalated:
         return "escalated"
     return "busy" if alarm.ack_status == "busy" else "raised"
@@ -70,6 +83,8 @@ def board(alarms: Iterable[OpenAlarm], registry: DeviceRegistry | None) -> list[
                 cause=alarm.cause,
                 raised_ms=alarm.raised_ms,
                 state=state_of(alarm),
+                level=alarm.level,
+                top_level=alarm.top_level,
                 by=by,
             )
         )

@@ -3,12 +3,12 @@ registered terminals, a settable clock, the downlinks the terminals were sent.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from drivers.outputs import LoggingOutput
+from drivers.outputs import LoggingOutput, Output
 from gateway.audit import AuditLog
 from gateway.buttons.alarms import AlarmBook
 from gateway.buttons.config import ButtonsSection
@@ -58,7 +58,13 @@ class Rig:
 
 
 @asynccontextmanager
-async def console_rig(tmp_path: Path) -> AsyncIterator[Rig]:
+async def console_rig(
+    tmp_path: Path,
+    section: ButtonsSection | None = None,
+    outputs: Mapping[str, Output] | None = None,
+) -> AsyncIterator[Rig]:
+    """The rig on tmp_path/outbox.db (a second rig on the same path is a restart), with
+    `section`'s ladders and `outputs` besides the siren."""
     async with OpenStore.opened(tmp_path / "outbox.db") as store:
         registry = DeviceRegistry(
             store.db,
@@ -72,7 +78,13 @@ async def console_rig(tmp_path: Path) -> AsyncIterator[Rig]:
         await registry.load()
         clock = Clock()
         alarms = AlarmBook(
-            store.db, store.outbox, EVENTS, LoggingOutput(), ButtonsSection(), monotonic=clock
+            store.db,
+            store.outbox,
+            EVENTS,
+            LoggingOutput(),
+            section or ButtonsSection(),
+            outputs=outputs,
+            monotonic=clock,
         )
         await alarms.load()
         downlinks: list[tuple[str, str]] = []
