@@ -25,10 +25,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from drivers.sim.video import compose
 from gateway.vision.engine import EngineSettings, FaceEngine
 from gateway.vision.workers import FaceWorkerPool, analyse_frame
 
@@ -38,6 +36,12 @@ FACES = Path(os.environ.get("ELDERGATE_FACES_DIR") or REPO.parent / "shared" / "
 
 def door_frame() -> np.ndarray:
     person = next(d for d in sorted(FACES.iterdir()) if d.is_dir())
+    # OpenCV only here: the spawned face workers re-import this script and must not find it
+    # loaded before they set its decoder limit (gateway/vision/workers.py).
+    import cv2
+
+    from drivers.sim.video import compose
+
     photo = cv2.imread(str(sorted(person.iterdir())[0]), cv2.IMREAD_COLOR)
     return compose(photo, 640, 480)
 
