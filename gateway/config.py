@@ -25,6 +25,7 @@ from gateway.access.config import AccessSection, clear_cards_warning
 from gateway.buttons.config import ButtonsSection
 from gateway.config_base import Problem, Section, convert
 from gateway.console.config import ConsoleSection
+from gateway.sms.config import SmsSection
 
 _MiB = 1024 * 1024
 
@@ -204,9 +205,12 @@ class Config(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     buttons: ButtonsSection | None = None
     access: AccessSection | None = None
     console: ConsoleSection | None = None
+    sms: SmsSection | None = None
 
     def problems(self) -> Iterator[tuple[str, str]]:
-        """Rules across sections: the reply topics against the gateway's own."""
+        """Rules across sections: the reply topics against the gateway's own, the on-call
+        lists the ladders name against `[sms]`."""
+        yield from self._notify_problems()
         own = f"{self.topic_prefix}/"
         configured = self.commands.response_topic_prefixes is not None
         replies = self.commands.reply_prefixes(self.gateway.id, self.topic_prefix)
@@ -221,6 +225,28 @@ class Config(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
                     "commands.response_topic_prefixes",
                     f"{reply!r} would let a command's response topic reach the gateway's own "
                     f"topics ({own}event/..., status, cmd/...); use a subtree such as {own}reply/",
+                )
+
+    def _notify_problems(self) -> Iterator[tuple[str, str]]:
+        named = sorted(
+            {
+                name
+                for ladder in (self.buttons.ladders if self.buttons is not None else [])
+                for level in ladder.levels
+                for name in level.notify
+            }
+        )
+        if named and self.sms is None:
+            yield (
+                "buttons.ladders.levels.notify",
+                f"texting {', '.join(named)} needs an [sms] section (the modem, the people)",
+            )
+        known = self.sms.lists() if self.sms is not None else set()
+        for name in named if self.sms is not None else []:
+            if name not in known:
+                yield (
+                    "buttons.ladders.levels.notify",
+                    f"no [[sms.recipients]] is on the list {name!r}",
                 )
 
     @property

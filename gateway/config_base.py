@@ -325,6 +325,11 @@ DEVICE_ID_RE = re.compile(DEVICE_ID)
 DeviceId = Annotated[
     str, Meta(pattern=DEVICE_ID, description="1-63 lower-case letters, digits, '_' or '-'")
 ]
+LowerName = Annotated[
+    str,
+    Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$", description="1-32 lower-case letters, digits, '_'"),
+]
+"""A name the configuration gives and refers to (an output, an on-call list)."""
 Baudrate = Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600]
 # -1: no pin (only "gpio" inputs and outputs use one); 0-27: a BCM pin of the 40-pin header.
 Pin = Annotated[int, Meta(ge=-1, le=27, description="a BCM pin 0-27, or -1 for none")]

@@ -40,7 +40,7 @@ from gateway.feature import Core, Feature
 from gateway.forwarder import Forwarder
 from gateway.health import HealthReporter
 from gateway.ingest import IngestServer
-from gateway.mqtt import ClientOptions, Uplink
+from gateway.mqtt import ClientOptions, Uplink, UplinkState
 from gateway.outbox import Outbox
 from gateway.settings import RuntimeSetting, RuntimeSettings
 from gateway.store import Database, StoreOptions
@@ -145,6 +145,10 @@ def build_features(cfg: Config, core: Core, hooks: DaemonHooks) -> list[Feature]
 
         buttons_feature = buttons.build(cfg.buttons, core, output=hooks.output)
         features.append(buttons_feature)
+    if cfg.sms is not None:  # the second path: texts the people on call
+        from gateway.sms import feature as sms
+
+        features.append(sms.build(cfg.sms, core, buttons=buttons_feature))
     if cfg.console is not None:  # before access: the board is up while face models load
         from gateway.console import feature as console
 
@@ -226,6 +230,7 @@ class Gateway:
             self.commands,
             self.forwarder.sealed,
             AuditLog(db, self.outbox),
+            lambda: self.uplink.state is UplinkState.CONNECTED,
         )
         self.features = build_features(cfg, core, hooks)
         for feature in self.features:

@@ -245,6 +245,33 @@ class StaffChanged(Payload, frozen=True, kw_only=True):
     actor: Actor
 
 
+class SmsSent(Payload, frozen=True, kw_only=True):
+    subject: Annotated[str, _doc("the alarm id it is about (or test:<day>, reply:<alarm id>)")]
+    recipient: Annotated[str, _doc("the person's name as configured")]
+    number: Annotated[str, _doc("the number, masked: +86138****5678")]
+    parts: Annotated[int, _doc("how many SMS it took")]
+    attempt: Annotated[int, _doc("1 for the first try")]
+
+
+class SmsFailed(Payload, frozen=True, kw_only=True):
+    subject: str
+    recipient: str
+    number: Annotated[str, _doc("masked")]
+    attempts: int
+    error: Annotated[str, _doc("the modem's last refusal")]
+
+
+class PathFault(Payload, frozen=True, kw_only=True):
+    path: Annotated[str, _doc("uplink (the platform over MQTT) or sms (the modem)")]
+    reason: str
+    since_s: Annotated[float, _doc("how long it has been down")]
+
+
+class PathRestored(Payload, frozen=True, kw_only=True):
+    path: str
+    down_s: Annotated[float, _doc("how long it was down")]
+
+
 class AuditRecord(Payload, frozen=True, kw_only=True):
     action: Annotated[str, _doc("card.add, card.remove, …")]
     card: Annotated[str, _doc("the masked card number")]

@@ -81,6 +81,10 @@ class Kind(StrEnum):
     GATEWAY_UPLINK_REFUSED = "gateway.uplink_refused"
     DEVICE_HEARTBEAT = "device.heartbeat"
     GATEWAY_HEALTH = "gateway.health"
+    SMS_SENT = "sms.sent"
+    SMS_FAILED = "sms.failed"
+    PATH_FAULT = "path.fault"
+    PATH_RESTORED = "path.restored"
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +199,26 @@ KINDS: Mapping[Kind, KindInfo] = {
         Lane.ACCESS_AUDIT,
         "A console account was added, removed or given a new password (`eldergate staff`).",
         P.StaffChanged,
+    ),
+    Kind.SMS_SENT: KindInfo(
+        Lane.ACCESS_AUDIT,
+        "A text message to a person on call left through the modem (`[sms]`).",
+        P.SmsSent,
+    ),
+    Kind.SMS_FAILED: KindInfo(
+        Lane.ACCESS_AUDIT,
+        "A text message could not be sent after its last attempt.",
+        P.SmsFailed,
+    ),
+    Kind.PATH_FAULT: KindInfo(
+        Lane.LIFE_SAFETY,
+        "A path to the people who answer alarms is down: the uplink, or the SMS modem.",
+        P.PathFault,
+    ),
+    Kind.PATH_RESTORED: KindInfo(
+        Lane.LIFE_SAFETY,
+        "A path reported down works again.",
+        P.PathRestored,
     ),
     Kind.AUDIT_RECORD: KindInfo(
         Lane.ACCESS_AUDIT,

@@ -15,7 +15,7 @@ feature's tasks. `Core` is what a feature may use of the daemon.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,6 +40,7 @@ class Core:
     commands: CommandService  # where a feature registers its commands
     sealed: SealedPayloads  # a feature that seals rows at rest adds its key here
     audit: AuditLog  # the one append-only audit log (its rows are forwarded once)
+    uplink_connected: Callable[[], bool]  # the broker connection is up now
 
 
 class Feature(Protocol):

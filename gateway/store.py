@@ -226,6 +226,29 @@ MIGRATIONS: Sequence[str] = (
     ) WITHOUT ROWID;
     CREATE INDEX console_sessions_by_user ON console_sessions (username);
     """,
+    # 11: text messages to the people on call, one row per (subject, number), committed
+    # before the modem is asked (gateway/sms/queue.py).
+    """
+    CREATE TABLE sms_outbox (
+        id INTEGER PRIMARY KEY,
+        subject TEXT NOT NULL,
+        number TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        text TEXT NOT NULL,
+        state TEXT NOT NULL
+            CHECK (state IN ('pending', 'sending', 'sent', 'failed', 'skipped')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_ms INTEGER NOT NULL,
+        refs TEXT NOT NULL DEFAULT '',
+        delivered INTEGER,
+        error TEXT,
+        created_ms INTEGER NOT NULL,
+        done_ms INTEGER,
+        UNIQUE (subject, number)
+    );
+    CREATE INDEX sms_outbox_due ON sms_outbox (state, next_ms);
+    CREATE INDEX sms_outbox_by_number ON sms_outbox (number, created_ms);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from gateway.config import (
 from gateway.console.config import ConsoleSection
 from gateway.daemon import DaemonHooks, Gateway, client_options, run
 from gateway.mqtt import UplinkState
+from gateway.sms.config import SmsSection
 from tests.conftest import BrokerFactory
 from tests.support.paths import REPO
 
@@ -82,9 +84,11 @@ def test_example_config_loads_with_the_documented_values() -> None:
 
 def test_example_config_mentions_every_key_of_the_model() -> None:
     """The annotated example documents every setting (so none is a hidden surprise). The
-    console is off in the example: its section is there, commented out, with every key."""
+    console and the SMS path are off in the example: their sections are there, commented out,
+    with every key."""
     text = EXAMPLE.read_text(encoding="utf-8")
     off = re.sub(r"(?m)^# ?", "", "\n".join(_commented_block(text, "[console]")))
+    sms = re.sub(r"(?m)^# ?", "", "\n".join(_commented_block(text, "[sms]")))
     builtins = Config(gateway=load_config(EXAMPLE).gateway)
     assert builtins.console is None and load_config(EXAMPLE).console is None
     missing = []
@@ -94,12 +98,16 @@ def test_example_config_mentions_every_key_of_the_model() -> None:
             dotted = f"{prefix}.{key}" if prefix else key
             if isinstance(sub, dict):
                 walk(dotted, sub, source)
-            elif find_key_line(source, dotted) is None and find_key_line(off, dotted) is None:
+            elif find_key_line(source, dotted) is None and all(
+                find_key_line(block, dotted) is None for block in (off, sms)
+            ):
                 missing.append(dotted)
 
     walk("", msgspec.to_builtins(builtins), text)
     walk("access", msgspec.to_builtins(AccessSection()), text)
     walk("console", msgspec.to_builtins(ConsoleSection()), off)
+    commented_sms = msgspec.convert(tomllib.loads(sms)["sms"], SmsSection)
+    walk("sms", msgspec.to_builtins(commented_sms), sms)
     assert missing == []
 
 

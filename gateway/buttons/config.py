@@ -10,7 +10,14 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from gateway.config_base import Baudrate, DeviceId, InputSection, OutputSection, Section
+from gateway.config_base import (
+    Baudrate,
+    DeviceId,
+    InputSection,
+    LowerName,
+    OutputSection,
+    Section,
+)
 
 Seconds1h = Annotated[float, Meta(ge=1, le=3600)]
 
@@ -65,10 +72,6 @@ CAUSES = ("press", "pull_cord", "fall", "rf_press")
 Cause = Literal["press", "pull_cord", "fall", "rf_press"]
 SIREN = "siren"
 """The output `[buttons.output]` configures, as a ladder level names it."""
-OutputName = Annotated[
-    str,
-    Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$", description="1-32 lower-case letters, digits, '_'"),
-]
 
 
 class LevelSection(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -78,7 +81,9 @@ class LevelSection(Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     after_s: Annotated[float, Meta(ge=1, le=86400)]
     # Switched on from this level on (a level keeps those of the levels before it):
     # "siren" ([buttons.output]) or a name of [buttons.outputs].
-    outputs: list[OutputName] = msgspec.field(default_factory=list)
+    outputs: list[LowerName] = msgspec.field(default_factory=list)
+    # On-call lists of [sms] texted from this level on (`recipients.lists`).
+    notify: Annotated[list[LowerName], Meta(max_length=8)] = msgspec.field(default_factory=list)
 
 
 class LadderSection(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -100,7 +105,7 @@ class LadderSection(Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 class NamedOutputSection(OutputSection, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A further output a ladder level switches on by its name."""
 
-    name: OutputName
+    name: LowerName
 
 
 class DutyDeskSection(InputSection, frozen=True, forbid_unknown_fields=True, kw_only=True):

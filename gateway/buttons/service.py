@@ -682,6 +682,7 @@ class ButtonService:
                     "device": a.device.id,
                     "ack_status": a.ack_status,
                     "escalated": a.escalated,
+                    "level": a.level,
                 }
                 for a in self.alarms.open_alarms()
             ],

@@ -15,12 +15,14 @@ import msgspec
 
 from gateway.buttons.alarms import OpenAlarm
 from gateway.buttons.duty_desk import DESK_ACTOR
+from gateway.sms.replies import SMS_ACTOR
 from gateway.buttons.registry import DeviceRegistry
 
 CONSOLE_ACTOR = "console:"
 """`by` of an acknowledgement or a clear made at the console: console:<user name>."""
-LOCAL_ACTORS = (CONSOLE_ACTOR, DESK_ACTOR)
-"""Who takes an alarm on site: staff at a console, or the duty desk's button."""
+LOCAL_ACTORS = (CONSOLE_ACTOR, DESK_ACTOR, SMS_ACTOR)
+"""Who takes an alarm here rather than at the platform: staff at a console, the duty desk's
+button, or a person on call answering a text message."""
 
 State = Literal["escalated", "raised", "busy", "acknowledged", "claimed"]
 _URGENCY: dict[State, int] = {
@@ -56,7 +58,7 @@ def shown_by(alarm: OpenAlarm) -> str | None:
 
 
 def taken_here(alarm: OpenAlarm) -> bool:
-    """Taken on site: claimed at a console or at the duty desk."""
+    """Taken here: claimed at a console, at the duty desk, or by a text message."""
     return alarm.ack_status == "ok" and (alarm.acked_by or "").startswith(LOCAL_ACTORS)
 
 
