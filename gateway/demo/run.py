@@ -7,7 +7,9 @@ What it shows, in about half a minute:
    the gateway reports `alarm.acknowledged` and sends HELP_COMING to the terminal;
 2. the platform sends a `ping` and a signed `config.set`; the results come back;
 3. the broker is stopped: a pull cord is still committed and RECEIVED at once, and when nobody
-   acknowledges it within the deadline the local output (here: the log) escalates;
+   acknowledges it within the deadline the local output (here: the log) escalates; with the
+   uplink down for 3 s the person on call gets a text (a simulated modem on a pty: the "fake
+   phone line"), and the centre's staff claim and close the alarm at the duty console;
 4. the broker returns: the backlog is delivered, the alarm first, and the console acknowledges.
 
 At the same time, at the door (gateway/demo/door.py): the console enrols a resident from his
@@ -44,12 +46,14 @@ from paho.mqtt.properties import Properties
 from common.errors import ConfigError
 from drivers.buttons.terminal_codec import HelpComing
 from drivers.sim.buttons import SimulatedReceiver
+from drivers.sim.cellular import SimulatedModem
 from gateway import daemon
 from gateway.clock import iso_utc, utc_now
 from gateway.config import Config, config_from_mapping
 from gateway.demo import door as demo_door
 from gateway.demo.output import fit, say, shown_args
 from gateway.signing import canonical_bytes, sign
+from gateway.sms.sender import mask
 
 _LOGGER = logging.getLogger(__name__)
 GATEWAY_ID = "demo-centre-01"
@@ -248,6 +252,7 @@ BUTTONS = [
     {"id": "rf-12345", "type": "sos_button", "location": "Bldg 1, Rm 101"},
 ]
 TERMINAL_1, TERMINAL_2 = 0x2000001A, 0x2000001B
+ON_CALL = "+8613800138000"  # the simulated phone of the person on call
 
 
 async def run_demo(duration: float, state_dir: Path | None) -> int:
@@ -286,11 +291,19 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
             },
             "access": door.config(state),
             "console": {"listen": "127.0.0.1", "port": console_port},
+            "sms": {  # the second path: a simulated modem and one person on call
+                "url": str(workdir / "modem"),
+                "recipients": [{"name": "Wang Fang", "number": ON_CALL, "lists": ["on_call"]}],
+                "uplink_down_s": 3,
+                "offline_lists": ["on_call"],
+            },
         }
     )
     staff_password = await _demo_account(cfg)
     receiver = SimulatedReceiver(link_path=workdir / "receiver")
     receiver.plug()
+    modem = SimulatedModem(link_path=workdir / "modem")
+    modem.plug()
     say(f"[demo] state directory {state}; broker on 127.0.0.1:{port}")
     say(f"[demo] simulated receiver on {receiver.slave_path} ({receiver.path})")
     console = PlatformConsole(port, key)
@@ -314,7 +327,7 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
         )
         door_task = asyncio.create_task(demo_door.script(gateway, console, door), name="door")
         staff = DutyStaff(f"https://127.0.0.1:{console_port}", staff_password)
-        await _script(receiver, broker, console, staff, gateway, duration, gateway_task)
+        await _script(receiver, modem, broker, console, staff, gateway, duration, gateway_task)
         door_task.cancel()
         await asyncio.gather(door_task, return_exceptions=True)
     finally:
@@ -322,6 +335,7 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
         code = await gateway_task
         door.close()
         receiver.close()
+        modem.close()
         console.close()
         broker.stop()
     say(f"[demo] done: the platform received {console.received} messages; state kept in {state}")
@@ -330,6 +344,7 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
 
 async def _script(
     receiver: SimulatedReceiver,
+    modem: SimulatedModem,
     broker: LocalBroker,
     console: PlatformConsole,
     staff: DutyStaff,
@@ -368,7 +383,12 @@ async def _script(
         f"[device]   t-{TERMINAL_2:08x} pull cord: RECEIVED although the uplink is down; "
         "the platform cannot answer, so the gateway escalates locally (see the log)"
     )
-    await asyncio.sleep(6)
+    try:
+        ((number, text),) = await modem.wait_for_texts(1, timeout_s=10)
+        say(f"[phone]    {mask(number)} (Wang Fang, on call) got a text: {text}")
+    except TimeoutError:
+        say("[phone]    no text arrived (see the log: sms)")
+    await asyncio.sleep(2)
     alarms = running.buttons.alarms.open_alarms() if running.buttons is not None else []
     pulled_alarm = next((a.id for a in alarms if a.device.id == f"t-{TERMINAL_2:08x}"), None)
     if pulled_alarm is not None:
