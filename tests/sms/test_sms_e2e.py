@@ -118,3 +118,22 @@ async def test_a_refused_text_is_retried_and_after_the_last_attempt_reported_fai
         assert modem.phone == []
         assert feature.sender is not None and feature.sender.retried == 2
         assert await gw.finish() == 0
+
+
+async def test_the_periodic_test_text_reaches_the_test_list(
+    tmp_path: Path, broker: MosquittoBroker, subscriber: SubscriberFactory
+) -> None:
+    sub = subscriber(f"{PREFIX}/#")
+    async with (
+        SimulatedReceiver(link_path=tmp_path / "rx1") as receiver,
+        SimulatedModem(link_path=tmp_path / "modem") as modem,
+    ):
+        sms = sms_section(modem, test_every_h=0.001, test_list="day")  # every 3.6 s
+        cfg = base_cfg(tmp_path, broker, buttons=buttons_section(receiver), sms=sms)
+        gw = await start(cfg, LoggingOutput())
+        texts = await modem.wait_for_texts(2, WAIT_S)
+        assert all(n == WANG and t.startswith("【测试】") for n, t in texts)
+        sent = await wait_events(sub, "sms.sent", 2)
+        assert all(e["data"]["subject"].startswith("test:") for e in sent)
+        assert len({e["data"]["subject"] for e in sent}) == 2, "one per period"
+        assert await gw.finish() == 0
