@@ -15,8 +15,8 @@ import msgspec
 
 from gateway.buttons.alarms import OpenAlarm
 from gateway.buttons.duty_desk import DESK_ACTOR
-from gateway.sms.replies import SMS_ACTOR
 from gateway.buttons.registry import DeviceRegistry
+from gateway.sms.replies import SMS_ACTOR
 
 CONSOLE_ACTOR = "console:"
 """`by` of an acknowledgement or a clear made at the console: console:<user name>."""
