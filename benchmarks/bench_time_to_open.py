@@ -110,6 +110,9 @@ class Door:
         if self.pulsed_at is None:
             self.pulsed_at, self.person = time.monotonic(), person
 
+    def refuses(self, method: str) -> bool:
+        return False
+
 
 class Gate:
     """The daemon's motion gate (imported late: the spawned face workers re-import this

@@ -118,6 +118,17 @@ class DoorHeldOpen(Payload, frozen=True, kw_only=True):
     authorised_by: AuthorisedBy
 
 
+class DoorLockdown(Payload, frozen=True, kw_only=True):
+    by: Annotated[str, _doc("who locked it down (console:<user>, or the platform's by)")]
+    reason: Annotated[str, _doc("why, as typed")]
+
+
+class DoorReleased(Payload, frozen=True, kw_only=True):
+    by: Annotated[str, _doc("who released it")]
+    lockdown_s: Annotated[float, _doc("how long the lockdown lasted")]
+    reason: Annotated[str, _doc("the lockdown's reason")]
+
+
 class SupervisionLost(Payload, frozen=True, kw_only=True):
     silent_s: Annotated[float, _doc("since it was last heard")]
     supervision_s: Annotated[float, _doc("its supervision interval")]
@@ -154,7 +165,7 @@ class AccessGranted(Payload, frozen=True, kw_only=True):
 
 class AccessDenied(Payload, frozen=True, kw_only=True):
     method: Annotated[str, _doc("card, face, card+face")]
-    reason: Annotated[str, _doc("unknown_card, mismatch, liveness, timeout, …")]
+    reason: Annotated[str, _doc("unknown_card, mismatch, liveness, timeout, lockdown, …")]
     persons: Annotated[list[str] | UnsetType, _doc("whom the face was claimed as")] = UNSET
     card: Annotated[str | UnsetType, _doc("the masked card number")] = UNSET
     faces_seen: Annotated[int | UnsetType, _doc("card+face: faces the camera saw")] = UNSET

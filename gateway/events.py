@@ -52,6 +52,8 @@ class Kind(StrEnum):
     ACCESS_DENIED = "access.denied"
     ACCESS_UNKNOWN_FACE = "access.unknown_face"
     ACCESS_PRESENTATION_ATTACK = "access.presentation_attack"
+    DOOR_LOCKDOWN = "door.lockdown"
+    DOOR_RELEASED = "door.released"
     FACE_ENROLLED = "face.enrolled"
     FACE_REMOVED = "face.removed"
     FACE_DOORS_CHANGED = "face.doors_changed"
@@ -153,6 +155,15 @@ KINDS: Mapping[Kind, KindInfo] = {
         Lane.ACCESS_AUDIT,
         "A credential was refused (unknown card, face mismatch, liveness, time-out).",
         P.AccessDenied,
+    ),
+    Kind.DOOR_LOCKDOWN: KindInfo(
+        Lane.ACCESS_AUDIT,
+        "Staff locked the door down: no face, card or remote opening until released "
+        "(the exit request still opens it).",
+        P.DoorLockdown,
+    ),
+    Kind.DOOR_RELEASED: KindInfo(
+        Lane.ACCESS_AUDIT, "Staff ended the door's lockdown.", P.DoorReleased
     ),
     Kind.ACCESS_UNKNOWN_FACE: KindInfo(
         Lane.ACCESS_AUDIT,

@@ -249,6 +249,23 @@ MIGRATIONS: Sequence[str] = (
     CREATE INDEX sms_outbox_due ON sms_outbox (state, next_ms);
     CREATE INDEX sms_outbox_by_number ON sms_outbox (number, created_ms);
     """,
+    # 12: the door desk (gateway/access/desk.py): a lockdown survives a restart; the decision
+    # snapshots the console's administrators may look at, sealed, kept for the retention period.
+    """
+    CREATE TABLE door_lockdown (
+        door_id TEXT PRIMARY KEY,
+        by TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        since_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE door_snapshots (
+        event_id TEXT PRIMARY KEY,
+        door_id TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        sealed BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX door_snapshots_by_age ON door_snapshots (at_ms);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

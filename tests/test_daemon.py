@@ -133,6 +133,11 @@ async def test_health_is_published_retained_and_as_an_event(
     sub: Subscriber = subscriber(f"{PREFIX}/#")
     proc = InProcess(make_config(tmp_path, broker))
     gateway = await proc.gateway()
+    # The retained copy is published directly, only on an open connection: wait for one (the
+    # started event comes through it) before asking for the report.
+    await sub.wait_for_async(
+        lambda ms: any(m.topic == f"{PREFIX}/event/gateway.started" for m in ms)
+    )
     await gateway.health.report_once()
     received = await sub.wait_for_async(
         lambda ms: (

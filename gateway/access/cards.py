@@ -336,6 +336,20 @@ class CardAccess:
                 )
             )
             return
+        if self._door.refuses("card" if self._face_checks is None else "card+face"):
+            self.stats.denied += 1
+            _LOGGER.warning(
+                "%s: card %s of %s refused: the door is locked down", self.name, masked, person
+            )
+            await self._record_or_queue(
+                self._event(
+                    Kind.ACCESS_DENIED,
+                    payloads.AccessDenied(
+                        method="card", reason="lockdown", card=masked, persons=[person]
+                    ),
+                )
+            )
+            return
         if self._face_checks is not None:
             self._face_checks.expect(person, masked, now)
             self.stats.awaiting_face += 1

@@ -16,6 +16,10 @@ less than ``debounce_s`` are ignored) then drives the events:
   the output stays on;
 - stable closed -> ``door.closed`` (lane 2, ``{"open_s", "held_open"}``), output off.
 
+A lockdown (:meth:`DoorController.lock_down`, kept across restarts by the door desk,
+gateway/access/desk.py) refuses every grant but the exit request: nobody gets in by face, card
+or remote while it lasts, and nobody inside is ever kept in.
+
 The first stable level after start-up sets the state without an event, except an open door,
 which is reported as ``door.opened`` with ``"at_start": true`` (never as forced: nobody can tell)
 and is timed for held-open from then.
@@ -75,6 +79,17 @@ _FINAL_FLUSH_S: Final = 1.0
 _MAX_TEXT: Final = 200
 
 DoorState = Literal["open", "closed", "unknown"]
+DoorView = Literal["open", "closed", "unknown", "held", "forced"]
+"""What staff see: an opening past held_open_s is "held", one nobody authorised "forced"."""
+EGRESS: Final = "exit"
+"""The one grant a lockdown never refuses: nobody inside is kept in."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lockdown:
+    by: str
+    reason: str
+    since_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +150,10 @@ class DoorController:
         self._open_by: str | None = None
         self._prealerted = False
         self._held_reported = False
+        self._forced = False
+        self.lockdown: Lockdown | None = None
+        self.grants_refused = 0
+        self._listeners: list[Callable[[], None]] = []
         self._alerting = False
         self._pending_grant: _Grant | None = None
         self._last_grant: _Grant | None = None
@@ -162,9 +181,33 @@ class DoorController:
         """
         await self._grant(method, person, ref, self._clock())
 
+    def refuses(self, method: str) -> bool:
+        """True if a grant by `method` would be refused now (a lockdown; never the exit)."""
+        return self.lockdown is not None and method != EGRESS
+
+    def lock_down(self, lockdown: Lockdown | None) -> None:
+        """Start (or, with None, end) a lockdown: the door desk's, already recorded."""
+        self.lockdown = lockdown
+        self._changed()
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """`listener()` after each change staff would see (on the loop; it must not block)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:
+                _LOGGER.exception("door %s: a listener failed", self.device.id)
+
     async def _grant(self, method: str, person: str | None, ref: str, at: float) -> None:
         if method not in GRANT_METHODS:
             raise ValueError(f"grant method must be one of {sorted(GRANT_METHODS)}, not {method!r}")
+        if self.refuses(method):  # the callers check first; this is the last line
+            self.grants_refused += 1
+            _LOGGER.warning("door %s is locked down: %s grant refused", self.device.id, method)
+            return
         grant = _Grant(method, person, ref, at)
         self._pending_grant = self._last_grant = grant
         self.grants[method] = self.grants.get(method, 0) + 1
@@ -221,7 +264,8 @@ class DoorController:
         first = self._state == "unknown"
         self._state = "open"
         self._opened_at = at
-        self._prealerted = self._held_reported = False
+        self._prealerted = self._held_reported = self._forced = False
+        self._changed()
         if first:
             self._open_by = None
             _LOGGER.warning("door %s is open at start-up", self.device.id)
@@ -237,6 +281,7 @@ class DoorController:
             self._queue(Kind.DOOR_OPENED, payloads.DoorOpened(authorised_by=grant.method), at, now)
             return
         self._open_by = None
+        self._forced = True
         last = self._last_grant
         since = None if last is None else round(max(at - last.at, 0.0), 1)
         _LOGGER.error(
@@ -260,6 +305,8 @@ class DoorController:
         was_open, opened_at = self._state == "open", self._opened_at
         self._state = "closed"
         self._opened_at = None
+        self._forced = False
+        self._changed()
         if was_open and opened_at is not None:
             open_s = round(max(at - opened_at, 0.0), 1)
             _LOGGER.info("door %s closed after %.1f s", self.device.id, open_s)
@@ -286,6 +333,7 @@ class DoorController:
             await self._alert_on(f"door {self.device.id} open for {open_for:.0f} s: close it")
         if not self._held_reported and open_for >= s.held_open_s:
             self._held_reported = True
+            self._changed()
             _LOGGER.error("DOOR %s HELD OPEN for %.0f s", self.device.id, open_for)
             self._queue(
                 Kind.DOOR_HELD_OPEN,
@@ -419,6 +467,19 @@ class DoorController:
 
     # -- observability and commands ---------------------------------------------------------
 
+    @property
+    def view(self) -> DoorView:
+        """The state as staff see it: a forced opening stays "forced" until the door closes."""
+        if self._state != "open":
+            return self._state
+        if self._forced:
+            return "forced"
+        return "held" if self._held_reported else "open"
+
+    def open_for_s(self, now: float | None = None) -> float | None:
+        now = self._clock() if now is None else now
+        return None if self._opened_at is None else round(max(now - self._opened_at, 0.0), 1)
+
     def health(self, now: float | None = None) -> dict[str, Any]:
         now = self._clock() if now is None else now
         grant = self._pending_grant
@@ -428,9 +489,10 @@ class DoorController:
         return {
             "door": self.device.id,
             "state": self._state,
-            "open_for_s": (
-                None if self._opened_at is None else round(max(now - self._opened_at, 0.0), 1)
-            ),
+            "view": self.view,
+            "open_for_s": self.open_for_s(now),
+            "locked_down": self.lockdown is not None,
+            "grants_refused": self.grants_refused,
             "last_event": self.last_event,
             "counts": dict(self.counts),
             "grants": dict(self.grants),
@@ -451,6 +513,8 @@ class DoorController:
                 raise CommandRefused("invalid_args", f"by (who opens) is required, <= {_MAX_TEXT}")
             if not args.reason.strip() or len(args.reason) > _MAX_TEXT:
                 raise CommandRefused("invalid_args", f"reason is required, <= {_MAX_TEXT} chars")
+            if self.refuses("remote"):
+                raise CommandRefused("locked_down", "the door is locked down on site")
             event = self._events.make(
                 Kind.ACCESS_GRANTED,
                 payloads.AccessGranted(

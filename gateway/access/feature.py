@@ -28,6 +28,7 @@ from gateway import event_payloads as payloads
 from gateway.access.card_admin import CardAdmin
 from gateway.access.cards import CardAccess, CardKey, CardRegister
 from gateway.access.config import AccessSection
+from gateway.access.desk import DoorDesk
 from gateway.access.door import DoorController
 from gateway.access.second_factor import FaceChecks
 from gateway.access.service import AccessService
@@ -118,6 +119,15 @@ class AccessFeature:
             contact=self.contact,
             exit_request=self.exit_request,
         )
+        self.desk = DoorDesk(
+            db,
+            core.audit,
+            events,
+            self.door,
+            self.door_ref,
+            retention_s=a.snapshots.retention_s,
+            cipher=lambda: self.snapshot_cipher,
+        )
         self.card_register = CardRegister()  # filled in start(), once the card key is read
         self.snapshot_cipher: PayloadCipher | None = None  # read in load()
         self._template_cipher: TemplateCipher | None = None
@@ -159,6 +169,7 @@ class AccessFeature:
             data = event.data
             subject = str(data.get("person") or "unknown")
             await self.audit.record(event, action=event.kind, subject=subject, actor=actor)
+            self.desk.decided(event, actor)
 
         return record
 
@@ -203,6 +214,7 @@ class AccessFeature:
             else None,
         )
         self.enrolment.register_commands(commands)
+        await self.desk.load()  # a lockdown of the last run holds before any credential is read
         self.door.register_commands(commands)
         await self.card_admin.load()
         self.card_admin.register_commands(commands)
@@ -235,6 +247,7 @@ class AccessFeature:
             door_ref=self.door_ref,
             face_checks=self.face_checks,
             refresh=self.enrolment.refresh if ref.enabled else None,
+            keep_snapshot=self.desk.keep,
         )
         await self.service.load()
         self.camera.start(asyncio.get_running_loop())
@@ -314,6 +327,8 @@ class AccessFeature:
         while True:
             with contextlib.suppress(StorageError):
                 await self.service.expire_snapshots()
+            with contextlib.suppress(StorageError):
+                await self.desk.expire()
             await asyncio.sleep(_SNAPSHOT_EXPIRY_EVERY_S)
 
     async def close(self) -> None:
@@ -342,7 +357,7 @@ class AccessFeature:
         return True, "ok"
 
     def health(self) -> dict[str, Any]:
-        report: dict[str, Any] = {"door": self.door.health()}
+        report: dict[str, Any] = {"door": {**self.door.health(), **self.desk.health()}}
         if self.camera is not None:
             stats = self.camera.stats()
             report["camera"] = {

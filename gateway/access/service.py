@@ -100,8 +100,13 @@ class GateLike(Protocol):
     def update(self, image: Image, now: float) -> bool: ...
 
 
+KeepSnapshot = Callable[[str, bytes], Awaitable[None]]
+"""Keeps a decision's JPEG (event id, bytes) on the gateway; never raises."""
+
+
 class DoorLike(Protocol):
     async def grant(self, method: str, person: str | None, ref: str) -> None: ...
+    def refuses(self, method: str) -> bool: ...
 
 
 class GallerySource(Protocol):
@@ -169,12 +174,14 @@ class AccessService:
         door_ref: DeviceRef,
         face_checks: FaceChecks | None = None,
         refresh: Refresh | None = None,
+        keep_snapshot: KeepSnapshot | None = None,
     ) -> None:
         # `[access.decision]`: cooldowns, liveness, the attack alert and, unless `policy` is
         # given (benchmarks), the identity decision itself; `[access.snapshots]`, with the key
         # that seals each stored JPEG (the daemon always gives one).
         self.decision = decision
         self.snapshots = snapshots
+        self._keep_snapshot = keep_snapshot  # the door desk's copy for the console's admins
         self.policy: Policy = policy or decision
         self.camera_name = camera_name
         self._cipher = cipher
@@ -371,6 +378,9 @@ class AccessService:
             if not alive:
                 await self._refuse_presentation(track, decision.person, frame, face, now)
                 return
+            if self._door.refuses("face"):  # locked down: recognised, and refused
+                await self._deny(track, "lockdown", (decision.person,), frame, face)
+                return
             track.granted = decision.person
             if cooldown_active(decision.person, self._last_grant, now, self.decision.cooldown_s):
                 return
@@ -447,6 +457,9 @@ class AccessService:
             self._checks.take(claim.person)
             if not alive:
                 await self._refuse_presentation(track, claim.person, frame, face, now)
+                return True
+            if self._door.refuses("card+face"):
+                await self._deny(track, "lockdown", (claim.person,), frame, face, "card+face")
                 return True
             track.granted = claim.person
             await self._grant_claim(claim, verified, track, frame, face)
@@ -565,6 +578,7 @@ class AccessService:
         persons: Sequence[str],
         frame: FrameLike,
         face: FaceFinding,
+        method: str = "face",
     ) -> bool:
         """One access.denied (with its snapshot) per track and reason; True if recorded now."""
         if reason in track.denied_reasons:
@@ -574,7 +588,7 @@ class AccessService:
             self._events.make(
                 Kind.ACCESS_DENIED,
                 payloads.AccessDenied(
-                    method="face",
+                    method=method,
                     reason=reason,
                     persons=list(persons),
                     track=track.id,
@@ -643,6 +657,8 @@ class AccessService:
             _LOGGER.error("snapshot for %s %s not stored: %s", event.kind, event.id, exc)
             return
         self.stats.snapshots += 1
+        if self._keep_snapshot is not None:
+            await self._keep_snapshot(event.id, jpeg)
 
     async def expire_snapshots(self) -> int:
         gone = await self._outbox.expire(SNAPSHOT_LANE, SNAPSHOT_TOPIC, self.snapshots.retention_s)

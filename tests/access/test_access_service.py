@@ -185,9 +185,13 @@ class ListCamera:
 class RecordingDoor:
     def __init__(self) -> None:
         self.grants: list[tuple[str, str | None, str]] = []
+        self.locked_down = False
 
     async def grant(self, method: str, person: str | None, ref: str) -> None:
         self.grants.append((method, person, ref))
+
+    def refuses(self, method: str) -> bool:
+        return self.locked_down and method != "exit"
 
 
 class StaticGallery:
@@ -339,6 +343,26 @@ async def test_enrolled_resident_is_granted_once_with_a_snapshot(
     assert granted[0]["snapshot"] == f"snapshot/{event_id}"
     assert await pipeline.snapshots() == [f"snapshot/{event_id}"]
     assert not [k for k, _ in kinds if k in ("access.unknown_face", "access.denied")]
+
+
+@needs_faces
+async def test_a_recognised_resident_is_refused_once_while_the_door_is_locked_down(
+    engine: FaceEngine, pipeline_factory
+) -> None:
+    resident = people(3)[0]
+    gallery = enrol(engine, {"p-resident": resident[0]})
+    camera = ListCamera([frame_of(None)] + [frame_of(resident[1])] * 8 + [frame_of(None)])
+    door = RecordingDoor()
+    door.locked_down = True
+    pipeline = await pipeline_factory(camera, gallery, door)
+    await run_until_done(pipeline, camera)
+
+    kinds = await pipeline.kinds()
+    assert door.grants == [] and not [k for k, _ in kinds if k == "access.granted"]
+    denied = [data for kind, data in kinds if kind == "access.denied"]
+    assert len(denied) == 1, kinds  # once per track, not once per frame
+    assert denied[0]["reason"] == "lockdown" and denied[0]["persons"] == ["p-resident"]
+    assert await pipeline.snapshots() == [denied[0]["snapshot"]]
 
 
 VIDEO = FACES.parent / "video"
