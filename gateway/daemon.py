@@ -149,15 +149,28 @@ def build_features(cfg: Config, core: Core, hooks: DaemonHooks) -> list[Feature]
         from gateway.sms import feature as sms
 
         features.append(sms.build(cfg.sms, core, buttons=buttons_feature))
+    access_feature = None
+    if cfg.access is not None:  # made first (it opens nothing), started after the console
+        from gateway.access import feature as access  # the face stack: only if configured
+
+        access_feature = access.build(cfg.access, core)
     if cfg.console is not None:  # before access: the board is up while face models load
         from gateway.console import feature as console
 
-        features.append(console.build(cfg.console, core, buttons=buttons_feature))
-    if cfg.access is not None:
-        from gateway.access import feature as access  # the face stack: only if configured
-
-        features.append(access.build(cfg.access, core))
+        features.append(
+            console.build(cfg.console, core, buttons=buttons_feature, access=access_feature)
+        )
+    if access_feature is not None:
+        features.append(access_feature)
     return features
+
+
+def hand_over_health(features: list[Feature], health: HealthReporter) -> None:
+    """The daemon's health report to the features that show it (the console's Gateway page)."""
+    for feature in features:
+        use_health = getattr(feature, "use_health", None)
+        if use_health is not None:
+            use_health(health)
 
 
 def client_options(cfg: Config) -> ClientOptions:
@@ -235,6 +248,7 @@ class Gateway:
         self.features = build_features(cfg, core, hooks)
         for feature in self.features:
             self.health.add_source(feature.name, feature.health)
+        hand_over_health(self.features, self.health)
 
     def feature(self, name: str) -> Feature | None:
         return next((f for f in self.features if f.name == name), None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +77,19 @@ class DeviceRegistry:
         self._devices: dict[str, Device] = dict(self._configured)
         self._unknown_interval = unknown_report_interval_s
         self._unknown_reported: dict[str, float] = {}
+        self._listeners: list[Callable[[], None]] = []
         self.unknown_heard = 0
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """`listener()` after each change of the register (on the loop; it must not block)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:
+                _LOGGER.exception("a device register listener failed")
 
     @property
     def db(self) -> Database:
@@ -125,6 +137,7 @@ class DeviceRegistry:
         await self._persist(device, removed=False)
         self._devices[device.id] = device
         self._unknown_reported.pop(device.id, None)
+        self._changed()
         added = payloads.DeviceAdded(
             type=device.type,
             resident=device.resident,
@@ -140,6 +153,7 @@ class DeviceRegistry:
             raise KeyError(device_id)
         await self._persist(device, removed=True)
         del self._devices[device_id]
+        self._changed()
         removed = payloads.DeviceRemoved(command_id=command_id or payloads.UNSET)
         await self._outbox.append(
             self._events.make(Kind.DEVICE_REMOVED, removed, device=device.ref())

@@ -1,9 +1,12 @@
 """The duty console as one feature of the daemon: the web site `[console]` describes, on the
-daemon's own loop, showing the alarm book of the buttons feature live.
+daemon's own loop, showing the alarm book of the buttons feature live, the devices, the door
+of the access feature and the gateway itself.
 
     browser --HTTPS--> ConsoleWeb (sessions, CSRF, CSP) --> AlarmActions --> AlarmBook
-       ^                                                                       |
+       ^                    |                                                  |
+       |                    +--> DoorApi (admins) --> DoorDesk (access)        |
        +----- server-sent events <-- Broadcaster <-- board() <-- its listener -+
+                                 <-- LivePages (devices, door, gateway; pages.py)
 
 A console that cannot listen (the address is gone, the port is taken) never stops the daemon:
 it is logged, shown in health, and tried again; the buttons, the door and the escalation go
@@ -17,7 +20,7 @@ import contextlib
 import logging
 import ssl
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
@@ -31,10 +34,15 @@ from gateway.console.actions import AlarmActions
 from gateway.console.auth import ConsoleAuth
 from gateway.console.board import board
 from gateway.console.config import ConsoleSection
-from gateway.console.live import Broadcaster, sse
+from gateway.console.live import Broadcaster, Slots, sse
+from gateway.console.pages import HealthReport, LivePages
 from gateway.console.sessions import SessionStore
 from gateway.console.web import ConsoleWeb
 from gateway.feature import Core, run_all
+
+if TYPE_CHECKING:
+    from gateway.access.feature import AccessFeature
+    from gateway.console.door_api import DoorApi
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -47,7 +55,13 @@ class ConsoleFeature:
     loads = "the console's certificate"
     starts = ""
 
-    def __init__(self, section: ConsoleSection, core: Core, buttons: ButtonsFeature | None) -> None:
+    def __init__(
+        self,
+        section: ConsoleSection,
+        core: Core,
+        buttons: ButtonsFeature | None,
+        access: AccessFeature | None = None,
+    ) -> None:
         self.section = section
         self._core = core
         self._buttons = buttons
@@ -58,15 +72,35 @@ class ConsoleFeature:
         )
         alarms = buttons.alarms if buttons is not None else None
         self.actions = AlarmActions(alarms, core.audit)
-        self.live = Broadcaster(self._render)
+        self.slots = Slots()  # the open pages of every kind together
+        self.live = Broadcaster(self._render, slots=self.slots)
         if alarms is not None:
             alarms.add_listener(self.live.changed)
+        self.door: DoorApi | None = None
+        if access is not None:
+            from gateway.console.door_api import DoorApi  # the access feature's desk types
+
+            self.door = DoorApi(access.desk)
+        self.pages = LivePages(
+            self.slots,
+            registry=buttons.registry if buttons is not None else None,
+            buttons_health=buttons.service.health if buttons is not None else None,
+            access_health=access.health if access is not None else None,
+            stats=core.outbox.stats,
+            connected=core.uplink_connected,
+            state_dir=core.cfg.state_dir,
+            watching=lambda: self.web.watching,
+            door=self.door,
+        )
         self.web = ConsoleWeb(
             self.auth,
             self.actions,
             self.live,
             https=section.https,
             default_language=section.language,
+            streams=self.pages.streams(),
+            prepare={"gateway": self.pages.refresh_report},
+            more=[self.door] if self.door is not None else [],
         )
         self._ssl: ssl.SSLContext | None = None
         self.url = tls.url(section)
@@ -87,7 +121,13 @@ class ConsoleFeature:
         """Nothing slow: the site opens in run() (and is retried there)."""
 
     async def run(self) -> None:
-        await run_all({"site": self._serve(), "housekeeping": self._housekeep()})
+        await run_all(
+            {"site": self._serve(), "housekeeping": self._housekeep(), "pages": self.pages.run()}
+        )
+
+    def use_health(self, health: HealthReport) -> None:
+        """The daemon's health report, for the Gateway page (handed over by the daemon)."""
+        self.pages.use_health(health)
 
     async def _serve(self) -> None:
         backoff = Backoff(_RETRY_MIN_S, _RETRY_MAX_S)
@@ -114,6 +154,7 @@ class ConsoleFeature:
         finally:
             self.listening = False
             self.live.close()
+            self.pages.close()
             with contextlib.suppress(Exception):
                 await runner.cleanup()
 
@@ -128,13 +169,17 @@ class ConsoleFeature:
 
     async def close(self) -> None:
         self.live.close()
+        self.pages.close()
 
     def health(self) -> dict[str, Any]:
         return {
             "url": self.url,
             "listening": self.listening,
             "error": self.error,
-            "pages_open": self.live.streams,
+            "pages_open": self.slots.used,
+            "board_pages": self.live.streams,
+            **{f"{name}_pages": b.streams for name, b in self.pages.streams().items()},
+            **(self.door.health() if self.door is not None else {}),
             "claims": self.actions.claims,
             "resolves": self.actions.resolves,
             **self.web.health(),
@@ -145,6 +190,13 @@ class ConsoleFeature:
         return True, "ok"  # a console that cannot listen is reported, never a stall
 
 
-def build(section: ConsoleSection, core: Core, *, buttons: ButtonsFeature | None) -> ConsoleFeature:
-    """The feature `[console]` describes, showing `buttons`' alarms (None: no buttons)."""
-    return ConsoleFeature(section, core, buttons)
+def build(
+    section: ConsoleSection,
+    core: Core,
+    *,
+    buttons: ButtonsFeature | None,
+    access: AccessFeature | None = None,
+) -> ConsoleFeature:
+    """The feature `[console]` describes, showing `buttons`' alarms and devices and `access`'
+    door and camera (None: that feature is off)."""
+    return ConsoleFeature(section, core, buttons, access)

@@ -1,10 +1,12 @@
 """Live updates for the console's pages: server-sent events from the daemon's own state.
 
-Every open page holds one stream. It gets the whole board at once when it connects (a page
-opened in the middle of an alarm shows the truth at that moment), then the whole board again
-after each change, coalesced to one message per turn of the loop. Nothing is read back from
-SQLite. A page that cannot keep up (its queue is full) is dropped: its browser reconnects on
-its own and starts again from a fresh board.
+Every open page holds one stream of its page's broadcaster (the alarm board, the devices,
+the door, the gateway). It gets the whole page at once when it connects (a page opened in the
+middle of an alarm shows the truth at that moment), then the whole page again after each
+change, coalesced to one message per turn of the loop. Nothing is read back from SQLite. A page
+that cannot keep up (its queue is full) is dropped: its browser reconnects on its own and
+starts again from a fresh page. The broadcasters of one console share one limit of open
+streams (`Slots`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ class Full(Exception):
     """Every stream slot is taken."""
 
 
+class Slots:
+    """The number of streams the console's broadcasters may hold open together."""
+
+    def __init__(self, limit: int = MAX_STREAMS) -> None:
+        self.limit = limit
+        self.used = 0
+
+
 class Stream:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE)
@@ -33,9 +43,15 @@ class Stream:
 class Broadcaster:
     """Sends `render()` (one SSE frame) to every stream after each `changed()`."""
 
-    def __init__(self, render: Callable[[], bytes], *, max_streams: int = MAX_STREAMS) -> None:
+    def __init__(
+        self,
+        render: Callable[[], bytes],
+        *,
+        max_streams: int = MAX_STREAMS,
+        slots: Slots | None = None,
+    ) -> None:
         self._render = render
-        self._max = max_streams
+        self._slots = slots if slots is not None else Slots(max_streams)
         self._streams: set[Stream] = set()
         self._scheduled = False
         self.sent = 0
@@ -76,15 +92,18 @@ class Broadcaster:
     @asynccontextmanager
     async def stream(self) -> AsyncIterator[Stream]:
         """One page's stream, starting with the current board. Raises Full."""
-        if len(self._streams) >= self._max:
+        slots = self._slots
+        if slots.used >= slots.limit:
             self.refused += 1
-            raise Full(f"{self._max} console pages are already open")
+            raise Full(f"{slots.limit} console pages are already open")
         stream = Stream()
         stream.queue.put_nowait(self._render())
         self._streams.add(stream)
+        slots.used += 1
         try:
             yield stream
         finally:
+            slots.used -= 1
             self._streams.discard(stream)
 
     def close(self) -> None:

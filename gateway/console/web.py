@@ -1,6 +1,10 @@
 """The console's HTTP side: pages, the JSON API, the live stream, and the rules every request
 passes (aiohttp, on the daemon's own loop).
 
+The pages (the alarm board, the devices, the door, the gateway) are static HTML with their
+script; each fills itself from /api/state and its live stream /api/live?page=<name>
+(gateway/console/live.py, pages.py). The door's API is in door_api.py.
+
 Every request: security headers (a CSP without inline script, no framing, no referrer, no
 caching of anything but the static files), a bounded body. Every page and API call but the
 login needs a session (a cookie: HttpOnly, SameSite=Strict, Secure over HTTPS). Every state
@@ -15,7 +19,8 @@ import html
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib import resources
 from typing import Any, Literal, Protocol
 
@@ -24,7 +29,7 @@ from aiohttp import web
 
 from common.errors import StorageError
 from gateway.console.accounts import Staff
-from gateway.console.live import Broadcaster, Full
+from gateway.console.live import Broadcaster, Full, Stream
 from gateway.console.sessions import Session
 
 _LOGGER = logging.getLogger(__name__)
@@ -37,7 +42,21 @@ _ALARM_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 _STATIC = {
     "console.js": "text/javascript",
     "console.css": "text/css",
+    "nav.js": "text/javascript",
+    "page.js": "text/javascript",
+    "devices.js": "text/javascript",
+    "gateway.js": "text/javascript",
+    "door.js": "text/javascript",
 }
+PAGES = {
+    "/": "board.html",
+    "/devices": "devices.html",
+    "/gateway": "gateway.html",
+    "/door": "door.html",
+}
+"""Each page's path and its HTML (static/); every one needs a session."""
+BOARD = "board"
+_PAGE_NAME = re.compile(r"^[a-z]{1,16}$")
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -73,7 +92,14 @@ class Actions(Protocol):
     """What the staff may do to an alarm (gateway/console/feature.py)."""
 
     async def claim(self, alarm_id: str, staff: Staff) -> None: ...
+    async def escalate(self, alarm_id: str, staff: Staff) -> None: ...
     async def resolve(self, alarm_id: str, staff: Staff, reason: str) -> None: ...
+
+
+class Routes(Protocol):
+    """More of the site (door_api.py): its routes, using this site's rules."""
+
+    def routes(self, site: ConsoleWeb) -> list[web.RouteDef]: ...
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -84,6 +110,8 @@ class Page(msgspec.Struct, frozen=True):
     role: str
     csrf: str
     lang: str
+    pages: list[str] = []
+    """The live pages this gateway has (the door only with access)."""
 
 
 _TEXT: dict[Language, dict[str, str]] = {
@@ -147,16 +175,24 @@ class ConsoleWeb:
         *,
         https: bool,
         default_language: Language,
+        streams: Mapping[str, Broadcaster] | None = None,
+        prepare: Mapping[str, Callable[[], Awaitable[None]]] | None = None,
+        more: Iterable[Routes] = (),
     ) -> None:
+        """`live`: the alarm board's stream; `streams`: the other pages' by name, each after
+        its `prepare` (if any) when a page opens; `more`: further routes (the door's API)."""
         self._auth = auth
         self._actions = actions
-        self._live = live
+        self._streams = {BOARD: live, **(streams or {})}
+        self._prepare = dict(prepare or {})
         self._https = https
         self._default_language = default_language
         self._assets = {name: _asset(name) for name in _STATIC}
-        self._board_page = _asset("board.html")
+        self._pages = {path: _asset(name) for path, name in PAGES.items()}
         self.requests = 0
         self.refused = 0
+        self.watching: Counter[str] = Counter()
+        """The open live pages per staff member (what the Gateway page shows)."""
         self.app = web.Application(
             client_max_size=MAX_BODY, middlewares=[self._headers, self._origin]
         )
@@ -165,14 +201,17 @@ class ConsoleWeb:
                 web.get("/login", self._login_page),
                 web.post("/login", self._login),
                 web.post("/logout", self._logout),
-                web.get("/", self._board),
+                *(web.get(path, self._page) for path in PAGES),
                 web.get("/static/{name}", self._static),
                 web.get("/api/state", self._state),
                 web.get("/api/live", self._stream),
                 web.post("/api/alarms/{id}/claim", self._claim),
+                web.post("/api/alarms/{id}/escalate", self._escalate),
                 web.post("/api/alarms/{id}/resolve", self._resolve),
             ]
         )
+        for extra in more:
+            self.app.add_routes(extra.routes(self))
 
     # -- rules for every request ------------------------------------------------------------
 
@@ -210,24 +249,25 @@ class ConsoleWeb:
         if request.method not in ("GET", "HEAD"):
             origin = request.headers.get("Origin")
             if origin is not None and origin != f"{request.scheme}://{request.host}":
-                raise _refuse(403, "foreign_origin", "this request comes from another site")
+                raise refuse(403, "foreign_origin", "this request comes from another site")
         return await handler(request)
 
-    async def _session(self, request: web.Request) -> Session:
+    async def session(self, request: web.Request) -> Session:
+        """The request's session; refused (401, or to the login page) without one."""
         token = request.cookies.get(COOKIE, "")
         session = await self._auth.session(token)  # a token too long is refused there
         if session is None:
             if request.path.startswith("/api/"):
-                raise _refuse(401, "no_session", "log in first")
+                raise refuse(401, "no_session", "log in first")
             raise web.HTTPSeeOther("/login")
         return session
 
-    async def _changing(self, request: web.Request, token: str | None = None) -> Session:
+    async def changing(self, request: web.Request, token: str | None = None) -> Session:
         """The session of a state change, whose CSRF token must match."""
-        session = await self._session(request)
+        session = await self.session(request)
         given = token if token is not None else request.headers.get("X-CSRF-Token", "")
         if not session.csrf_ok(given):
-            raise _refuse(403, "csrf", "the page is out of date: reload it")
+            raise refuse(403, "csrf", "the page is out of date: reload it")
         return session
 
     # -- pages --------------------------------------------------------------------------------
@@ -287,16 +327,17 @@ class ConsoleWeb:
     async def _logout(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
         csrf = form.get("csrf")
-        session = await self._changing(request, csrf if isinstance(csrf, str) else "")
+        session = await self.changing(request, csrf if isinstance(csrf, str) else "")
         await self._auth.logout(request.cookies.get(COOKIE, ""), session)
         response = web.HTTPSeeOther("/login")
         response.del_cookie(COOKIE, path="/")
         return response
 
-    async def _board(self, request: web.Request) -> web.Response:
-        await self._session(request)
+    async def _page(self, request: web.Request) -> web.Response:
+        await self.session(request)
         lang = language(request, self._default_language)
-        page = self._board_page.replace(b'lang="zh-CN"', f'lang="{lang}"'.encode())
+        html_page = self._pages[request.path]
+        page = html_page.replace(b'lang="zh-CN"', f'lang="{lang}"'.encode(), 1)
         return web.Response(body=page, content_type="text/html", charset="utf-8")
 
     async def _static(self, request: web.Request) -> web.Response:
@@ -313,7 +354,7 @@ class ConsoleWeb:
     # -- the API ------------------------------------------------------------------------------
 
     async def _state(self, request: web.Request) -> web.Response:
-        session = await self._session(request)
+        session = await self.session(request)
         staff = session.staff
         page = Page(
             user=staff.username,
@@ -321,73 +362,101 @@ class ConsoleWeb:
             role=str(staff.role),
             csrf=session.csrf,
             lang=language(request, self._default_language),
+            pages=list(self._streams),
         )
         return web.Response(body=msgspec.json.encode(page), content_type="application/json")
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
-        await self._session(request)
+        session = await self.session(request)
+        name = request.query.get("page", BOARD)
+        live = self._streams.get(name) if _PAGE_NAME.match(name) else None
+        if live is None:
+            raise refuse(404, "no_such_page", "no live page has this name")
+        prepare = self._prepare.get(name)
+        if prepare is not None:
+            await prepare()
+        user = session.staff.username
+        self.watching[user] += 1  # before the first frame, which may show it
         try:
-            async with self._live.stream() as stream:
-                response = web.StreamResponse(
-                    headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
-                )
-                await response.prepare(request)
-                while True:
-                    try:
-                        async with asyncio.timeout(KEEPALIVE_S):
-                            frame = await stream.queue.get()
-                    except TimeoutError:
-                        # An open board keeps its session (a duty screen is watched, not
-                        # clicked); a session that ended closes the stream.
-                        if await self._auth.session(request.cookies.get(COOKIE, "")) is None:
-                            break
-                        frame = b": keep-alive\n\n"
-                    if frame is None:
-                        break
-                    await response.write(frame)
-                return response
+            async with live.stream() as stream:
+                return await self._send(request, stream)
         except Full as exc:
-            raise _refuse(503, "too_many_pages", str(exc)) from exc
+            raise refuse(503, "too_many_pages", str(exc)) from exc
+        finally:
+            self.watching[user] -= 1
+            if self.watching[user] <= 0:
+                del self.watching[user]
+
+    async def _send(self, request: web.Request, stream: Stream) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+        )
+        await response.prepare(request)
+        while True:
+            try:
+                async with asyncio.timeout(KEEPALIVE_S):
+                    frame = await stream.queue.get()
+            except TimeoutError:
+                # An open page keeps its session (a duty screen is watched, not clicked); a
+                # session that ended closes the stream.
+                if await self._auth.session(request.cookies.get(COOKIE, "")) is None:
+                    break
+                frame = b": keep-alive\n\n"
+            if frame is None:
+                break
+            await response.write(frame)
+        return response
 
     async def _claim(self, request: web.Request) -> web.Response:
-        session = await self._changing(request)
+        session = await self.changing(request)
         alarm_id = _alarm_id(request)
-        await self._act(self._actions.claim(alarm_id, session.staff))
-        return _ok()
+        await self.act(self._actions.claim(alarm_id, session.staff))
+        return ok()
+
+    async def _escalate(self, request: web.Request) -> web.Response:
+        session = await self.changing(request)
+        alarm_id = _alarm_id(request)
+        await self.act(self._actions.escalate(alarm_id, session.staff))
+        return ok()
 
     async def _resolve(self, request: web.Request) -> web.Response:
-        session = await self._changing(request)
+        session = await self.changing(request)
         alarm_id = _alarm_id(request)
         try:
             body = msgspec.json.decode(await request.read(), type=dict[str, str])
         except msgspec.DecodeError as exc:
-            raise _refuse(400, "malformed", "a JSON object with a reason") from exc
+            raise refuse(400, "malformed", "a JSON object with a reason") from exc
         reason = body.get("reason", "")
         if reason not in REASONS:
-            raise _refuse(400, "invalid_reason", f"the reason is one of {', '.join(REASONS)}")
-        await self._act(self._actions.resolve(alarm_id, session.staff, reason))
-        return _ok()
+            raise refuse(400, "invalid_reason", f"the reason is one of {', '.join(REASONS)}")
+        await self.act(self._actions.resolve(alarm_id, session.staff, reason))
+        return ok()
 
-    async def _act(self, action: Awaitable[None]) -> None:
+    async def act(self, action: Awaitable[object]) -> None:
+        """Await a staff action; its refusal or a storage fault as the JSON refusal."""
         try:
             await action
         except ActionRefused as exc:
-            raise _refuse(exc.status, exc.code, exc.detail) from exc
+            raise refuse(exc.status, exc.code, exc.detail) from exc
         except StorageError as exc:
-            raise _refuse(503, "storage_error", str(exc)) from exc
+            raise refuse(503, "storage_error", str(exc)) from exc
 
     def health(self) -> dict[str, Any]:
-        return {"requests": self.requests, "refused": self.refused}
+        return {
+            "requests": self.requests,
+            "refused": self.refused,
+            "pages_by_staff": dict(self.watching),
+        }
 
 
 def _alarm_id(request: web.Request) -> str:
     alarm_id = request.match_info["id"]
     if not _ALARM_ID.match(alarm_id):
-        raise _refuse(404, "no_open_alarm", "no open alarm has this id")
+        raise refuse(404, "no_open_alarm", "no open alarm has this id")
     return alarm_id
 
 
-def _ok() -> web.Response:
+def ok() -> web.Response:
     return web.Response(body=b'{"ok":true}', content_type="application/json")
 
 
@@ -402,7 +471,7 @@ _HTTP_ERRORS: dict[int, type[web.HTTPException]] = {
 }
 
 
-def _refuse(status: int, code: str, detail: str) -> web.HTTPException:
+def refuse(status: int, code: str, detail: str) -> web.HTTPException:
     """A JSON refusal {"ok": false, "error": code, "detail": …} with its status."""
     body = json.dumps({"ok": False, "error": code, "detail": detail}, ensure_ascii=False)
     return _HTTP_ERRORS.get(status, web.HTTPBadRequest)(text=body, content_type="application/json")
