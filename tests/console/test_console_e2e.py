@@ -13,8 +13,8 @@ from selenium.webdriver.support.select import Select
 
 from drivers.buttons.terminal_codec import Cleared, HelpComing, PullCord
 from tests.buttons.test_buttons import T1, T2, WAIT_S, Rig, events, wait_events
-from tests.console.test_console_daemon import PASSWORD, start_console
-from tests.support.browser import Browser
+from tests.console.test_console_daemon import PASSWORD, add_account, start_console
+from tests.support.browser import Browser, BrowserFactory
 
 
 async def do(call: Any, *args: Any) -> Any:
@@ -98,3 +98,60 @@ async def test_staff_log_in_claim_and_resolve_also_with_the_broker_down(
         assert len({e["id"] for e in offline}) == 3
     finally:
         assert await gw.finish() == 0
+
+
+async def test_two_consoles_one_claims_the_other_follows_and_an_expired_session_does_nothing(
+    rig: Rig, browsers: BrowserFactory
+) -> None:
+    """Two staff screens on the real daemon: one escalates at once (both show level 2), the
+    other claims (the first shows who, its escalate button gone); then the nurse's session
+    ends on the gateway (idle past its limit) and her next click lands on the login page
+    without changing the alarm."""
+    gw, cfg, port = await start_console(rig)
+    await add_account(cfg, "wang.admin")
+    nurse, desk = browsers(lang="zh-CN"), browsers(lang="en")
+    try:
+        for browser, user in ((nurse, "li.na"), (desk, "wang.admin")):
+            await do(browser.open, f"https://127.0.0.1:{port}/")
+            await do(browser.fill, "#username", user)
+            await do(browser.fill, "#password", PASSWORD)
+            await do(browser.click, "#login")
+            await do(browser.wait_for, lambda b, u=user: u in b.text("#who"))
+            await do(browser.wait_for, lambda b: b.text("#link") in ("实时连接正常", "Live"))
+
+        terminal = rig.receiver.terminal(T1, repeat_s=0.5)
+        await terminal.press(timeout_s=WAIT_S)
+        for browser in (nurse, desk):
+            await do(browser.wait_for, row("raised"))
+        await do(desk.click, ".alarm .escalate")
+        escalated = await wait_events(rig.sub, "alarm.escalated")
+        assert escalated[0]["data"]["by"] == "console:wang.admin"
+        assert escalated[0]["data"]["level"] == 2
+        for browser in (nurse, desk):
+            await do(browser.wait_for, '.alarm[data-level="2"]')
+        assert "第 2 级" in await do(nurse.text, ".alarm .state")
+        assert not await do(lambda: shown(desk, ".alarm .escalate"))  # no level left
+        await do(desk.screenshot, "console-board-escalated")
+
+        await do(nurse.click, ".alarm .claim")
+        await terminal.wait_for(HelpComing, timeout_s=WAIT_S)
+        await do(desk.wait_for, row("claimed"))
+        assert "li.na" in await do(desk.text, ".alarm .state")
+
+        # The nurse's session ends on the gateway (as if she left the screen past
+        # session_idle_s): her next click is refused and she is sent to log in again.
+        async with gw.gateway.db.transaction("test: ageing the sessions") as conn:
+            await conn.execute(
+                "UPDATE console_sessions SET seen_ms = 0 WHERE username = ?", ("li.na",)
+            )
+        await do(nurse.click, ".alarm .resolve")
+        await do(nurse.wait_for, "#password")
+        assert gw.gateway.feature("buttons") is not None
+        assert len(events(rig.sub, "alarm.cleared")) == 0
+        await do(desk.wait_for, row("claimed"))  # still open, still hers
+    finally:
+        assert await gw.finish() == 0
+
+
+def shown(browser: Browser, css: str) -> bool:
+    return bool(browser.driver.find_element("css selector", css).is_displayed())

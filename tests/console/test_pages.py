@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
+import sqlite3
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,11 +22,16 @@ import msgspec
 import pytest
 from aiohttp import web
 
+from drivers.door import LoggingDoor
+from drivers.outputs import LoggingOutput
+from gateway.access.desk import DoorDesk
+from gateway.access.door import DoorController
 from gateway.buttons.registry import Device
 from gateway.console.accounts import LoginLimiter, Role, StaffStore
 from gateway.console.auth import ConsoleAuth
 from gateway.console.board import board
 from gateway.console.config import ConsoleSection
+from gateway.console.door_api import DoorApi
 from gateway.console.live import Broadcaster, Slots, sse
 from gateway.console.pages import LivePages
 from gateway.console.sessions import SessionStore
@@ -32,6 +39,7 @@ from gateway.console.views import device_rows
 from gateway.console.web import COOKIE, CSP, MAX_BODY, ConsoleWeb, Routes
 from gateway.event_payloads import Heartbeat
 from gateway.events import DeviceRef, Kind
+from gateway.sealing import PayloadCipher
 from tests.support.console import EVENTS, Rig, console_rig
 
 PASSWORD = "correct horse battery"
@@ -39,6 +47,8 @@ SECTION = ConsoleSection(https=False)
 LOST = "t-00000003"
 WATCHED = "t-00000004"
 EVENT = "0190f3a2-6b1c-7d2e-8f90-1234567890ab"
+DOOR_REF = DeviceRef(id="door-main", type="door", location="Main entrance")
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8 + b"\xff\xd9"
 
 
 class FakeButtons:
@@ -126,10 +136,11 @@ async def pages_site(
     door: Any = None,
     https: ssl.SSLContext | None = None,
     port: int = 0,
+    rig: Rig | None = None,
 ) -> AsyncIterator[Site]:
-    """The console on the rig: li.na (staff), wang.admin (admin), two lost/watched devices
-    besides the rig's two, and `door` (a DoorApi) when given."""
-    async with console_rig(tmp_path) as rig:
+    """The console on the rig (`rig`, or a new one): li.na (staff), wang.admin (admin), two
+    lost/watched devices besides the rig's two, and `door` (a DoorApi) when given."""
+    async with _rig(tmp_path, rig) as rig:
         accounts = StaffStore(rig.store.db, SECTION)
         await accounts.add("li.na", "李娜", Role.STAFF, PASSWORD)
         await accounts.add("wang.admin", "王主任", Role.ADMIN, PASSWORD)
@@ -190,6 +201,15 @@ async def pages_site(
                 live.close()
                 pages.close()
                 await runner.cleanup()
+
+
+@asynccontextmanager
+async def _rig(tmp_path: Path, given: Rig | None) -> AsyncIterator[Rig]:
+    if given is not None:
+        yield given
+        return
+    async with console_rig(tmp_path) as made:
+        yield made
 
 
 @pytest.fixture
@@ -352,7 +372,11 @@ async def test_escalate_now_needs_the_csrf_token_and_an_open_alarm(site: Site) -
     csrf = await site.login()
     assert (await site.post(f"/api/alarms/{alarm}/escalate", None))[0] == 403
     status, answer = await site.post(f"/api/alarms/{alarm}/escalate", csrf)
-    assert status in (200, 409), answer  # 409: the default ladder has no next level
+    assert status == 200, answer
+    assert site.rig.alarms.get(alarm) is not None
+    assert site.rig.alarms.get(alarm).level == 2  # type: ignore[union-attr]
+    status, answer = await site.post(f"/api/alarms/{alarm}/escalate", csrf)
+    assert (status, answer["error"]) == (409, "top_level")  # the default ladder has 2 levels
     assert (await site.post("/api/alarms/bogus/escalate", csrf))[0] == 404
 
 
@@ -368,3 +392,119 @@ async def test_a_stream_needs_its_session_and_bodies_stay_bounded(site: Site) ->
     forged = {"Cookie": f"{COOKIE}=not-a-session"}
     async with site.client.get(site.url + "/api/live?page=devices", headers=forged) as response:
         assert response.status == 401
+
+
+# -- the door: every staff member sees it, only administrators change it ---------------------
+
+
+@dataclass
+class DoorRig:
+    site: Site
+    door: DoorController
+    desk: DoorDesk
+    relay: LoggingDoor
+    cipher: PayloadCipher
+
+
+@asynccontextmanager
+async def door_site(tmp_path: Path, **kwargs: Any) -> AsyncIterator[DoorRig]:
+    """The pages' site with a real door desk on the rig's store (a door on a logging relay)."""
+    cipher = PayloadCipher(secrets.token_bytes(32))
+    holder: list[DoorDesk] = []
+
+    async def record(event: Any) -> None:
+        await holder[0]._audit.record(event, action=event.kind, subject="p", actor="door-camera")
+        holder[0].decided(event, "door-camera")
+
+    relay = LoggingDoor()
+    async with console_rig(tmp_path) as rig:
+        door = DoorController(EVENTS, record, relay, LoggingOutput(), DOOR_REF)
+        desk = DoorDesk(
+            rig.store.db, rig.audit, EVENTS, door, DOOR_REF, retention_s=3600, cipher=lambda: cipher
+        )
+        holder.append(desk)
+        await desk.load()
+        async with pages_site(tmp_path, door=DoorApi(desk), rig=rig, **kwargs) as site:
+            yield DoorRig(site, door, desk, relay, cipher)
+
+
+async def test_the_door_is_shown_to_staff_and_changed_only_by_administrators(
+    tmp_path: Path,
+) -> None:
+    async with door_site(tmp_path) as r:
+        site = r.site
+        denied = EVENTS.make_free(
+            Kind.ACCESS_DENIED,
+            data={"method": "face", "reason": "mismatch", "snapshot": "s"},
+            device=DOOR_REF,
+        )
+        await r.desk._audit.record(denied, action=denied.kind, subject="p", actor="door-camera")
+        r.desk.decided(denied, "door-camera")
+        await r.desk.keep(denied.id, JPEG)
+
+        csrf = await site.login("li.na")  # staff
+        async with site.stream("door") as frame:
+            page = await frame()
+            assert page["door"]["door"] == "door-main" and page["door"]["locked_down"] is False
+            assert [d["reason"] for d in page["recent"]] == ["mismatch"]
+            assert page["recent"][0]["snapshot"] is True
+        for path, body in (
+            ("/api/door/open", {"reason": "visitor"}),
+            ("/api/door/lockdown", {"reason": "drill"}),
+            ("/api/door/release", {}),
+        ):
+            status, answer = await site.post(path, csrf, body)
+            assert (status, answer["error"]) == (403, "role"), path
+        async with site.client.get(site.url + f"/api/door/snapshots/{denied.id}") as response:
+            assert response.status == 403  # the face image is for administrators only
+        assert r.relay.count == 0 and not r.door.refuses("face")
+
+        site.client.cookie_jar.clear()
+        csrf = await site.login("wang.admin")
+        assert (await site.post("/api/door/lockdown", None, {"reason": "drill"}))[0] == 403
+        assert (await site.post("/api/door/lockdown", csrf, {"reason": " \x07 "}))[0] == 400
+        assert (await site.post("/api/door/lockdown", csrf, {"reason": "x" * 201}))[0] == 400
+        assert (await site.post("/api/door/lockdown", csrf, {"why": "drill"}))[0] == 400
+        async with site.stream("door") as frame:
+            await frame()
+            assert (await site.post("/api/door/lockdown", csrf, {"reason": "fire drill"}))[0] == 200
+            page = await frame()
+            assert page["door"]["locked_down"] is True
+            assert page["door"]["lockdown_by"] == "console:wang.admin"
+            assert page["door"]["lockdown_reason"] == "fire drill"
+            status, answer = await site.post("/api/door/open", csrf, {"reason": "visitor"})
+            assert (status, answer["error"]) == (409, "locked_down") and r.relay.count == 0
+            assert (await site.post("/api/door/release", csrf, {}))[0] == 200
+            assert (await frame())["door"]["locked_down"] is False
+            status, answer = await site.post("/api/door/release", csrf, {})
+            assert (status, answer["error"]) == (409, "not_locked_down")
+            assert (await site.post("/api/door/open", csrf, {"reason": "delivery"}))[0] == 200
+            assert r.relay.count == 1
+            page = await frame()
+            newest = page["recent"][0]
+            assert (newest["method"], newest["by"]) == ("remote", "console:wang.admin")
+
+        async with site.client.get(site.url + f"/api/door/snapshots/{denied.id}") as response:
+            assert response.status == 200 and await response.read() == JPEG
+            assert response.headers["Content-Type"] == "image/jpeg"
+            assert response.headers["Cache-Control"] == "no-store"
+        for bad in ("../../etc/passwd", "x" * 36, denied.id.upper()):
+            async with site.client.get(site.url + f"/api/door/snapshots/{bad}") as response:
+                assert response.status in (400, 404), bad
+        async with site.client.get(site.url + f"/api/door/snapshots/{EVENT}") as response:
+            assert response.status == 404
+
+    actions = [(a, actor) for a, actor in audit_rows(tmp_path) if not a.startswith("console.")]
+    assert actions[-3:] == [
+        (Kind.DOOR_LOCKDOWN, "console:wang.admin"),
+        (Kind.DOOR_RELEASED, "console:wang.admin"),
+        (Kind.ACCESS_GRANTED, "console:wang.admin"),
+    ]
+
+
+def audit_rows(tmp_path: Path) -> list[tuple[str, str]]:
+    path = next(tmp_path.glob("**/*.db"))
+    with sqlite3.connect(path) as conn:
+        rows = [(str(a), str(b)) for a, b in conn.execute("SELECT action, actor FROM audit_log")]
+    conn.close()
+    return rows

@@ -17,8 +17,18 @@ import pytest
 
 from gateway.console import tls
 from gateway.console.config import ConsoleSection
-from tests.console.test_pages import LOST, PASSWORD, WATCHED, Site, pages_site
+from gateway.events import Kind
+from tests.console.test_pages import (
+    DOOR_REF,
+    LOST,
+    PASSWORD,
+    WATCHED,
+    Site,
+    door_site,
+    pages_site,
+)
 from tests.support.browser import Browser, BrowserFactory
+from tests.support.console import EVENTS
 
 
 async def do(call: Any, *args: Any) -> Any:
@@ -104,3 +114,66 @@ async def test_the_gateway_page_shows_the_outbox_lanes(
     site.connected[0] = True
     await site.pages.refresh()
     await do(browser.wait_for, lambda b: b.text("#uplink-state") == "Connected")
+
+
+def shown(browser: Browser, css: str) -> bool:
+    """Whether the element `css` matches is displayed now (no waiting)."""
+    return bool(browser.driver.find_element("css selector", css).is_displayed())
+
+
+async def test_an_admin_locks_the_door_down_and_the_staffs_screen_follows(
+    tmp_path: Path, browsers: BrowserFactory
+) -> None:
+    import cv2
+    import numpy as np
+
+    image = np.full((120, 160, 3), (40, 160, 220), dtype=np.uint8)
+    jpeg = bytes(cv2.imencode(".jpg", image)[1])
+    port = _free_port()
+    section = ConsoleSection(listen="127.0.0.1", port=port)
+    context = await asyncio.to_thread(tls.ssl_context, section, tmp_path / "state")
+    async with door_site(tmp_path, https=context, port=port) as r:
+        denied = EVENTS.make_free(
+            Kind.ACCESS_DENIED,
+            data={"method": "face", "reason": "liveness", "persons": ["p-1"], "snapshot": "s"},
+            device=DOOR_REF,
+        )
+        await r.desk._audit.record(denied, action=denied.kind, subject="p", actor="door-camera")
+        r.desk.decided(denied, "door-camera")
+        await r.desk.keep(denied.id, jpeg)
+
+        nurse, admin = browsers(lang="zh-CN"), browsers(lang="en")
+        await log_in(nurse, r.site)
+        await do(nurse.click, "#nav-door")
+        await do(nurse.wait_for, ".decision")
+        assert await do(nurse.text, "#door-state") == "door-main: 状态未知"  # no contact yet
+        assert not await do(lambda: shown(nurse, "#door-admin"))
+        assert await do(nurse.text, ".decision .reason") == "像照片或屏幕"
+        assert await do(lambda: nurse.driver.find_elements("css selector", ".show-snapshot")) == []
+
+        await log_in(admin, r.site, "wang.admin")
+        await do(admin.click, "#nav-door")
+        await do(admin.wait_for, ".show-snapshot")
+        await do(admin.click, ".show-snapshot")
+        await do(
+            admin.wait_for,
+            lambda b: (
+                b.driver.execute_script(
+                    "const i = document.getElementById('snapshot');"
+                    " return i.complete && i.naturalWidth"
+                )
+                == 160
+            ),
+        )
+        await do(admin.fill, "#lockdown-reason", "fire drill")
+        await do(admin.click, "#door-lockdown")
+        await do(admin.wait_for, lambda b: "fire drill" in b.text("#lockdown"))
+        assert "wang.admin" in await do(admin.text, "#lockdown")
+        await do(admin.screenshot, "console-door")
+        # The nurse's screen shows it without a reload; the door refuses faces and cards.
+        await do(nurse.wait_for, lambda b: "fire drill" in b.text("#lockdown"))
+        assert r.door.refuses("face") and not r.door.refuses("exit")
+
+        await do(admin.click, "#door-release")
+        await do(nurse.wait_for, lambda b: not shown(b, "#lockdown"))
+        assert not r.door.refuses("face")

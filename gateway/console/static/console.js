@@ -9,7 +9,8 @@ const TEXT = {
     title: "值班台", alarms: "未结束的呼叫", none: "目前没有未结束的呼叫。",
     soundOn: "提示音：开", soundOff: "开启提示音", logout: "退出", other: "English",
     live: "实时连接正常", down: "与网关的连接中断，正在重连…",
-    claim: "我去处理", resolve: "结束呼叫", by: "处理人",
+    claim: "我去处理", resolve: "结束呼叫", by: "处理人", escalate: "立即升级",
+    level: (n) => `第 ${n} 级`,
     cause: { press: "按键呼叫", pull_cord: "拉绳呼叫", fall: "跌倒报警", rf_press: "无线按钮" },
     state: { raised: "待处理", escalated: "已升级，无人应答", busy: "平台忙，待处理",
       acknowledged: "平台已应答", claimed: "已认领" },
@@ -22,7 +23,8 @@ const TEXT = {
     title: "Duty console", alarms: "Open alarms", none: "No open alarms.",
     soundOn: "Sound: on", soundOff: "Turn sound on", logout: "Log out", other: "中文",
     live: "Live", down: "Connection to the gateway lost, reconnecting…",
-    claim: "I'm going", resolve: "Close alarm", by: "by",
+    claim: "I'm going", resolve: "Close alarm", by: "by", escalate: "Escalate now",
+    level: (n) => `level ${n}`,
     cause: { press: "Call button", pull_cord: "Pull cord", fall: "Fall", rf_press: "Radio button" },
     state: { raised: "Waiting", escalated: "Escalated, unanswered", busy: "Platform busy",
       acknowledged: "Platform answered", claimed: "Claimed" },
@@ -104,6 +106,8 @@ function row(alarm) {
   if (alarm.by && (alarm.state === "claimed" || alarm.state === "acknowledged")) {
     state += ` · ${text.by} ${alarm.by}`;
   }
+  if (alarm.level > 1) state += ` · ${text.level(alarm.level)}`;
+  item.dataset.level = String(alarm.level);
   item.querySelector(".state").textContent = state;
   item.querySelector(".resident").textContent = alarm.resident;
   item.querySelector(".room").textContent = alarm.room;
@@ -113,6 +117,11 @@ function row(alarm) {
   claim.textContent = text.claim;
   claim.hidden = alarm.state === "claimed";
   claim.addEventListener("click", () => act(alarm.id, "claim", {}));
+  const escalate = item.querySelector(".escalate");
+  escalate.textContent = text.escalate;
+  // Only while nobody has it and a level is left (the gateway refuses it otherwise too).
+  escalate.hidden = !UNANSWERED.has(alarm.state) || alarm.level >= alarm.top_level;
+  escalate.addEventListener("click", () => act(alarm.id, "escalate", {}));
   const reason = item.querySelector(".reason");
   for (const [value, label] of Object.entries(text.reason)) {
     const option = document.createElement("option");

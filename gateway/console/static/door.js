@@ -8,20 +8,22 @@ const DOOR_TEXT = {
   "zh-CN": {
     title: "值班台 · 门禁", door: "门", decisions: "最近的开门记录",
     noDoor: "本网关没有配置门禁。",
-    state: { closed: "已关闭", open: "开着", held: "开着太久", forced: "被强行打开" },
+    state: { closed: "已关闭", open: "开着", held: "开着太久", forced: "被强行打开", unknown: "状态未知" },
     openFor: (d) => `已开 ${d}`,
     lockdown: "已封锁", lockdownBy: "操作人", lockdownSince: "自",
     openReason: "开门原因", lockdownReason: "封锁原因",
     open: "远程开门", lockdownButton: "封锁门禁", release: "解除封锁",
     needReason: "请先填写原因。",
     head: ["时间", "方式", "人员", "结果", "原因", "操作人", "照片"],
-    method: { face: "人脸", card: "门卡", remote: "远程", exit: "出门按钮", card_face: "门卡+人脸" },
+    method: { face: "人脸", card: "门卡", remote: "远程", exit: "出门按钮", "card+face": "门卡+人脸" },
+    reason: { liveness: "像照片或屏幕", mismatch: "与门卡持有人不符", lockdown: "门禁已封锁",
+      unknown_card: "未登记的门卡", unknown_face: "陌生人", timeout: "超时" },
     granted: "放行", refused: "拒绝", photo: "查看照片", close: "关闭照片", nobody: "—",
   },
   en: {
     title: "Duty console · Door", door: "Door", decisions: "Recent decisions",
     noDoor: "This gateway has no door configured.",
-    state: { closed: "Closed", open: "Open", held: "Held open", forced: "FORCED open" },
+    state: { closed: "Closed", open: "Open", held: "Held open", forced: "FORCED open", unknown: "State unknown" },
     openFor: (d) => `open for ${d}`,
     lockdown: "LOCKED DOWN", lockdownBy: "by", lockdownSince: "since",
     openReason: "Reason to open", lockdownReason: "Reason for the lockdown",
@@ -29,7 +31,10 @@ const DOOR_TEXT = {
     needReason: "Give a reason first.",
     head: ["Time", "How", "Person", "Result", "Reason", "By", "Snapshot"],
     method: { face: "Face", card: "Card", remote: "Remote", exit: "Exit button",
-      card_face: "Card + face" },
+      "card+face": "Card + face" },
+    reason: { liveness: "moves like a photo or screen", mismatch: "not the card's holder",
+      lockdown: "door locked down", unknown_card: "unknown card", unknown_face: "stranger",
+      timeout: "timed out" },
     granted: "Granted", refused: "Refused", photo: "Show", close: "Close snapshot", nobody: "—",
   },
 };
@@ -106,7 +111,7 @@ function drawDoor(page, text) {
     Console.cell(row, text.method[decision.method] || decision.method, "method");
     Console.cell(row, decision.person || text.nobody, "person");
     Console.cell(row, decision.granted ? text.granted : text.refused, "result");
-    Console.cell(row, decision.reason, "reason");
+    Console.cell(row, text.reason[decision.reason] || decision.reason, "reason");
     Console.cell(row, decision.by || text.nobody, "by");
     const photo = Console.cell(row, "", "photo");
     if (admin && decision.snapshot) {
