@@ -112,6 +112,10 @@ async def run_scenario(name: str, args: argparse.Namespace, work: Path) -> Chaos
             time_limit_s=args.duration,
             drain_timeout_s=args.drain_timeout,
         )
+    except BaseException:
+        if gateway is not None:  # what the daemon said last is the first thing to read
+            _print_tail(gateway.log_path)
+        raise
     finally:
         cleanups: list[Callable[[], object]] = []
         if gateway is not None:
@@ -126,6 +130,17 @@ async def run_scenario(name: str, args: argparse.Namespace, work: Path) -> Chaos
                 await asyncio.to_thread(cleanup)
             except Exception as exc:  # keep cleaning up
                 print(f"cleanup {cleanup!r} failed: {exc!r}", file=sys.stderr)
+
+
+def _print_tail(path: Path, lines: int = 60) -> None:
+    try:
+        tail = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    except OSError as exc:
+        print(f"no daemon log at {path}: {exc}", file=sys.stderr)
+        return
+    print(f"--- the last {len(tail)} lines of {path} ---", file=sys.stderr)
+    for line in tail:
+        print(line, file=sys.stderr)
 
 
 def failed(result: ChaosResult) -> bool:

@@ -195,10 +195,12 @@ class PlatformConsole:
 
 
 DEMO_STAFF = "duty"
+DEMO_ADMIN = "manager"
 
 
 async def _demo_account(cfg: Config) -> str:
-    """A staff account for the demo's duty console, with a fresh password."""
+    """The demo console's accounts, a staff one (the nurse) and an admin (the manager, who
+    may open and lock down the door and see the snapshots), with one fresh password."""
     from gateway.console.accounts import Role, StaffStore
     from gateway.store import Database
 
@@ -207,10 +209,14 @@ async def _demo_account(cfg: Config) -> str:
     db = await Database.open(cfg.outbox_path, cfg.outbox)
     try:
         accounts = StaffStore(db, cfg.console)
-        if await accounts.get(DEMO_STAFF) is None:
-            await accounts.add(DEMO_STAFF, "值班护士 Duty nurse", Role.STAFF, password)
-        else:
-            await accounts.set_password(DEMO_STAFF, password)
+        for username, name, role in (
+            (DEMO_STAFF, "值班护士 Duty nurse", Role.STAFF),
+            (DEMO_ADMIN, "站长 Centre manager", Role.ADMIN),
+        ):
+            if await accounts.get(username) is None:
+                await accounts.add(username, name, role, password)
+            else:
+                await accounts.set_password(username, password)
     finally:
         await db.close()
     return password
@@ -323,7 +329,8 @@ async def run_demo(duration: float, state_dir: Path | None) -> int:
         gateway = await ready_gateway
         say(
             f"[demo] duty console: https://127.0.0.1:{console_port}/ (self-signed certificate), "
-            f"log in as {DEMO_STAFF} / {staff_password}"
+            f"log in as {DEMO_STAFF} / {staff_password} (staff) or {DEMO_ADMIN} / "
+            f"{staff_password} (admin: the door's remote open, lockdown and snapshots)"
         )
         door_task = asyncio.create_task(demo_door.script(gateway, console, door), name="door")
         staff = DutyStaff(f"https://127.0.0.1:{console_port}", staff_password)

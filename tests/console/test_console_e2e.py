@@ -119,6 +119,8 @@ async def test_two_consoles_one_claims_the_other_follows_and_an_expired_session_
             await do(browser.wait_for, lambda b, u=user: u in b.text("#who"))
             await do(browser.wait_for, lambda b: b.text("#link") in ("实时连接正常", "Live"))
 
+        # No face access on this gateway: no Door page is offered.
+        await do(nurse.wait_for, lambda b: not shown(b, "#nav-door"))
         terminal = rig.receiver.terminal(T1, repeat_s=0.5)
         await terminal.press(timeout_s=WAIT_S)
         for browser in (nurse, desk):

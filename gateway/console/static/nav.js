@@ -26,5 +26,15 @@
     }
   }
 
-  document.addEventListener("DOMContentLoaded", show);
+  // A page this gateway does not have (the door without face access) is not offered.
+  async function hideMissing() {
+    const response = await fetch("/api/state", { credentials: "same-origin" }).catch(() => null);
+    if (!response || !response.ok) return;
+    const state = await response.json().catch(() => null);
+    if (!state || !Array.isArray(state.pages)) return;
+    const door = document.getElementById("nav-door");
+    if (door) door.hidden = !state.pages.includes("door");
+  }
+
+  document.addEventListener("DOMContentLoaded", () => { show(); hideMissing(); });
 })();
