@@ -103,6 +103,18 @@ _STORE_EVERY_MAX_S = 60.0  # a heard device's row is rewritten at most this ofte
 _FLUSH_AT_STOP_S = 2.0
 
 
+@dataclass(slots=True)
+class DeviceSeen:
+    """What the last frames of a registered device said, for the console's Devices page
+    (in memory only: the platform has the events)."""
+
+    last_heard_ms: int | None = None
+    battery_mv: int | None = None
+    rssi_dbm: int | None = None
+    tamper: bool | None = None
+    """True: its case was reported open (and not reported closed since)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Heard:
     receiver: str
@@ -189,6 +201,7 @@ class ButtonService:
         # assumed heard), the `last` value its stored row holds, rows due to be written, and
         # the devices whose supervision_lost is outstanding.
         self._last_heard: dict[str, float] = {}
+        self._seen: dict[str, DeviceSeen] = {}  # registered devices heard since start
         self._stored: dict[str, float] = {}
         self._dirty: set[str] = set()
         self._lost: set[str] = set()
@@ -366,6 +379,8 @@ class ButtonService:
             # as alarm.cancel_requested and the alarm (and the siren) stays on.
             await self.alarms.resident_cancel(device_id, frame.seq, authenticated, now)
         elif isinstance(frame, Heartbeat):
+            status = self._seen_of(device_id)
+            status.battery_mv, status.rssi_dbm = frame.battery_mv, frame.rssi_dbm
             # Telemetry: stored in the background (it may wait for company in the outbox, see
             # `outbox.telemetry_commit_window_ms`); the frame worker goes on with the next frame.
             if len(self._background) >= _MAX_BACKGROUND:
@@ -378,6 +393,7 @@ class ButtonService:
             )
             self._store_in_background(event)
         elif isinstance(frame, BatteryLow):
+            self._seen_of(device_id).battery_mv = frame.battery_mv
             await self._outbox.append(
                 self._events.make(
                     Kind.DEVICE_BATTERY_LOW,
@@ -386,6 +402,7 @@ class ButtonService:
                 )
             )
         elif isinstance(frame, Tamper):
+            self._seen_of(device_id).tamper = frame.opened
             await self._outbox.append(
                 self._events.make(
                     Kind.DEVICE_TAMPER, payloads.Tamper(opened=frame.opened), device=ref
@@ -467,7 +484,10 @@ class ButtonService:
                 )
             return
         device = self.registry.get(device_id)
-        if device is None or device.supervision_s <= 0:
+        if device is None:
+            return
+        self._seen_of(device_id).last_heard_ms = self._wall_ms()
+        if device.supervision_s <= 0:
             return
         self._last_heard[device_id] = now
         if device_id in self._lost:
@@ -482,6 +502,19 @@ class ButtonService:
         elif now - self._stored.get(device_id, float("-inf")) >= _store_every(device):
             self._dirty.add(device_id)
             self._forget.discard(device_id)
+
+    def _seen_of(self, device_id: str) -> DeviceSeen:
+        seen = self._seen.get(device_id)
+        if seen is None:
+            seen = self._seen[device_id] = DeviceSeen()
+        return seen
+
+    def seen(self, device_id: str) -> DeviceSeen | None:
+        """What the last frames of a registered device said (None: not heard since start)."""
+        if self.registry.get(device_id) is None:
+            self._seen.pop(device_id, None)  # removed from the register
+            return None
+        return self._seen.get(device_id)
 
     async def _received(self, receiver: str, raw_id: int, frame_type: FrameType, seq: int) -> None:
         await self._write(receiver, Received(raw_id, self._next_seq(raw_id), int(frame_type), seq))

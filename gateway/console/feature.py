@@ -91,6 +91,7 @@ class ConsoleFeature:
             state_dir=core.cfg.state_dir,
             watching=lambda: self.web.watching,
             door=self.door,
+            status=buttons.service.seen if buttons is not None else None,
         )
         self.web = ConsoleWeb(
             self.auth,

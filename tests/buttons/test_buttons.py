@@ -7,6 +7,7 @@ import asyncio
 import json
 import secrets
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -519,6 +520,12 @@ async def test_status_frames_and_other_alarm_causes(rig: Rig) -> None:
     raised = await wait_events(sub, "alarm.raised", 2)
     assert [e["data"]["cause"] for e in raised] == ["pull_cord", "fall"]
     assert raised[1]["data"]["confidence"] == 87
+    # What the console's Devices page shows of it (the service's memory, not SQLite).
+    assert gw.gateway.buttons is not None
+    seen = gw.gateway.buttons.seen(f"t-{T2:08x}")
+    assert seen is not None and (seen.battery_mv, seen.tamper) == (2210, True)
+    assert seen.last_heard_ms is not None and abs(seen.last_heard_ms / 1000 - time.time()) < 60
+    assert gw.gateway.buttons.seen(f"t-{T1:08x}") is None  # not heard since the start
     receiver.write(receiver.noise(64))  # line noise raises nothing
     await asyncio.sleep(0.3)
     assert len(events(sub, "alarm.raised")) == 2
