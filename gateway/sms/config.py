@@ -77,6 +77,9 @@ class SmsSection(Section, frozen=True, forbid_unknown_fields=True, kw_only=True)
     offline_lists: Annotated[list[LowerName], Meta(max_length=16)] = msgspec.field(
         default_factory=list
     )
+    # The modem unusable this long (unplugged, not registered, not answering) is reported as
+    # path.fault "sms" (a modem re-registering after a cell change is not a fault).
+    modem_down_s: Annotated[float, Meta(ge=1, le=86400)] = 60.0
     # At most this many messages a minute (a flood of alarms must not empty the SIM's
     # credit or get it barred).
     rate_per_min: Annotated[int, Meta(ge=1, le=60)] = 6

@@ -35,7 +35,6 @@ from gateway.sms.texts import AlarmFacts, path_test_text
 _LOGGER = logging.getLogger(__name__)
 
 PATHS_EVERY_S = 1.0
-MODEM_GRACE_S = 60.0  # a modem re-registering after a cell change is not a fault
 UPLINK_GRACE_S = 60.0  # when uplink_down_s is 0 (the offline rule is off)
 
 
@@ -65,7 +64,7 @@ class SmsFeature:
         self.replies: SmsReplies | None = None
         grace = section.uplink_down_s or UPLINK_GRACE_S
         self.uplink_path = PathWatch("uplink", grace, core.events, core.outbox)
-        self.modem_path = PathWatch("sms", MODEM_GRACE_S, core.events, core.outbox)
+        self.modem_path = PathWatch("sms", section.modem_down_s, core.events, core.outbox)
         self._counts: dict[str, int] = {}
 
     # -- the parts ------------------------------------------------------------------------------

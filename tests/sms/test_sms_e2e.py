@@ -137,3 +137,33 @@ async def test_the_periodic_test_text_reaches_the_test_list(
         assert all(e["data"]["subject"].startswith("test:") for e in sent)
         assert len({e["data"]["subject"] for e in sent}) == 2, "one per period"
         assert await gw.finish() == 0
+
+
+async def test_an_unplugged_modem_is_a_path_fault_and_replugging_restores_it(
+    tmp_path: Path, broker: MosquittoBroker, subscriber: SubscriberFactory
+) -> None:
+    sub = subscriber(f"{PREFIX}/#")
+    async with (
+        SimulatedReceiver(link_path=tmp_path / "rx1") as receiver,
+        SimulatedModem(link_path=tmp_path / "modem") as modem,
+    ):
+        cfg = base_cfg(
+            tmp_path,
+            broker,
+            buttons=buttons_section(receiver),
+            sms=sms_section(modem, modem_down_s=1),
+        )
+        gw = await start(cfg, LoggingOutput())
+        feature = gw.gateway.feature("sms")
+        assert isinstance(feature, SmsFeature) and feature.modem is not None
+        modem_link = feature.modem
+        await until(lambda: modem_link.online)
+        modem.unplug()
+        fault = (await wait_events(sub, "path.fault"))[0]
+        assert fault["data"]["path"] == "sms" and fault["priority"] == 0
+        health = await gw.gateway.health.snapshot()
+        assert health["sms"]["paths"]["sms"]["faulted"] is True
+        modem.plug()
+        restored = (await wait_events(sub, "path.restored"))[0]
+        assert restored["data"]["path"] == "sms" and restored["data"]["down_s"] >= 1
+        assert await gw.finish() == 0
