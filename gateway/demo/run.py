@@ -58,6 +58,7 @@ from gateway.sms.sender import mask
 _LOGGER = logging.getLogger(__name__)
 GATEWAY_ID = "demo-centre-01"
 PREFIX = f"eldergate/{GATEWAY_ID}"
+ACK_AFTER_S = 0.3  # the demo platform's operator answers an alarm this soon
 
 
 def _free_port() -> int:
@@ -135,6 +136,7 @@ class PlatformConsole:
         self.lock = threading.Lock()
         self.received = 0
         self.acked: set[str] = set()
+        self.answered: dict[str, str] = {}  # alarm id -> who answered it (seen in its events)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         topic = msg.topic.removeprefix(PREFIX + "/")
@@ -152,20 +154,35 @@ class PlatformConsole:
                     f"device={device} data={data}"
                 )
             print(fit(f"[platform] {line}"), flush=True)
+            if event["kind"] in ("alarm.acknowledged", "alarm.cleared"):
+                with self.lock:
+                    self.answered.setdefault(event["data"]["alarm_id"], event["data"]["by"])
             if event["kind"] == "alarm.raised" and event["id"] not in self.acked:
                 self.acked.add(event["id"])
-                self.command(
-                    "alarm.ack",
-                    f"demo-ack-{len(self.acked)}",
-                    {"alarm": event["id"], "by": "duty nurse", "status": "ok"},
-                    signed=True,
-                )
+                # A platform answers an alarm only if nobody has: a backlog delivered after an
+                # outage brings the staff's answer right behind the alarm, so wait for it.
+                timer = threading.Timer(ACK_AFTER_S, self._ack, (event["id"],))
+                timer.daemon = True
+                timer.start()
         elif topic.startswith("snapshot/"):
             print(f"[platform] snapshot {topic[9:]}: JPEG, {len(msg.payload)} bytes", flush=True)
         elif topic.startswith("cmd_result/"):
             print(fit(f"[platform] command result {msg.payload.decode()}"), flush=True)
         elif topic in ("status",):
             print(fit(f"[platform] gateway status: {msg.payload.decode()}"), flush=True)
+
+    def _ack(self, alarm_id: str) -> None:
+        with self.lock:
+            by = self.answered.get(alarm_id)
+        if by is not None:
+            print(fit(f"[platform] alarm {alarm_id} already answered by {by}: no ack"), flush=True)
+            return
+        self.command(
+            "alarm.ack",
+            f"demo-ack-{len(self.acked)}",
+            {"alarm": alarm_id, "by": "duty nurse", "status": "ok"},
+            signed=True,
+        )
 
     def command(self, name: str, command_id: str, args: dict[str, Any], signed: bool) -> None:
         now = utc_now()
