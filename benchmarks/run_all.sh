@@ -49,6 +49,7 @@ full() {
     run benchmarks/bench_startup_backlog.py
     run benchmarks/bench_buttons.py
     run benchmarks/bench_press_at_start.py
+    run benchmarks/bench_console.py
     run benchmarks/bench_decoders.py
     run benchmarks/chaos_soak.py
     run benchmarks/bench_match.py
@@ -73,6 +74,7 @@ modest() {
     run benchmarks/bench_startup_backlog.py --rows 200000 --repeats 1
     run benchmarks/bench_buttons.py --terminals 50 --presses 200 --ingest 200 --idle-s 10
     run benchmarks/bench_press_at_start.py --repeats 1
+    run benchmarks/bench_console.py --presses 50 --idle-s 10
     run benchmarks/bench_decoders.py --bytes 200000
     run benchmarks/chaos_soak.py --faults 20
     run benchmarks/bench_match.py
@@ -103,6 +105,8 @@ tiny() {
     run benchmarks/bench_buttons.py --terminals 5 --presses 10 --ingest 10 --idle-s 0.5 \
         --hb-period-s 0.5 --hb-window-s 1 --settle-s 0.2
     run benchmarks/bench_press_at_start.py --repeats 1
+    run benchmarks/bench_console.py --terminals 2 --presses 2 --warmup 1 --idle-s 0.5 \
+        --settle-s 0.1
     run benchmarks/bench_decoders.py --bytes 10000
     run benchmarks/chaos_soak.py --faults 1 --pace 0.2
     run benchmarks/bench_match.py --sizes 100 --queries 20 --memory-gallery 1000

@@ -8,7 +8,11 @@ it no longer fits: the listen address changed, it expires within 30 days, or it 
 to the key next to it.
 
 Everything here does blocking file I/O (and key generation): the daemon calls it with
-`asyncio.to_thread`. `cryptography` is imported only when a certificate is read or made.
+`asyncio.to_thread`. `cryptography` (8 MiB resident) is imported only when a certificate is
+made or has to be judged: once the pair is judged fit, what was found (the SHA-256 of both
+files, the expiry, the names) is written beside them (`console-cert.checked`, 0600), and later
+starts that find the same two files, not near expiry and naming the same address only load them
+with the standard library's `ssl` (which refuses a key that is not the certificate's).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from common.errors import ConfigError
 from gateway.console.config import ConsoleSection
 from gateway.keyfiles import UnsafeFileError, read_private, write_private
@@ -37,6 +43,7 @@ _LOGGER = logging.getLogger(__name__)
 
 CERT_NAME = "console-cert.pem"
 KEY_NAME = "console-key.pem"
+CHECKED_NAME = "console-cert.checked"
 _VALIDITY = dt.timedelta(days=5 * 365)
 _BACKDATE = dt.timedelta(days=1)  # a gateway clock slightly behind still accepts it
 _RENEW_BEFORE = dt.timedelta(days=30)
@@ -157,16 +164,82 @@ def _generated(section: ConsoleSection, state_dir: Path) -> ssl.SSLContext:
             f"gateway.state_dir: cannot create {state_dir} for the console's certificate: "
             f"{exc.strerror or exc}"
         ) from exc
+    known = _checked_before(state_dir, section.listen)
+    if known is not None:
+        return known
     key = _load_or_create_key(key_path(state_dir))
     _ensure_certificate(cert_path(state_dir), key, section.listen)
     try:
-        return _context(cert_path(state_dir), key_path(state_dir))
+        context = _context(cert_path(state_dir), key_path(state_dir))
     except ssl.SSLError as exc:  # replaced under us between the checks and the load
         raise ConfigError(
             f"the console's certificate {cert_path(state_dir)} and key {key_path(state_dir)} "
             f"cannot be used together ({_ssl_reason(exc)}): move both aside to have new ones "
             "made"
         ) from exc
+    _remember_checked(state_dir, section.listen)
+    return context
+
+
+class _Checked(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the last full check found of the generated pair (`console-cert.checked`)."""
+
+    cert_sha256: str
+    key_sha256: str
+    not_after: dt.datetime
+    names: list[str]
+
+
+def _pair_digests(state_dir: Path) -> tuple[str, str] | None:
+    try:
+        cert = read_private(cert_path(state_dir), _MAX_PEM_BYTES, "the console's certificate")
+        key = read_private(key_path(state_dir), _MAX_PEM_BYTES, "the console's TLS key")
+    except (OSError, UnsafeFileError):
+        return None  # the full path says what is wrong
+    return hashlib.sha256(cert).hexdigest(), hashlib.sha256(key).hexdigest()
+
+
+def _checked_before(state_dir: Path, listen: str) -> ssl.SSLContext | None:
+    """The pair's context without `cryptography`, if the last full check found these very
+    files fit for `listen` and they are not near expiry; None: check them in full."""
+    digests = _pair_digests(state_dir)
+    if digests is None:
+        return None
+    try:
+        raw = read_private(state_dir / CHECKED_NAME, 4096, "the console's certificate check")
+        checked = msgspec.json.decode(raw, type=_Checked)
+    except (OSError, UnsafeFileError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if (checked.cert_sha256, checked.key_sha256) != digests:
+        return None
+    if checked.not_after - _RENEW_BEFORE < dt.datetime.now(dt.UTC):
+        return None
+    if not set(_san_names(listen)) <= set(checked.names):
+        return None
+    try:
+        return _context(cert_path(state_dir), key_path(state_dir))
+    except ssl.SSLError:
+        return None
+
+
+def _remember_checked(state_dir: Path, listen: str) -> None:
+    """After a full check: what it found, for the next start (a failure only costs time)."""
+    from cryptography import x509
+
+    digests = _pair_digests(state_dir)
+    if digests is None:
+        return
+    try:
+        cert = x509.load_pem_x509_certificate(_read_public(cert_path(state_dir)))
+        checked = _Checked(
+            cert_sha256=digests[0],
+            key_sha256=digests[1],
+            not_after=cert.not_valid_after_utc,
+            names=_san_names(listen),
+        )
+        write_private(state_dir / CHECKED_NAME, msgspec.json.encode(checked), replace=True)
+    except (OSError, ValueError) as exc:
+        _LOGGER.debug("console: the certificate check not remembered: %s", exc)
 
 
 def _load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:

@@ -46,7 +46,9 @@ def test_the_certificate_is_made_once_and_reused(tmp_path: Path) -> None:
     assert _mode(state) == 0o700
     assert _mode(cert) == 0o600
     assert _mode(key) == 0o600
-    assert sorted(p.name for p in state.iterdir()) == ["console-cert.pem", "console-key.pem"]
+    names = sorted(p.name for p in state.iterdir())
+    assert names == ["console-cert.checked", "console-cert.pem", "console-key.pem"]
+    assert _mode(state / "console-cert.checked") == 0o600
     first = cert.read_bytes(), key.read_bytes()
 
     assert tls.ssl_context(section, state) is not None
@@ -58,6 +60,48 @@ def test_the_certificate_is_made_once_and_reused(tmp_path: Path) -> None:
     parsed = x509.load_pem_x509_certificate(first[0])
     lifetime = parsed.not_valid_after_utc - parsed.not_valid_before_utc
     assert 4 * 365 < lifetime.days < 6 * 365
+
+
+def test_a_later_start_loads_the_checked_pair_without_cryptography(tmp_path: Path) -> None:
+    """cryptography costs the daemon 8 MiB: once the pair is checked, a start only loads it."""
+    state = tmp_path / "state"
+    tls.ssl_context(ConsoleSection(listen="127.0.0.1"), state)
+    probe = (
+        "import sys; from pathlib import Path; from gateway.console import tls; "
+        "from gateway.console.config import ConsoleSection; "
+        f"assert tls.ssl_context(ConsoleSection(listen='127.0.0.1'), Path({str(state)!r})); "
+        "print('cryptography' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"
+
+
+def test_a_changed_address_or_file_gets_the_full_check(tmp_path: Path) -> None:
+    """(The check file is trusted as far as the state directory is: whoever may write it may
+    replace the pair itself.)"""
+    state = tmp_path / "state"
+    section = ConsoleSection(listen="10.0.0.7")
+    tls.ssl_context(section, state)
+    checked = state / "console-cert.checked"
+    assert "10.0.0.7" in json.loads(checked.read_bytes())["names"]
+    first = tls.cert_path(state).read_bytes()
+    tls.ssl_context(ConsoleSection(listen="10.0.0.8"), state)  # not in the check: made anew
+    assert "10.0.0.8" in _san(tls.cert_path(state))[0]
+    assert tls.cert_path(state).read_bytes() != first
+    assert "10.0.0.8" in json.loads(checked.read_bytes())["names"]
+    section = ConsoleSection(listen="10.0.0.8")
+    # Another certificate put in its place (not the key's): the hashes differ, it is replaced.
+    other = tmp_path / "other"
+    tls.ssl_context(section, other)
+    tls.cert_path(state).write_bytes(tls.cert_path(other).read_bytes())
+    assert tls.ssl_context(section, state) is not None
+    assert tls.cert_path(state).read_bytes() != tls.cert_path(other).read_bytes()
+    # A check file that is not JSON is ignored.
+    checked.write_bytes(b"\x00{not json")
+    assert tls.ssl_context(section, state) is not None
 
 
 def test_a_dns_name_and_a_changed_address_get_a_new_certificate(tmp_path: Path) -> None:
