@@ -17,6 +17,7 @@ section reads it as it is: no copy of a default, a range or a name elsewhere.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import types
@@ -49,6 +50,16 @@ class Problem:
     key: str  # dotted, from the top: "uplink.port"
     message: str
     entry: int | None = None  # the index of the [[table]] entry the key is in, if any
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address, or "localhost") is this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

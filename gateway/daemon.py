@@ -162,6 +162,10 @@ def build_features(cfg: Config, core: Core, hooks: DaemonHooks) -> list[Feature]
         )
     if access_feature is not None:
         features.append(access_feature)
+    if cfg.metrics is not None:
+        from gateway.metrics import feature as metrics  # prometheus-client: only if configured
+
+        features.append(metrics.build(cfg.metrics, core))
     return features
 
 

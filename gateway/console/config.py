@@ -3,22 +3,12 @@ logins and sessions; each setting's type, default and range in one place."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from msgspec import Meta
 
-from gateway.config_base import Section
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from gateway.config_base import Section, is_loopback
 
 
 class ConsoleSection(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):

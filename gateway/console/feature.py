@@ -16,16 +16,13 @@ on without it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from aiohttp import web
 
-from common.backoff import Backoff
 from common.errors import StorageError
 from gateway.buttons.feature import ButtonsFeature
 from gateway.console import tls
@@ -39,6 +36,7 @@ from gateway.console.pages import HealthReport, LivePages
 from gateway.console.sessions import SessionStore
 from gateway.console.web import ConsoleWeb
 from gateway.feature import Core, run_all
+from gateway.local_site import LocalSite
 
 if TYPE_CHECKING:
     from gateway.access.feature import AccessFeature
@@ -47,7 +45,6 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 HOUSEKEEPING_S = 5.0  # expired sessions deleted, audit rows other processes wrote forwarded
-_RETRY_MIN_S, _RETRY_MAX_S = 1.0, 60.0
 
 
 class ConsoleFeature:
@@ -105,8 +102,7 @@ class ConsoleFeature:
         )
         self._ssl: ssl.SSLContext | None = None
         self.url = tls.url(section)
-        self.listening = False
-        self.error: str | None = None
+        self.site = LocalSite("duty console", self.web.app, section.listen, section.port, self.url)
 
     def _render(self) -> bytes:
         alarms = self._buttons.alarms.open_alarms() if self._buttons is not None else []
@@ -126,38 +122,24 @@ class ConsoleFeature:
             {"site": self._serve(), "housekeeping": self._housekeep(), "pages": self.pages.run()}
         )
 
+    @property
+    def listening(self) -> bool:
+        return self.site.listening
+
+    @property
+    def error(self) -> str | None:
+        return self.site.error
+
     def use_health(self, health: HealthReport) -> None:
         """The daemon's health report, for the Gateway page (handed over by the daemon)."""
         self.pages.use_health(health)
 
     async def _serve(self) -> None:
-        backoff = Backoff(_RETRY_MIN_S, _RETRY_MAX_S)
-        runner = web.AppRunner(self.web.app, access_log=None, handle_signals=False)
-        await runner.setup()
         try:
-            while True:
-                site = web.TCPSite(
-                    runner, self.section.listen, self.section.port, ssl_context=self._ssl
-                )
-                try:
-                    await site.start()
-                except OSError as exc:
-                    message = f"cannot listen on {self.url}: {exc.strerror or exc}"
-                    if message != self.error:
-                        _LOGGER.error("console: %s (retrying)", message)
-                    self.error = message
-                    await asyncio.sleep(backoff.next())
-                    continue
-                self.listening, self.error = True, None
-                backoff.reset()
-                _LOGGER.info("duty console on %s", self.url)
-                await asyncio.Event().wait()  # until cancelled
+            await self.site.serve(self._ssl)
         finally:
-            self.listening = False
             self.live.close()
             self.pages.close()
-            with contextlib.suppress(Exception):
-                await runner.cleanup()
 
     async def _housekeep(self) -> None:
         while True:
@@ -175,8 +157,8 @@ class ConsoleFeature:
     def health(self) -> dict[str, Any]:
         return {
             "url": self.url,
-            "listening": self.listening,
-            "error": self.error,
+            "listening": self.site.listening,
+            "error": self.site.error,
             "pages_open": self.slots.used,
             "board_pages": self.live.streams,
             **{f"{name}_pages": b.streams for name, b in self.pages.streams().items()},
