@@ -25,6 +25,7 @@ from gateway.access.config import AccessSection, clear_cards_warning
 from gateway.buttons.config import ButtonsSection
 from gateway.config_base import Problem, Section, convert
 from gateway.console.config import ConsoleSection
+from gateway.homeassistant.config import HomeAssistantSection
 from gateway.metrics.config import MetricsSection
 from gateway.sms.config import SmsSection
 
@@ -208,6 +209,7 @@ class Config(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     console: ConsoleSection | None = None
     sms: SmsSection | None = None
     metrics: MetricsSection | None = None
+    homeassistant: HomeAssistantSection | None = None
 
     def problems(self) -> Iterator[tuple[str, str]]:
         """Rules across sections: the reply topics against the gateway's own, the on-call

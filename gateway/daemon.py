@@ -162,6 +162,14 @@ def build_features(cfg: Config, core: Core, hooks: DaemonHooks) -> list[Feature]
         )
     if access_feature is not None:
         features.append(access_feature)
+    if cfg.homeassistant is not None:  # after the features it shows
+        from gateway.homeassistant import feature as homeassistant
+
+        features.append(
+            homeassistant.build(
+                cfg.homeassistant, core, buttons=buttons_feature, access=access_feature
+            )
+        )
     if cfg.metrics is not None:
         from gateway.metrics import feature as metrics  # prometheus-client: only if configured
 
@@ -248,6 +256,7 @@ class Gateway:
             self.forwarder.sealed,
             AuditLog(db, self.outbox),
             lambda: self.uplink.state is UplinkState.CONNECTED,
+            self.uplink,
         )
         self.features = build_features(cfg, core, hooks)
         for feature in self.features:

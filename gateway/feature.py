@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from gateway.commands import CommandService
     from gateway.config import Config
     from gateway.events import EventFactory
+    from gateway.mqtt import Uplink
     from gateway.outbox import Outbox
     from gateway.sealing import SealedPayloads
     from gateway.store import Database
@@ -41,6 +42,7 @@ class Core:
     sealed: SealedPayloads  # a feature that seals rows at rest adds its key here
     audit: AuditLog  # the one append-only audit log (its rows are forwarded once)
     uplink_connected: Callable[[], bool]  # the broker connection is up now
+    uplink: Uplink | None = None  # for features that publish beside the outbox (HA states)
 
 
 class Feature(Protocol):

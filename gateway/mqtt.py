@@ -550,6 +550,7 @@ class Uplink:
         self._listeners: list[UplinkListener] = []
         self._puback_handler: Callable[[int, int], None] = lambda mid, code: None
         self._message_handler: Callable[[IncomingMessage], None] = lambda msg: None
+        self._routes: dict[str, Callable[[IncomingMessage], None]] = {}
         self._stopping = False
         self._wake = asyncio.Event()
 
@@ -561,6 +562,20 @@ class Uplink:
 
     def set_message_handler(self, handler: Callable[[IncomingMessage], None]) -> None:
         self._message_handler = handler
+
+    def route(self, topic: str, handler: Callable[[IncomingMessage], None]) -> None:
+        """Subscribe to `topic` (no wildcards) on every connection, QoS 1, and hand its
+        messages to `handler` instead of the command handler (Home Assistant's status)."""
+        if any(c in topic for c in "+#"):
+            raise ValueError(f"a routed topic has no wildcards: {topic!r}")
+        self._routes[topic] = handler
+        conn = self.connection
+        if conn is not None and conn.is_open:
+            conn.client.subscribe(topic, qos=1)
+
+    def _dispatch(self, message: IncomingMessage) -> None:
+        handler = self._routes.get(message.topic, self._message_handler)
+        handler(message)
 
     def topic(self, relative: str) -> str:
         """The absolute topic; event topics as `uplink.topic_style` spells them."""
@@ -583,7 +598,7 @@ class Uplink:
             self.attempts += 1
             try:
                 conn = await Connection.open(
-                    self.section, self.options, self._on_puback, self._message_handler
+                    self.section, self.options, self._on_puback, self._dispatch
                 )
             except AuthError as exc:
                 delay = retry.auth_failure_delay_s
@@ -643,6 +658,8 @@ class Uplink:
             self.options.client_id,
         )
         self._check_grants(conn.granted)
+        for topic in self._routes:
+            conn.client.subscribe(topic, qos=1)
         for listener in self._listeners:
             listener.connected(conn)
         try:

@@ -179,6 +179,7 @@ class Outbox:
         self._group_window_s = settings.group_commit_window_ms / 1000
         self._telemetry_window_s = settings.telemetry_commit_window_ms / 1000
         self._on_commit = on_commit
+        self._committed_listeners: list[Callable[[Sequence[Outbound]], None]] = []
         self._counters = _Counters()
         self._appends: list[_Pending] = []
         self._deletes: set[int] = set()  # delivered rows waiting for the next delete batch
@@ -224,6 +225,11 @@ class Outbox:
         self._dead_letters = int(found[0]) if found else 0
 
     # -- producers -------------------------------------------------------------------------
+
+    def add_committed_listener(self, listener: Callable[[Sequence[Outbound]], None]) -> None:
+        """`listener(items)` after each commit, with the items it made durable, in order (on
+        the loop; it must not block). For mirrors of the events (Home Assistant's states)."""
+        self._committed_listeners.append(listener)
 
     async def append(self, item: Outbound) -> Receipt:
         """Store one item durably; returns only after the commit (raises StorageError if not)."""
@@ -468,6 +474,13 @@ class Outbox:
                 pending.future.set_result(receipt)
         if lanes and self._on_commit is not None:
             self._on_commit(lanes)
+        if batch and self._committed_listeners:
+            items = [p.item for p in batch]
+            for listener in self._committed_listeners:
+                try:
+                    listener(items)
+                except Exception:  # a mirror's fault must not touch the outbox
+                    _LOGGER.exception("an outbox commit listener failed")
 
     async def _recover_from_full(
         self, batch: list[_Pending], deletes: list[int], exc: StorageError

@@ -30,6 +30,7 @@ from gateway.config import (
 )
 from gateway.console.config import ConsoleSection
 from gateway.daemon import DaemonHooks, Gateway, client_options, run
+from gateway.homeassistant.config import HomeAssistantSection
 from gateway.metrics.config import MetricsSection
 from gateway.mqtt import UplinkState
 from gateway.sms.config import SmsSection
@@ -85,12 +86,13 @@ def test_example_config_loads_with_the_documented_values() -> None:
 
 def test_example_config_mentions_every_key_of_the_model() -> None:
     """The annotated example documents every setting (so none is a hidden surprise). The
-    console, the SMS path and the metrics are off in the example: their sections are there,
-    commented out, with every key."""
+    console, the SMS path, the metrics and Home Assistant are off in the example: their
+    sections are there, commented out, with every key."""
     text = EXAMPLE.read_text(encoding="utf-8")
     off = re.sub(r"(?m)^# ?", "", "\n".join(_commented_block(text, "[console]")))
     sms = re.sub(r"(?m)^# ?", "", "\n".join(_commented_block(text, "[sms]")))
     metrics = re.sub(r"(?m)^# ?", "", "\n".join(_commented_block(text, "[metrics]")))
+    home = re.sub(r"(?m)^# ?", "", "\n".join(_commented_block(text, "[homeassistant]")))
     builtins = Config(gateway=load_config(EXAMPLE).gateway)
     assert builtins.console is None and load_config(EXAMPLE).console is None
     missing = []
@@ -101,7 +103,7 @@ def test_example_config_mentions_every_key_of_the_model() -> None:
             if isinstance(sub, dict):
                 walk(dotted, sub, source)
             elif find_key_line(source, dotted) is None and all(
-                find_key_line(block, dotted) is None for block in (off, sms, metrics)
+                find_key_line(block, dotted) is None for block in (off, sms, metrics, home)
             ):
                 missing.append(dotted)
 
@@ -111,6 +113,7 @@ def test_example_config_mentions_every_key_of_the_model() -> None:
     commented_sms = msgspec.convert(tomllib.loads(sms)["sms"], SmsSection)
     walk("sms", msgspec.to_builtins(commented_sms), sms)
     walk("metrics", msgspec.to_builtins(MetricsSection()), metrics)
+    walk("homeassistant", msgspec.to_builtins(HomeAssistantSection()), home)
     assert missing == []
 
 
