@@ -37,6 +37,7 @@ from typing import Any, Final
 import msgspec
 
 from common.errors import StorageError
+from common.listeners import Listeners
 from gateway import event_payloads as payloads
 from gateway.access.door import DoorController, Lockdown
 from gateway.audit import AuditLog
@@ -159,7 +160,7 @@ class DoorDesk:
         self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
         self._recent: deque[Decision] = deque(maxlen=RECENT)
         self._kept: set[str] = set()
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners = Listeners("the door desk")
         door.add_listener(self._changed)
         self.kept = 0
         self.keep_failures = 0
@@ -213,14 +214,10 @@ class DoorDesk:
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """`listener()` after each change of the view or the decisions (on the loop)."""
-        self._listeners.append(listener)
+        self._listeners.add(listener)
 
     def _changed(self) -> None:
-        for listener in self._listeners:
-            try:
-                listener()
-            except Exception:
-                _LOGGER.exception("door desk: a listener failed")
+        self._listeners.notify()
 
     def view(self) -> DoorView:
         lockdown = self._door.lockdown

@@ -52,6 +52,7 @@ import msgspec
 
 from common.aio import wait_event
 from common.errors import StorageError
+from common.listeners import Listeners
 from drivers.door import DoorActuator
 from drivers.door_contact import ContactInput, Debouncer
 from drivers.outputs import Output
@@ -153,7 +154,7 @@ class DoorController:
         self._forced = False
         self.lockdown: Lockdown | None = None
         self.grants_refused = 0
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners = Listeners(f"door {device.id}")
         self._alerting = False
         self._pending_grant: _Grant | None = None
         self._last_grant: _Grant | None = None
@@ -192,14 +193,10 @@ class DoorController:
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """`listener()` after each change staff would see (on the loop; it must not block)."""
-        self._listeners.append(listener)
+        self._listeners.add(listener)
 
     def _changed(self) -> None:
-        for listener in self._listeners:
-            try:
-                listener()
-            except Exception:
-                _LOGGER.exception("door %s: a listener failed", self.device.id)
+        self._listeners.notify()
 
     async def _grant(self, method: str, person: str | None, ref: str, at: float) -> None:
         if method not in GRANT_METHODS:

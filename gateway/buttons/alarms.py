@@ -46,6 +46,7 @@ from typing import Any, Literal
 import msgspec
 
 from common.errors import StorageError
+from common.listeners import Listeners
 from drivers.outputs import Output
 from gateway import event_payloads as payloads
 from gateway.buttons.config import SIREN, ButtonsSection, LevelSection
@@ -139,7 +140,7 @@ class AlarmBook:
         self.cancel_requests = 0
         self._monotonic = monotonic
         self.last_progress = monotonic()
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners = Listeners("the alarm book")
 
     def set_downlink(self, downlink: Downlink) -> None:
         self._downlink = downlink
@@ -147,14 +148,10 @@ class AlarmBook:
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Called (on the loop, without arguments) each time the open alarms change: raised,
         acknowledged, escalated, closed. The duty console redraws its board from it."""
-        self._listeners.append(listener)
+        self._listeners.add(listener)
 
     def _changed(self) -> None:
-        for listener in self._listeners:
-            try:
-                listener()
-            except Exception:  # a broken view must not stop an alarm
-                _LOGGER.exception("an alarm listener failed")
+        self._listeners.notify()
 
     def open_alarms(self) -> list[OpenAlarm]:
         return list(self._open.values())

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from common.errors import StorageError
+from common.listeners import Listeners
 from gateway import event_payloads as payloads
 from gateway.commands import Command, CommandRefused, CommandService, CommandSpec, args_as
 from gateway.config_base import DEVICE_ID_RE
@@ -77,19 +78,15 @@ class DeviceRegistry:
         self._devices: dict[str, Device] = dict(self._configured)
         self._unknown_interval = unknown_report_interval_s
         self._unknown_reported: dict[str, float] = {}
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners = Listeners("the device register")
         self.unknown_heard = 0
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """`listener()` after each change of the register (on the loop; it must not block)."""
-        self._listeners.append(listener)
+        self._listeners.add(listener)
 
     def _changed(self) -> None:
-        for listener in self._listeners:
-            try:
-                listener()
-            except Exception:
-                _LOGGER.exception("a device register listener failed")
+        self._listeners.notify()
 
     @property
     def db(self) -> Database:
