@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -29,8 +30,13 @@ class LocalSite:
         self.listening = False
         self.error: str | None = None
 
-    async def serve(self, ssl_context: ssl.SSLContext | None = None) -> None:
-        """Listen (retrying) until cancelled; then close the site."""
+    async def serve(
+        self,
+        ssl_context: ssl.SSLContext | None = None,
+        before_cleanup: Callable[[], None] | None = None,
+    ) -> None:
+        """Listen (retrying) until cancelled; then `before_cleanup()` (end the long responses,
+        such as live streams: the runner's cleanup waits for them) and close the site."""
         backoff = Backoff(RETRY_MIN_S, RETRY_MAX_S)
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -52,5 +58,7 @@ class LocalSite:
                 await asyncio.Event().wait()  # until cancelled
         finally:
             self.listening = False
+            if before_cleanup is not None:
+                before_cleanup()
             with contextlib.suppress(Exception):
                 await runner.cleanup()

@@ -135,11 +135,11 @@ class ConsoleFeature:
         self.pages.use_health(health)
 
     async def _serve(self) -> None:
-        try:
-            await self.site.serve(self._ssl)
-        finally:
-            self.live.close()
-            self.pages.close()
+        await self.site.serve(self._ssl, before_cleanup=self._end_streams)
+
+    def _end_streams(self) -> None:
+        self.live.close()
+        self.pages.close()
 
     async def _housekeep(self) -> None:
         while True:
