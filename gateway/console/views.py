@@ -171,6 +171,15 @@ class UplinkView(msgspec.Struct, frozen=True, kw_only=True):
     connects: int | None
 
 
+class SmsView(msgspec.Struct, frozen=True, kw_only=True):
+    """The SMS second path (from the health report): None on a gateway without [sms]."""
+
+    up: bool
+    reason: str | None
+    waiting: int
+    """Texts queued, not yet sent."""
+
+
 class Watcher(msgspec.Struct, frozen=True, kw_only=True):
     user: str
     pages: int
@@ -190,6 +199,7 @@ class GatewayView(msgspec.Struct, frozen=True, kw_only=True):
     report_age_s: float | None
     """How old the health report is that the uplink's state and error and the oldest ages
     come from (None: none made yet)."""
+    sms: SmsView | None = None
 
 
 class Report(msgspec.Struct, frozen=True, kw_only=True):
@@ -200,6 +210,23 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     connects: int | None = None
     oldest_age_s_by_lane: list[float | None] = msgspec.field(default_factory=list)
     store_ok: bool | None = None
+    sms: SmsView | None = None
+
+
+def _sms_of(snapshot: Mapping[str, Any]) -> SmsView | None:
+    sms = snapshot.get("sms")
+    if not isinstance(sms, Mapping):
+        return None
+    path = (sms.get("paths") or {}).get("sms") if isinstance(sms.get("paths"), Mapping) else None
+    if not isinstance(path, Mapping) or not isinstance(path.get("up"), bool):
+        return None
+    messages = sms.get("messages")
+    counts: Mapping[str, Any] = messages if isinstance(messages, Mapping) else {}
+    waiting = 0
+    for state in ("pending", "sending"):
+        n = counts.get(state)
+        waiting += n if isinstance(n, int) and not isinstance(n, bool) else 0
+    return SmsView(up=path["up"], reason=_str(path.get("reason")), waiting=waiting)
 
 
 def report_of(snapshot: Mapping[str, Any]) -> Report:
@@ -213,6 +240,7 @@ def report_of(snapshot: Mapping[str, Any]) -> Report:
         connects=uplink.get("connects") if isinstance(uplink.get("connects"), int) else None,
         oldest_age_s_by_lane=[float(a) if isinstance(a, int | float) else None for a in ages],
         store_ok=outbox.get("store_ok") if isinstance(outbox.get("store_ok"), bool) else None,
+        sms=_sms_of(snapshot),
     )
 
 
@@ -267,6 +295,7 @@ def gateway_view(
         pages_open=sum(watching.values()),
         watching=[Watcher(user=u, pages=n) for u, n in sorted(watching.items()) if n > 0],
         report_age_s=None if report_age_s is None else round(report_age_s, 1),
+        sms=report.sms if report is not None else None,
     )
 
 

@@ -76,6 +76,10 @@ class FakeHealth:
         return {
             "uplink": {"state": "disconnected", "last_error": "connection refused", "connects": 3},
             "outbox": {"oldest_age_s_by_lane": self.ages, "store_ok": True},
+            "sms": {
+                "paths": {"sms": {"up": False, "reason": "no SIM", "faulted": True}},
+                "messages": {"pending": 2, "sending": 1, "sent": 9},
+            },
         }
 
 
@@ -508,3 +512,19 @@ def audit_rows(tmp_path: Path) -> list[tuple[str, str]]:
         rows = [(str(a), str(b)) for a, b in conn.execute("SELECT action, actor FROM audit_log")]
     conn.close()
     return rows
+
+
+def test_the_sms_path_is_read_from_the_report_and_odd_values_are_ignored() -> None:
+    from gateway.console.views import SmsView, report_of
+
+    assert report_of({}).sms is None
+    good = {"sms": {"paths": {"sms": {"up": True, "reason": ""}}, "messages": {"pending": 1}}}
+    assert report_of(good).sms == SmsView(up=True, reason=None, waiting=1)
+    for odd in (
+        {"sms": "down"},
+        {"sms": {"paths": ["sms"]}},
+        {"sms": {"paths": {"sms": {"up": "yes"}}}},
+    ):
+        assert report_of(odd).sms is None, odd
+    hostile = {"sms": {"paths": {"sms": {"up": False}}, "messages": {"pending": True, "x": 5}}}
+    assert report_of(hostile).sms == SmsView(up=False, reason=None, waiting=0)

@@ -108,6 +108,8 @@ async def test_the_gateway_page_shows_the_outbox_lanes(
     assert "life safety" in await do(browser.text, '.lane[data-lane="0"] .name')
     assert await do(browser.text, "#uplink-state") == "NOT connected"
     assert "connection refused" in await do(browser.text, "#uplink-error")
+    assert await do(browser.text, "#sms-state") == "DOWN"
+    assert await do(browser.text, "#sms-detail") == "no SIM · 3 waiting"
     assert "li.na (" in await do(browser.text, "#watching")  # the board it came from may linger
     await do(browser.screenshot, "console-gateway")
 

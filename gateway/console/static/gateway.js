@@ -14,6 +14,7 @@ const GATEWAY_TEXT = {
     disk: "磁盘剩余", cpu: "CPU 温度", pages: "打开的值班台页面", watching: "正在查看",
     report: (s) => `平台连接状态和最早一条的时间来自 ${s} 秒前的健康报告。`,
     noReport: "健康报告尚未生成。",
+    sms: "短信通道", smsUp: "正常", smsDown: "故障", smsWaiting: (n) => `${n} 条待发`,
   },
   en: {
     title: "Duty console · Gateway", uplink: "Platform link", lanes: "Outbox (waiting to be sent)",
@@ -26,6 +27,7 @@ const GATEWAY_TEXT = {
     disk: "Disk free", cpu: "CPU temperature", pages: "Console pages open", watching: "Watching",
     report: (s) => `The link's state and the oldest ages are from the health report of ${s} s ago.`,
     noReport: "No health report made yet.",
+    sms: "SMS path", smsUp: "Working", smsDown: "DOWN", smsWaiting: (n) => `${n} waiting`,
   },
 };
 
@@ -61,6 +63,19 @@ function drawGateway(view, text) {
   state.dataset.state = up ? "connected" : "disconnected";
   $("uplink-error").textContent = view.uplink.last_error
     ? text.lastError + view.uplink.last_error : "";
+  const sms = view.sms;
+  $("sms-line").hidden = !sms;
+  if (sms) {
+    $("sms-label").textContent = text.sms;
+    const chip = $("sms-state");
+    chip.textContent = sms.up ? text.smsUp : text.smsDown;
+    chip.className = `chip ${sms.up ? "online" : "offline"}`;
+    chip.dataset.state = sms.up ? "up" : "down";
+    const parts = [];
+    if (!sms.up && sms.reason) parts.push(sms.reason);
+    if (sms.waiting > 0) parts.push(text.smsWaiting(sms.waiting));
+    $("sms-detail").textContent = parts.join(" · ");
+  }
   $("lane-rows").replaceChildren(...view.lanes.map((lane) => {
     const row = document.createElement("tr");
     row.className = `lane${lane.depth > 0 ? " waiting" : ""}`;
