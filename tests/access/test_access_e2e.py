@@ -23,6 +23,7 @@ import pytest
 from drivers.card_reader import encode_em4100
 from drivers.door import LoggingDoor
 from drivers.sim.video import Scene, write_door_video
+from gateway.access.feature import AccessFeature
 from gateway.config import Config
 from gateway.vision.decision import DEFAULT_MIN_MARGIN, DEFAULT_THRESHOLD
 from tests.buttons.test_buttons import PREFIX, WAIT_S, base_cfg, call, events, wait_events
@@ -274,7 +275,14 @@ async def test_cards_added_and_withdrawn_over_mqtt_persist_and_open_the_door(
         assert not unsigned["ok"] and "signature" in unsigned["error"]
         added = await call(sub, "card.add", {"card": CARD, "person": "p-7"}, key)
         assert added["ok"] and added["data"]["card"] == "****b2c3"
-    async with daemon_running(cfg):  # the register survives a restart
+    async with daemon_running(cfg) as running:  # the register survives a restart
+        # The reader flushes its input when it opens the pty: write once it is open.
+        access = running.gateway.feature("access")
+        assert isinstance(access, AccessFeature) and access.cards is not None
+        cards = access.cards
+        async with asyncio.timeout(WAIT_S):
+            while not cards.link.online:
+                await asyncio.sleep(0.02)
         reader_pty.write(encode_em4100(CARD))
         granted = (await wait_events(sub, "access.granted"))[0]
         assert granted["data"]["person"] == "p-7" and granted["data"]["method"] == "card"
